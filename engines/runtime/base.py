@@ -1,0 +1,87 @@
+"""The one contract every inference backend meets.
+
+A backend is loaded once (weights read, memory allocated) and then called per
+frame from a worker thread, never from the event loop::
+
+    backend.stylize(frame, weights) -> frame
+
+``frame`` is an HxWx3 uint8 RGB array (C-contiguous), ``weights`` one
+non-negative float per style (any scale; they are normalised to sum 1 inside
+the network). The result is an HxWx3 uint8 RGB array of the same size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """A model or engine cannot be loaded or run (missing, corrupt, unsupported)."""
+
+
+class InputError(ValueError):
+    """A frame or weight vector the engine cannot accept; the message says why."""
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Frame sizes a backend runs natively (height, width, inclusive).
+
+    Frames outside the range, or not a multiple of ``multiple``, are still
+    accepted: the backend pads (reflect) or resizes and crops/resizes back.
+    """
+
+    min_hw: tuple[int, int] = (16, 16)
+    max_hw: tuple[int, int] = (4096, 4096)
+    multiple: int = 4
+
+    def contains(self, h: int, w: int) -> bool:
+        return (
+            self.min_hw[0] <= h <= self.max_hw[0]
+            and self.min_hw[1] <= w <= self.max_hw[1]
+            and h % self.multiple == 0
+            and w % self.multiple == 0
+        )
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the streamer, the preview and the benches see of an engine."""
+
+    name: str  # e.g. "openvino-cpu", "onnxruntime-cpu", "tensorrt-fp16", "torch-cuda"
+    styles: list[str]  # style names, index i <-> weights[i]
+    shapes: ShapeRange  # the frame sizes it runs without resizing
+
+    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def check_frame(frame: object) -> np.ndarray:
+    """Validate an HxWx3 uint8 frame; returns it C-contiguous (no copy if it already is)."""
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise InputError(f"frame must be uint8 RGB, got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"frame must be HxWx3 (RGB), got shape {frame.shape}")
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        raise InputError(f"frame is too small: {frame.shape[1]}x{frame.shape[0]} (at least 8x8)")
+    return np.ascontiguousarray(frame)
+
+
+def check_weights(weights: object, num_styles: int) -> np.ndarray:
+    """Validate a style-weight vector; returns float32 [num_styles]."""
+    w = np.asarray(weights, dtype=np.float32).reshape(-1)
+    if w.shape[0] != num_styles:
+        raise InputError(f"style weights need {num_styles} values (one per style), got {w.shape[0]}")
+    if not np.isfinite(w).all():
+        raise InputError("style weights must be finite numbers")
+    if (w < 0).any():
+        raise InputError(f"style weights must be non-negative, got {w.tolist()}")
+    if float(w.sum()) <= 0.0:
+        raise InputError("style weights must not all be zero: give at least one style a positive weight")
+    return w

@@ -1,0 +1,60 @@
+"""Shared fixtures and markers.
+
+Tests make their own small data in tmp_path; nothing here reads ../shared.
+Browser and display tests skip with a reason where Chromium or Xvfb is
+missing, unless STYLECAST_REQUIRE_BROWSER / STYLECAST_REQUIRE_DISPLAY is set
+(CI sets both), in which case a missing tool fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+XVFB = shutil.which("Xvfb")
+
+
+def require_tool(path: str | None, what: str, env: str) -> str:
+    """Return the tool's path, or skip (fail in CI) with the reason."""
+    if path:
+        return path
+    msg = f"{what} is not installed (apt-get install {what.lower()})"
+    if os.environ.get(env):
+        pytest.fail(f"{msg}, and {env} is set")
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    return require_tool(CHROMIUM, "Chromium", "STYLECAST_REQUIRE_BROWSER")
+
+
+@pytest.fixture
+def xvfb_path() -> str:
+    return require_tool(XVFB, "Xvfb", "STYLECAST_REQUIRE_DISPLAY")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained 3-style generator checkpoint (tiny widths, fast)."""
+    torch = pytest.importorskip("torch")
+    from trainer.checkpoint import Checkpoint, Style, save_checkpoint
+    from trainer.models import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(num_styles=3, width=16, half_width=8, num_blocks=2))
+    # Spread the per-style rows apart so styles give visibly different outputs.
+    with torch.no_grad():
+        for p in g.style_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    names = ["ember", "glacier", "moss"]
+    save_checkpoint(
+        path,
+        Checkpoint(g.config, [Style(n, f"{n}.png") for n in names], step=0, generator_state=g.state_dict()),
+    )
+    return path
