@@ -1,0 +1,338 @@
+"""Trainer: models, losses, data, checkpoints, resume, add-style, CLI. Tiny seeded configs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from trainer.__main__ import main as trainer_main  # noqa: E402
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_generator  # noqa: E402
+from trainer.data import ContentImages, DataError, StyleImage  # noqa: E402
+from trainer.losses import shift_pair  # noqa: E402
+from trainer.models import (  # noqa: E402
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    check_style,
+    one_hot,
+)
+from trainer.train import AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style, parse_mix  # noqa: E402
+
+TINY = {"width": 8, "half_width": 4, "num_blocks": 1, "disc_width": 8}
+
+
+def _photo(path: Path, seed: int, size: tuple[int, int] = (72, 56)) -> Path:
+    """A smooth synthetic 'photo': gradients plus a few blobs, different per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([xx, yy, 1 - xx * yy], -1) * rng.uniform(0.5, 1.0, 3)
+    for _ in range(3):
+        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.1, 0.3)
+        img[((yy - cy) ** 2 + (xx - cx) ** 2) < r * r] = rng.uniform(0, 1, 3)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _painting(path: Path, seed: int) -> Path:
+    """A synthetic 'painting': strong coloured stripes with noise."""
+    rng = np.random.default_rng(seed)
+    xx = np.arange(96)[None, :, None]
+    colors = rng.uniform(0, 1, (2, 3))
+    stripes = np.where((xx // (4 + seed * 3)) % 2 == 0, colors[0], colors[1]) * np.ones((96, 1, 1))
+    img = np.clip(stripes + rng.normal(0, 0.05, (96, 96, 3)), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, list[Path]]:
+    content = tmp_path / "photos" / "nested"
+    content.mkdir(parents=True)
+    for i in range(4):
+        _photo(content / f"p{i}.{'png' if i % 2 else 'jpg'}", i)
+    styles = [_painting(tmp_path / f"s{i}.png", i) for i in range(2)]
+    return content.parent, styles
+
+
+def _config(data: tuple[Path, list[Path]], out: Path, **kw: object) -> TrainConfig:
+    content, styles = data
+    base: dict[str, object] = dict(
+        content_dir=str(content),
+        styles=tuple((str(p), f"style{i}") for i, p in enumerate(styles)),
+        out=str(out),
+        steps=2,
+        size=32,
+        batch=2,
+        sample_every=0,
+        save_every=0,
+        adversarial_start=0,
+        device="cpu",
+        **TINY,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+# --- models -----------------------------------------------------------------
+
+
+def test_generator_shapes_and_range() -> None:
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(3, width=8, half_width=4, num_blocks=2)).eval()
+    for h, w in [(32, 48), (60, 84)]:
+        with torch.no_grad():
+            y = g(torch.rand(2, 3, h, w), one_hot([0, 2], 3))
+        assert y.shape == (2, 3, h, w)
+        assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+
+
+def test_one_hot_equals_style_and_mix_lies_between() -> None:
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(3, width=8, half_width=4, num_blocks=2)).eval()
+    with torch.no_grad():
+        for p in g.style_parameters():
+            p.add_(torch.randn_like(p))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        a = g(x, one_hot([0], 3))
+        b = g(x, one_hot([1], 3))
+        # Weights are normalised: any positive scale of a one-hot is that style.
+        assert torch.equal(g(x, torch.tensor([[5.0, 0.0, 0.0]])), a)
+        mix = g(x, torch.tensor([[0.5, 0.5, 0.0]]))
+    d_ab = (a - b).abs().mean()
+    assert d_ab > 1e-3
+    assert (mix - a).abs().mean() < d_ab and (mix - b).abs().mean() < d_ab
+    assert not torch.equal(mix, a) and not torch.equal(mix, b)
+    # The mixed normalisation rows are exactly the average of the two styles' rows.
+    norm = g.stem_norm
+    w = g.normalize_style(torch.tensor([1.0, 1.0, 0.0]), 1)
+    assert torch.allclose(w @ norm.gamma, (norm.gamma[0] + norm.gamma[1]) / 2)
+
+
+def test_bad_style_inputs_give_clear_errors() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        one_hot([0, 3], 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        check_style(torch.tensor([0.5, -0.1, 0.6]), 3)
+    with pytest.raises(ValueError, match="all be zero"):
+        check_style(torch.zeros(3), 3)
+    with pytest.raises(ValueError, match="need 3 values"):
+        check_style(torch.ones(2), 3)
+    with pytest.raises(ValueError, match="unknown style"):
+        parse_mix("nope:1", ["a", "b"])
+    with pytest.raises(ValueError, match="non-negative"):
+        parse_mix("0:-1,1:2", ["a", "b"])
+    assert parse_mix("a:3,1:1", ["a", "b"]).tolist() == [0.75, 0.25]
+
+
+def test_discriminator_has_a_head_per_style() -> None:
+    d = Discriminator(DiscriminatorConfig(3, width=8, num_scales=2))
+    x = torch.rand(2, 3, 64, 64)
+    out0 = d(x, torch.tensor([0, 0]))
+    out2 = d(x, torch.tensor([2, 2]))
+    assert [o.shape for o in out0] == [(2, 1, 8, 8), (2, 1, 4, 4)]
+    assert not torch.equal(out0[0], out2[0])
+
+
+def test_shift_pair_views_align() -> None:
+    x = torch.arange(20 * 24, dtype=torch.float32).view(1, 1, 20, 24)
+    for dy, dx in [(3, -2), (-5, 4), (0, 1)]:
+        a, b = shift_pair(x, dy, dx)
+        assert a.shape == b.shape and a.shape[-1] % 4 == 0 and a.shape[-2] % 4 == 0
+        # view_a[i, j] == view_b[i+dy, j+dx] wherever both exist
+        i, j = max(-dy, 0) + 1, max(-dx, 0) + 1
+        assert a[0, 0, i, j] == b[0, 0, i + dy, j + dx]
+
+
+# --- data ---------------------------------------------------------------------
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        ContentImages.from_folder(tmp_path / "empty", 32)
+    with pytest.raises(DataError, match="not found"):
+        ContentImages.from_folder(tmp_path / "missing", 32)
+
+
+def test_corrupt_and_tiny_images_are_skipped_with_a_warning(
+    data: tuple[Path, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    content, _ = data
+    (content / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    _photo(content / "tiny.png", 9, size=(8, 8))
+    with caplog.at_level(logging.WARNING):
+        imgs = ContentImages.from_folder(content, 32)
+    assert len(imgs) == 4
+    assert "broken.jpg" in caplog.text and "tiny.png" in caplog.text
+    crop = imgs.crop(__import__("random").Random(0))
+    assert crop.shape == (3, 32, 32)
+
+
+def test_only_corrupt_images_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"nope")
+    with pytest.raises(DataError, match="none of the 1 images"):
+        ContentImages.from_folder(tmp_path, 32)
+
+
+def test_bad_style_image_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="style image not found"):
+        StyleImage.load(tmp_path / "nope.jpg", None, 128)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read style image"):
+        StyleImage.load(tmp_path / "bad.png", None, 128)
+
+
+# --- training, checkpoints, resume, add-style ---------------------------------------
+
+
+def test_one_step_finite_losses_and_both_networks_change(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    tr = Trainer(_config(data, tmp_path / "m.safetensors"))
+    g0 = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    d0 = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    stats = tr.train_step()
+    assert set(stats) >= {"content", "style", "tv", "temporal", "adv_g", "d"}
+    assert all(np.isfinite(v) for v in stats.values())
+    assert any(not torch.equal(g0[k], v) for k, v in tr.G.state_dict().items())
+    assert any(not torch.equal(d0[k], v) for k, v in tr.D.state_dict().items() if k.endswith("original"))
+
+
+def test_train_without_gan_leaves_no_adversarial_term(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    tr = Trainer(_config(data, tmp_path / "m.safetensors", losses=LossWeights(adversarial=0.0)))
+    stats = tr.train_step()
+    assert "adv_g" not in stats and "d" not in stats
+
+
+def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    tr = Trainer(_config(data, out))
+    tr.run(progress=False)
+    g, ckpt = load_generator(out)
+    assert ckpt.style_names == ["style0", "style1"]
+    assert ckpt.step == 2 and ckpt.train["size"] == 32
+    x = torch.rand(1, 3, 36, 44)
+    w = torch.tensor([[0.3, 0.7]])
+    tr.G.eval()
+    with torch.no_grad():
+        assert torch.equal(tr.G(x, w), g(x, w))
+
+
+def test_resume_continues_at_the_right_step(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    Trainer(_config(data, out, steps=2)).run(progress=False)
+    seen: list[int] = []
+    tr = Trainer(_config(data, out, steps=4, resume=True), on_step=lambda s, _: seen.append(s))
+    assert tr.step == 2
+    assert int(tr.opt_g.state_dict()["state"][0]["step"]) == 2  # optimiser state came back too
+    tr.run(progress=False)
+    assert seen == [3, 4]
+    assert load_checkpoint(out).step == 4
+
+
+def test_resume_refuses_a_different_style_list(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    Trainer(_config(data, out, steps=1)).run(progress=False)
+    content, styles = data
+    cfg = _config((content, styles[:1]), out, resume=True)
+    with pytest.raises(ValueError, match="trained on styles"):
+        Trainer(cfg)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(CheckpointError):
+        load_generator(bad)
+    with pytest.raises(FileNotFoundError):
+        load_generator(tmp_path / "missing.safetensors")
+
+
+def test_add_style_keeps_old_styles_bit_identical(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    base = tmp_path / "base.safetensors"
+    Trainer(_config(data, base)).run(progress=False)
+    new_painting = _painting(tmp_path / "new.png", 5)
+    out = tmp_path / "plus.safetensors"
+    add_style(
+        AddStyleConfig(
+            base=str(base), style=str(new_painting), name="newcomer", content_dir=str(data[0]),
+            out=str(out), steps=3, size=32, batch=2, device="cpu",
+        ),
+        progress=False,
+    )  # fmt: skip
+    g0, c0 = load_generator(base)
+    g1, c1 = load_generator(out)
+    assert c1.style_names == ["style0", "style1", "newcomer"]
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        for i in range(2):
+            assert torch.equal(g0(x, one_hot([i], 2)), g1(x, one_hot([i], 3)))
+        # the new style learned something: it is not the starting point (mean of the old rows)
+        start = g1(x, torch.tensor([[1.0, 1.0, 0.0]]))
+        assert (g1(x, one_hot([2], 3)) - start).abs().mean() > 1e-4
+    assert "add_style" in c1.train
+
+
+def test_cli_train_sample_info(data: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    content, styles = data
+    out = tmp_path / "cli.safetensors"
+    rc = trainer_main([
+        "train", "--content", str(content), "--style", f"{styles[0]}=Stripes", "--style", str(styles[1]),
+        "--out", str(out), "--steps", "2", "--size", "32", "--batch", "2", "--width", "8", "--half-width", "4",
+        "--blocks", "1", "--sample-every", "1", "--device", "cpu",
+    ])  # fmt: skip
+    assert rc == 0 and out.is_file()
+    assert (tmp_path / "cli_samples_000002.png").is_file()
+    ckpt = load_checkpoint(out)
+    assert ckpt.style_names == ["Stripes", "s1"]
+    assert "trainer" in ckpt.train["command"]
+    sheet = tmp_path / "sheet.png"
+    photo = next(content.rglob("*.png"))
+    assert (
+        trainer_main(
+            [
+                "sample",
+                str(out),
+                "--content",
+                str(photo),
+                "--out",
+                str(sheet),
+                "--mix",
+                "0:1,1:1",
+                "--size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert Image.open(sheet).size == (64 * 4, 64 + 14)  # input + 2 styles + mix
+    assert trainer_main(["info", str(out)]) == 0
+    assert '"Stripes"' in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    style = _painting(tmp_path / "s.png", 0)
+    rc = trainer_main(
+        [
+            "train",
+            "--content",
+            str(tmp_path / "empty"),
+            "--style",
+            str(style),
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--size",
+            "32",
+        ]
+    )
+    assert rc == 2
+    assert "no images" in capsys.readouterr().err

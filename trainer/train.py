@@ -1,0 +1,461 @@
+"""The training loop: one generator, many styles, a per-style PatchGAN critic.
+
+Per step (batch of B content crops, each paired with one style):
+  G loss = content (VGG relu4_1) + style (Gram, 4 layers) + TV
+           + temporal (shift + noise stability) + adversarial (hinge, from D's head for that style)
+  D loss = hinge(real crops of the painting, G's output)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoint
+from trainer.data import ContentImages, StyleImage, to_tensor
+from trainer.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, temporal_loss, total_variation
+from trainer.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, one_hot
+from trainer.vgg import VGG19Features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    content: float = 1.0
+    style: float = 10.0
+    tv: float = 0.3
+    temporal: float = 10.0
+    adversarial: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; stored in the checkpoint it writes."""
+
+    content_dir: str
+    styles: tuple[tuple[str, str | None], ...]  # (painting path, display name or None)
+    out: str
+    steps: int = 2000
+    size: int = 192  # square crop side, px (multiple of 4)
+    batch: int = 4
+    lr: float = 2e-3
+    lr_d: float = 2e-4
+    device: str = "auto"
+    seed: int = 0
+    losses: LossWeights = field(default_factory=LossWeights)
+    adversarial_start: int = 200  # steps of perceptual-only warm-up before the critic joins
+    style_size: int = 384  # paintings are kept at this short side, px
+    sample_every: int = 200  # steps between sample sheets (0: never)
+    save_every: int = 200  # steps between checkpoints (0: only at the end)
+    tensorboard: str | None = None  # log folder, or None
+    resume: bool = False
+    width: int = GeneratorConfig.width
+    half_width: int = GeneratorConfig.half_width
+    num_blocks: int = GeneratorConfig.num_blocks
+    disc_width: int = DiscriminatorConfig.width
+    command: str = ""  # the command line that started the run, for the record
+
+    def __post_init__(self) -> None:
+        if self.size % 4 or self.size < 32:
+            raise ValueError(f"--size must be a multiple of 4 and >= 32, got {self.size}")
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError("--steps and --batch must be >= 1")
+        if not self.styles:
+            raise ValueError("give at least one --style painting")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "trainer", *sys.argv[1:]])
+
+
+def style_targets(
+    loss: PerceptualLoss, styles: list[StyleImage], size: int, rng: random.Random, device: torch.device
+) -> None:
+    """Average Gram targets over 8 random crops of each painting (plus the whole painting)."""
+    targets = []
+    for s in styles:
+        crops = s.crops(8, size, rng).to(device)
+        targets.append(loss.style_targets(crops))
+    loss.set_style_targets(targets)
+
+
+def sample_sheet(
+    generator: Generator,
+    contents: list[torch.Tensor],
+    style_names: list[str],
+    mix: torch.Tensor | None = None,
+    tile: int = 160,
+) -> Image.Image:
+    """Grid: one row per content image; columns = input, each style, (mix)."""
+    device = next(generator.parameters()).device
+    n_styles = len(style_names)
+    cols = 1 + n_styles + (1 if mix is not None else 0)
+    label_h = 14
+    sheet = Image.new("RGB", (cols * tile, label_h + len(contents) * tile), (20, 20, 24))
+    draw = ImageDraw.Draw(sheet)
+    labels = ["input", *style_names] + (["mix"] if mix is not None else [])
+    for c, label in enumerate(labels):
+        draw.text((c * tile + 3, 1), label[: tile // 6], fill=(230, 230, 230))
+    generator.eval()
+    with torch.no_grad():
+        for r, img in enumerate(contents):
+            x = img.to(device)[None]
+            weights = [one_hot([i], n_styles) for i in range(n_styles)]
+            if mix is not None:
+                weights.append(mix[None].float())
+            outs = [x] + [generator(x, w.to(device)) for w in weights]
+            for c, out in enumerate(outs):
+                arr = (out[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
+                sheet.paste(Image.fromarray(arr).resize((tile, tile)), (c * tile, label_h + r * tile))
+    generator.train()
+    return sheet
+
+
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Square centre crop resized to ``size`` (multiple of 4 for the generator)."""
+    _, h, w = img.shape
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    crop = img[:, y : y + side, x : x + side][None]
+    return torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
+
+
+class Trainer:
+    """Owns the models, optimisers and data of one run; ``run()`` trains to ``config.steps``."""
+
+    def __init__(self, config: TrainConfig, on_step: Callable[[int, dict[str, float]], None] | None = None):
+        self.config = config
+        self.on_step = on_step
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)
+        self.rng = random.Random(config.seed)
+        # Data first: a bad folder or painting fails before any model is built.
+        self.styles = [StyleImage.load(p, n, config.style_size) for p, n in config.styles]
+        self.content = ContentImages.from_folder(config.content_dir, config.size)
+        n = len(self.styles)
+        self.G = Generator(GeneratorConfig(n, config.width, config.half_width, config.num_blocks)).to(self.device)
+        self.D = Discriminator(DiscriminatorConfig(n, width=config.disc_width)).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.99))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
+        self.loss = PerceptualLoss(VGG19Features().to(self.device))
+        style_targets(self.loss, self.styles, config.size, self.rng, self.device)
+        self.step = 0
+        self.out = Path(config.out)
+        if config.resume:
+            self._resume()
+        self.samples = [center_crop(self.content.images[i], config.size) for i in self._sample_indices()]
+        self.writer = self._tensorboard()
+
+    def _sample_indices(self) -> list[int]:
+        n = len(self.content)
+        return sorted({round(i * (n - 1) / 3) for i in range(4)}) if n > 1 else [0]
+
+    def _tensorboard(self) -> Any:
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+        return SummaryWriter(self.config.tensorboard)
+
+    def _resume(self) -> None:
+        if not self.out.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume at {self.out}")
+        ckpt = load_checkpoint(self.out)
+        if [s.name for s in ckpt.styles] != [s.name for s in self.styles]:
+            raise ValueError(
+                f"--resume: {self.out} was trained on styles {ckpt.style_names}, "
+                f"this run has {[s.name for s in self.styles]}"
+            )
+        self.G.load_state_dict(ckpt.generator_state)
+        if ckpt.discriminator_state is not None:
+            self.D.load_state_dict(ckpt.discriminator_state)
+        if "g" in ckpt.optimizers:
+            self.opt_g.load_state_dict(ckpt.optimizers["g"])
+        if "d" in ckpt.optimizers:
+            self.opt_d.load_state_dict(ckpt.optimizers["d"])
+        self.step = ckpt.step
+        log.info("resumed %s at step %d", self.out, self.step)
+
+    def checkpoint(self, path: Path | None = None) -> Path:
+        return save_checkpoint(
+            path or self.out,
+            Checkpoint(
+                generator_config=self.G.config,
+                styles=[Style(s.name, s.path.name) for s in self.styles],
+                step=self.step,
+                train=self.config.to_dict(),
+                generator_state=self.G.state_dict(),
+                discriminator_config=self.D.config,
+                discriminator_state=self.D.state_dict(),
+                optimizers={"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()},
+            ),
+        )
+
+    def train_step(self) -> dict[str, float]:
+        cfg, w = self.config, self.config.losses
+        b = cfg.batch
+        idx = torch.tensor([(self.step * b + i) % len(self.styles) for i in range(b)])  # balanced styles
+        style_w = one_hot(idx, len(self.styles)).to(self.device)
+        x = self.content.batch(b, self.rng).to(self.device)
+        y = self.G(x, style_w)
+        l_content, l_style, _ = self.loss(y, x, style_w)
+        l_tv = total_variation(y)
+        g_loss = w.content * l_content + w.style * l_style + w.tv * l_tv
+        stats = {"content": l_content.item(), "style": l_style.item(), "tv": l_tv.item()}
+        if w.temporal > 0:
+            l_temp = temporal_loss(self.G, x, style_w)
+            g_loss = g_loss + w.temporal * l_temp
+            stats["temporal"] = l_temp.item()
+        use_adv = w.adversarial > 0 and self.step >= cfg.adversarial_start
+        idx = idx.to(self.device)
+        if use_adv:
+            self.D.requires_grad_(False)
+            l_adv = hinge_g_loss(self.D(y, idx))
+            self.D.requires_grad_(True)
+            g_loss = g_loss + w.adversarial * l_adv
+            stats["adv_g"] = l_adv.item()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        if w.adversarial > 0:
+            # The critic also trains during warm-up, so it is useful once it joins.
+            real = torch.stack([self.styles[i].crops(1, cfg.size, self.rng)[0] for i in idx.tolist()])
+            d_loss = hinge_d_loss(self.D(real.to(self.device), idx), self.D(y.detach(), idx))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            stats["d"] = d_loss.item()
+        stats["total"] = g_loss.item()
+        for k, v in stats.items():
+            if not torch.isfinite(torch.tensor(v)):
+                raise FloatingPointError(f"loss {k} is {v} at step {self.step}; lower --lr")
+        return stats
+
+    def write_samples(self) -> Path:
+        path = self.out.with_name(f"{self.out.stem}_samples_{self.step:06d}.png")
+        mix = torch.ones(len(self.styles)) / len(self.styles)
+        sample_sheet(self.G, self.samples, [s.name for s in self.styles], mix).save(path)
+        return path
+
+    def run(self, progress: bool = True) -> Path:
+        """Train from the current step to ``config.steps``; Ctrl-C saves and returns."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        self.G.train()
+        started = time.monotonic()
+        try:
+            while self.step < cfg.steps:
+                stats = self.train_step()
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k != "total"}, refresh=False)
+                if self.writer is not None:
+                    for k, v in stats.items():
+                        self.writer.add_scalar(f"loss/{k}", v, self.step)
+                if self.on_step is not None:
+                    self.on_step(self.step, stats)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.checkpoint()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    log.info("sample sheet: %s", self.write_samples())
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving %s", self.step, self.out)
+        finally:
+            bar.close()
+        path = self.checkpoint()
+        log.info("saved %s at step %d (%.1f min)", path, self.step, (time.monotonic() - started) / 60)
+        return path
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    """Train a multi-style generator as ``config`` says; returns the checkpoint path."""
+    return Trainer(config).run(progress)
+
+
+@dataclass(frozen=True)
+class AddStyleConfig:
+    """Learn one new painting into an existing model, everything else frozen."""
+
+    base: str
+    style: str
+    name: str | None
+    content_dir: str
+    out: str
+    steps: int = 300
+    size: int = 192
+    batch: int = 4
+    lr: float = 1e-2
+    device: str = "auto"
+    seed: int = 0
+    losses: LossWeights = field(default_factory=LossWeights)
+    style_size: int = 384
+    command: str = ""
+
+
+def extend_generator(base: Generator, extra: int = 1) -> Generator:
+    """A copy of ``base`` with ``extra`` more styles; new rows start at the mean of the old ones."""
+    cfg = base.config
+    new = Generator(GeneratorConfig(cfg.num_styles + extra, cfg.width, cfg.half_width, cfg.num_blocks))
+    state = base.state_dict()
+    new_state = new.state_dict()
+    for k, v in state.items():
+        if new_state[k].shape == v.shape:
+            new_state[k] = v.clone()
+        else:  # a CIN gamma/beta table [S,C] -> [S+extra,C]
+            new_state[k] = torch.cat([v, v.mean(0, keepdim=True).expand(extra, -1)], 0)
+    new.load_state_dict(new_state)
+    return new
+
+
+def add_style(config: AddStyleConfig, progress: bool = True) -> Path:
+    """Train only the new style's normalisation rows (Dumoulin et al. 2017, sec. 4).
+
+    The shared convolutions and every existing style's rows stay bit-identical:
+    they get no gradient, and after each step the old rows are restored from a
+    saved copy as a guard against optimiser arithmetic touching them.
+    The adversarial term is not used here (the critic has no head for the new
+    style); perceptual, TV and temporal losses are.
+    """
+    from tqdm import tqdm
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    base = load_checkpoint(config.base)
+    style = StyleImage.load(config.style, config.name, config.style_size)
+    if style.name in base.style_names:
+        raise ValueError(f"the model already has a style named {style.name!r}; pick another --name")
+    content = ContentImages.from_folder(config.content_dir, config.size)
+    g_base = Generator(base.generator_config)
+    g_base.load_state_dict(base.generator_state)
+    G = extend_generator(g_base).to(device)
+    new = G.config.num_styles - 1
+    G.requires_grad_(False)
+    rows = G.style_parameters()
+    frozen = [p.detach()[:new].clone() for p in rows]
+    for p in rows:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(rows, lr=config.lr, betas=(0.5, 0.99))
+    loss = PerceptualLoss(VGG19Features().to(device))
+    # Only the new style's Gram target matters; the others are never used (weights one-hot on `new`).
+    targets = loss.style_targets(style.crops(8, config.size, rng).to(device))
+    loss.set_style_targets([targets] * G.config.num_styles)
+    w = config.losses
+    style_w = one_hot([new] * config.batch, G.config.num_styles).to(device)
+    G.train()
+    for _ in tqdm(range(config.steps), disable=not progress, unit="step"):
+        x = content.batch(config.batch, rng).to(device)
+        y = G(x, style_w)
+        l_content, l_style, _ = loss(y, x, style_w)
+        total = w.content * l_content + w.style * l_style + w.tv * total_variation(y)
+        if w.temporal > 0:
+            total = total + w.temporal * temporal_loss(G, x, style_w)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        for p in rows:
+            assert p.grad is not None
+            p.grad[:new].zero_()
+        opt.step()
+        with torch.no_grad():
+            for p, old in zip(rows, frozen, strict=True):
+                p[:new].copy_(old)
+    train_record = dict(base.train)
+    train_record["add_style"] = [*train_record.get("add_style", []), asdict(config)]
+    return save_checkpoint(
+        config.out,
+        Checkpoint(
+            generator_config=G.config,
+            styles=[*base.styles, Style(style.name, style.path.name)],
+            step=base.step,
+            train=train_record,
+            generator_state=G.cpu().state_dict(),
+        ),
+    )
+
+
+def parse_mix(spec: str, style_names: list[str]) -> torch.Tensor:
+    """'0:0.5,3:0.5' or 'Starry Night:0.7,1:0.3' -> weights [S] (validated)."""
+    weights = torch.zeros(len(style_names))
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        key, _, value = part.rpartition(":")
+        if not key:
+            raise ValueError(f"mix entry {part!r} must look like INDEX:WEIGHT or NAME:WEIGHT")
+        key = key.strip()
+        if key.isdigit():
+            i = int(key)
+            if not 0 <= i < len(style_names):
+                raise ValueError(f"style index {i} out of range 0..{len(style_names) - 1}")
+        elif key in style_names:
+            i = style_names.index(key)
+        else:
+            raise ValueError(f"unknown style {key!r}; the model has {style_names}")
+        try:
+            weights[i] = float(value)
+        except ValueError as e:
+            raise ValueError(f"weight {value!r} for style {key!r} is not a number") from e
+    if (weights < 0).any():
+        raise ValueError("mix weights must be non-negative")
+    if weights.sum() <= 0:
+        raise ValueError("mix weights must not all be zero")
+    return weights / weights.sum()
+
+
+def render_sample(model_path: str, content: list[str], out: str, mix: str | None, size: int = 256) -> Path:
+    """`python -m trainer sample`: a grid of every style (and a mix) on the given photos."""
+    from trainer.checkpoint import load_generator
+    from trainer.data import load_rgb
+
+    G, ckpt = load_generator(model_path)
+    imgs = []
+    for path in content:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"content image not found: {path}")
+        imgs.append(center_crop(to_tensor(load_rgb(Path(path), short_side=size * 2)), size // 4 * 4))
+    weights = parse_mix(mix, ckpt.style_names) if mix else None
+    sheet = sample_sheet(G, imgs, ckpt.style_names, weights, tile=size)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return Path(out)
+
+
+def describe(path: str) -> str:
+    """Human summary of a checkpoint (for `python -m trainer info`)."""
+    ckpt = load_checkpoint(path)
+    return json.dumps(
+        {
+            "generator": ckpt.generator_config.to_dict(),
+            "styles": [asdict(s) for s in ckpt.styles],
+            "step": ckpt.step,
+            "train": ckpt.train,
+        },
+        indent=2,
+    )
