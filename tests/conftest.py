@@ -58,3 +58,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Checkpoint(g.config, [Style(n, f"{n}.png") for n in names], step=0, generator_state=g.state_dict()),
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path) -> Path:
+    """``tiny_checkpoint`` exported to ONNX (uint8 NHWC in/out), next to it as ``tiny.onnx``.
+
+    Same stem as the checkpoint, so ``load_backend`` finds either file from the other.
+    """
+    pytest.importorskip("onnxscript")
+    from engines.export import export_onnx
+
+    return export_onnx(tiny_checkpoint, tiny_checkpoint.with_suffix(".onnx"))

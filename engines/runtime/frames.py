@@ -1,0 +1,128 @@
+"""What every backend does around the network call: validate, pad, batch, crop.
+
+The network wants H and W that are multiples of 4 (its stride) and within its
+shape range. Frames that are not a multiple of 4 are reflect-padded on the
+host with ``cv2.copyMakeBorder`` (C code; the pad is at most 3 pixels on the
+bottom/right) and the result is cropped back, so a 642x481 frame comes back
+642x481. Backends with fixed shape ranges (TensorRT profiles) additionally
+resize into the range and back (``cv2.resize``, area down / linear up).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from engines.runtime.base import InputError, ShapeRange, check_frame, check_weights
+
+log = logging.getLogger(__name__)
+
+
+def pad_to_multiple(frame: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad an HxWx3 frame at the bottom/right up to multiples of ``multiple``."""
+    h, w = frame.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not ph and not pw:
+        return frame
+    # BORDER_REFLECT_101 mirrors without repeating the edge pixel (like torch "reflect").
+    return cv2.copyMakeBorder(frame, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+
+
+def check_weights_batch(weights: object, n: int, num_styles: int) -> np.ndarray:
+    """Validate [S] (same mix for all) or [n,S] weights; returns float32 [n,S]."""
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim == 1:
+        return np.broadcast_to(check_weights(w, num_styles), (n, num_styles)).copy()
+    if w.ndim != 2 or w.shape[0] != n:
+        raise InputError(f"weights must be [{num_styles}] or [{n},{num_styles}] for {n} frames, got {w.shape}")
+    return np.stack([check_weights(row, num_styles) for row in w])
+
+
+class FrameBackend(ABC):
+    """Base of every backend: the frame/weight contract of :class:`Backend`.
+
+    Subclasses set ``name``, ``styles``, ``shapes`` and implement :meth:`_run`
+    on a uint8 [N,H,W,3] batch whose H, W are already inside ``shapes``.
+    ``reason`` says why :func:`engines.runtime.load_backend` picked it.
+    """
+
+    name: str
+    styles: list[str]
+    shapes: ShapeRange
+    reason: str = "requested explicitly"
+
+    @abstractmethod
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """uint8 [N,H,W,3] (H, W inside ``shapes``), float32 [N,S] -> uint8 [N,H,W,3]."""
+
+    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One HxWx3 uint8 RGB frame (any size >= 8x8) -> stylized HxWx3 uint8 RGB."""
+        return self.stylize_batch([frame], check_weights(weights, len(self.styles))[None])[0]
+
+    def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+        """Same-size HxWx3 uint8 frames and [N,S] (or one shared [S]) weights, in one network call.
+
+        Returns one HxWx3 uint8 frame per input, in order.
+        """
+        if len(frames) == 0:
+            return []
+        checked = [check_frame(f) for f in frames]
+        h, w = checked[0].shape[:2]
+        if any(f.shape != checked[0].shape for f in checked):
+            raise InputError(f"frames of one batch must have the same size, got {[f.shape for f in checked]}")
+        wts = check_weights_batch(weights, len(checked), len(self.styles))
+        th, tw = self._target_size(h, w)
+        if (th, tw) != (h, w):
+            prepared = [self._fit(f, th, tw) for f in checked]
+        else:
+            prepared = checked
+        batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)
+        out = self._run(batch, wts)
+        if (th, tw) == (h, w):
+            return list(out)
+        return [self._unfit(o, h, w) for o in out]
+
+    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+        """The (H, W) the network runs at for an h x w frame."""
+        m = self.shapes.multiple
+        ph, pw = h + (-h) % m, w + (-w) % m
+        if self.shapes.contains(ph, pw):
+            return ph, pw
+        # Outside the range: scale (keeping the aspect) into it, then round to the multiple.
+        (min_h, min_w), (max_h, max_w) = self.shapes.min_hw, self.shapes.max_hw
+        scale = min(max_h / h, max_w / w, max(min_h / h, min_w / w, 1.0))
+        th = min(max(int(round(h * scale / m)) * m, min_h + (-min_h) % m), max_h - max_h % m)
+        tw = min(max(int(round(w * scale / m)) * m, min_w + (-min_w) % m), max_w - max_w % m)
+        return th, tw
+
+    def _fit(self, frame: np.ndarray, th: int, tw: int) -> np.ndarray:
+        h, w = frame.shape[:2]
+        m = self.shapes.multiple
+        if th == h + (-h) % m and tw == w + (-w) % m:
+            return pad_to_multiple(frame, m)
+        interp = cv2.INTER_AREA if th * tw < h * w else cv2.INTER_LINEAR
+        return cv2.resize(frame, (tw, th), interpolation=interp)
+
+    def _unfit(self, out: np.ndarray, h: int, w: int) -> np.ndarray:
+        oh, ow = out.shape[:2]
+        m = self.shapes.multiple
+        if oh == h + (-h) % m and ow == w + (-w) % m:
+            return np.ascontiguousarray(out[:h, :w])
+        interp = cv2.INTER_AREA if h * w < oh * ow else cv2.INTER_LINEAR
+        return cv2.resize(out, (w, h), interpolation=interp)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
+        """Release what the backend holds (sessions, device memory). Idempotent."""
+
+    def __enter__(self) -> FrameBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} styles={len(self.styles)}>"

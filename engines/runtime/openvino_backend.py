@@ -1,0 +1,110 @@
+"""OpenVINO backend (CPU).
+
+Compiled with ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_NUM_THREADS`` (all
+cores by default) and ``INFERENCE_PRECISION_HINT=f32`` (parity with torch; a
+CPU with bf16 units would otherwise pick bf16 on its own).
+
+Each calling thread gets its own ``InferRequest`` (``threading.local``): one
+compiled model, no lock on the hot path. Inputs are shared with OpenVINO
+(``share_inputs=True``, no copy); the output is copied once out of the
+request's buffer, because the next call on the same request overwrites it.
+
+``static_shapes=True`` compiles one model per input shape (N,H,W), cached,
+instead of one dynamic-shape model; see ``bench/model_speed.py`` for which is
+faster on a given machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.runtime.base import EngineError, ShapeRange
+from engines.runtime.frames import FrameBackend
+from engines.runtime.model import read_model_info
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def openvino_config(num_threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
+    """The CPU compile properties used for serving (also written into build manifests)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(num_threads or os.cpu_count() or 1),
+        "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+    }
+
+
+class OpenVinoBackend(FrameBackend):
+    """Runs an exported stylecast ONNX file (or an OpenVINO IR) on the CPU with OpenVINO."""
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        num_threads: int | None = None,
+        precision: str = "fp32",
+        static_shapes: bool = False,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        import openvino as ov
+
+        self.info = read_model_info(onnx_path)
+        self.styles = list(self.info.styles)
+        self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
+        self.name = "openvino-cpu"
+        self.config = openvino_config(num_threads, precision)
+        self._core = ov.Core()
+        if cache_dir is not None:
+            # OpenVINO writes/reads compiled blobs here, keyed by model and properties.
+            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+        try:
+            self._model = self._core.read_model(str(onnx_path))
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+            raise EngineError(f"OpenVINO cannot read {onnx_path}: {e}") from e
+        self.static_shapes = static_shapes
+        self._lock = threading.Lock()  # guards compiles and the per-shape cache
+        self._compiled: dict[tuple[int, ...] | None, Any] = {}
+        self._local = threading.local()
+        if not static_shapes:
+            self._compiled[None] = self._compile(self._model)
+        log.info("%s loaded %s (%s, static_shapes=%s)", self.name, onnx_path, self.config, static_shapes)
+
+    def _compile(self, model: Any) -> Any:
+        try:
+            return self._core.compile_model(model, "CPU", self.config)
+        except Exception as e:
+            raise EngineError(f"OpenVINO cannot compile the model for CPU: {e}") from e
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        """This thread's InferRequest for an input shape (one per shape with static_shapes)."""
+        key = shape if self.static_shapes else None
+        requests: dict[tuple[int, ...] | None, Any] = self._local.__dict__.setdefault("requests", {})
+        req = requests.get(key)
+        if req is None:
+            with self._lock:
+                compiled = self._compiled.get(key)
+                if compiled is None:
+                    model = self._model.clone()
+                    n, h, w = shape
+                    model.reshape({"image": [n, h, w, 3], "style": [n, len(self.styles)]})
+                    compiled = self._compiled[key] = self._compile(model)
+            req = requests[key] = compiled.create_infer_request()
+        return req
+
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        req = self._request(images.shape[:3])
+        req.infer({0: images, 1: weights}, share_inputs=True, share_outputs=True)
+        return np.array(req.get_output_tensor(0).data, copy=True)
+
+    def close(self) -> None:
+        self._compiled.clear()
+        self._local = threading.local()

@@ -1,0 +1,236 @@
+"""TensorRT backend (>= 10, name-based tensor API) for a plan built by ``engines.build``.
+
+Memory and streams come from ``cuda-python`` (``cuda.bindings.runtime``, or
+``cuda.cudart`` in older releases), not torch, so serving needs no torch:
+
+* at load: one CUDA stream; device buffers sized for the largest profile
+  (``max_batch`` x max H x max W x 3 uint8 for ``image`` and ``stylized``,
+  ``max_batch`` x S float32 for ``style``); one execution context per
+  optimisation profile, each bound to its profile once.
+* per call: pick the profile whose range holds the (padded) frame size (frames
+  outside every range are resized into the nearest one and back, see
+  ``engines.runtime``), ``set_input_shape``, ``set_tensor_address`` for the
+  three tensors, host->device copy, ``execute_async_v3(stream)``,
+  device->host copy, one ``cudaStreamSynchronize`` (the only sync point).
+
+Calls are serialised with a lock: one stream, one set of buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.runtime.base import EngineError, ShapeRange
+from engines.runtime.frames import FrameBackend
+from engines.runtime.model import read_model_info
+
+log = logging.getLogger(__name__)
+
+
+def cudart_module() -> Any:
+    """cuda-python's runtime API module (new and old import paths)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python < 12.6
+    return cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python calls return (err, *values); raise on err, return the values."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise EngineError(f"CUDA {what} failed: {err}")
+    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
+
+
+def unavailable_reason() -> str | None:
+    """None if TensorRT and a CUDA GPU can be used here, else why not."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        return f"TensorRT is not installed ({e})"
+    major = int(trt.__version__.split(".")[0])
+    if major < 10:
+        return f"TensorRT {trt.__version__} is too old (the name-based API needs >= 10)"
+    try:
+        cudart = cudart_module()
+    except ImportError as e:
+        return f"cuda-python is not installed ({e}); pip install cuda-python"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
+        return f"no CUDA GPU ({err})"
+    return None
+
+
+class DeviceBuffer:
+    """A fixed-size CUDA device allocation with async copies on a stream."""
+
+    def __init__(self, nbytes: int, stream: Any = None) -> None:
+        self.cudart = cudart_module()
+        self.nbytes = nbytes
+        self.stream = stream
+        self.ptr: int = int(_check(self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
+
+    def upload(self, array: np.ndarray) -> None:
+        if array.nbytes > self.nbytes:
+            raise EngineError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        if self.stream is None:
+            _check(self.cudart.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes, kind), "cudaMemcpy")
+        else:
+            _check(
+                self.cudart.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes, kind, self.stream),
+                "cudaMemcpyAsync H2D",
+            )
+
+    def download(self, array: np.ndarray) -> None:
+        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(
+            self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, self.stream),
+            "cudaMemcpyAsync D2H",
+        )
+
+    def free(self) -> None:
+        if self.ptr:
+            self.cudart.cudaFree(self.ptr)
+            self.ptr = 0
+
+
+class TensorRTBackend(FrameBackend):
+    """Runs a serialized TensorRT plan (``model.plan`` + ``manifest.json`` from ``engines.build``)."""
+
+    def __init__(self, engine_dir: str | Path, onnx_path: str | Path) -> None:
+        import tensorrt as trt
+
+        from engines.build import Manifest, check_manifest, wanted_manifest
+
+        engine_dir = Path(engine_dir)
+        self.info = read_model_info(onnx_path)
+        self.styles = list(self.info.styles)
+        manifest = Manifest.read(engine_dir)
+        # Refuse a plan that was built for another model, precision, TensorRT or GPU.
+        from engines.build import EngineSpec, ShapeProfile
+
+        spec = EngineSpec(
+            backend="tensorrt",
+            precision=manifest.precision,
+            shapes=tuple(
+                ShapeProfile(tuple(s["min_hw"]), tuple(s["opt_hw"]), tuple(s["max_hw"]))  # type: ignore[arg-type]
+                for s in manifest.shapes
+            ),
+            max_batch=manifest.max_batch,
+        )
+        check_manifest(manifest, wanted_manifest(Path(onnx_path), spec), engine_dir)
+
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        plan = (engine_dir / manifest.artifact).read_bytes()
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        if self._engine is None:
+            raise EngineError(f"TensorRT could not deserialize {engine_dir / manifest.artifact}")
+        self.cudart = cudart_module()
+        self._stream = _check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+
+        # Profile ranges as the engine reports them: get_tensor_profile_shape -> (min, opt, max).
+        self._profiles: list[tuple[tuple[int, int], tuple[int, int], int]] = []
+        self._contexts: list[Any] = []
+        for p in range(self._engine.num_optimization_profiles):
+            mn, _opt, mx = self._engine.get_tensor_profile_shape("image", p)
+            self._profiles.append(((int(mn[1]), int(mn[2])), (int(mx[1]), int(mx[2])), int(mx[0])))
+            ctx = self._engine.create_execution_context()
+            ctx.set_optimization_profile_async(p, self._stream)
+            self._contexts.append(ctx)
+        _check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+
+        max_b = max(b for _, _, b in self._profiles)
+        max_px = max(h * w for _, (h, w), _ in self._profiles)
+        self._image = DeviceBuffer(max_b * max_px * 3, self._stream)
+        self._out = DeviceBuffer(max_b * max_px * 3, self._stream)
+        self._style = DeviceBuffer(max_b * len(self.styles) * 4, self._stream)
+        self.max_batch = max_b
+        # The union of the profile ranges (frames outside are resized into the nearest range).
+        self.shapes = ShapeRange(
+            min_hw=(min(mn[0] for mn, _, _ in self._profiles), min(mn[1] for mn, _, _ in self._profiles)),
+            max_hw=(max(mx[0] for _, mx, _ in self._profiles), max(mx[1] for _, mx, _ in self._profiles)),
+            multiple=self.info.stride,
+        )
+        self._lock = threading.Lock()
+        self.name = f"tensorrt-{manifest.precision}"
+        log.info("%s loaded %s (%d profiles)", self.name, engine_dir, len(self._profiles))
+
+    @classmethod
+    def from_onnx(
+        cls, onnx_path: str | Path, precision: str = "fp16", engine_dir: str | Path | None = None
+    ) -> TensorRTBackend:
+        """Build (or reuse, if its manifest matches) the plan for ``onnx_path`` and load it.
+
+        ``engine_dir`` defaults to ``<onnx folder>/<stem>.engines/tensorrt-<precision>``.
+        """
+        from engines.build import EngineSpec, ensure_engine
+
+        onnx_path = Path(onnx_path)
+        folder = Path(engine_dir) if engine_dir else onnx_path.parent / f"{onnx_path.stem}.engines"
+        folder = folder / f"tensorrt-{precision}"
+        ensure_engine(onnx_path, EngineSpec(backend="tensorrt", precision=precision), folder, rebuild=True)
+        return cls(folder, onnx_path)
+
+    def _profile_for(self, h: int, w: int, n: int) -> int:
+        for i, ((mn_h, mn_w), (mx_h, mx_w), mx_b) in enumerate(self._profiles):
+            if mn_h <= h <= mx_h and mn_w <= w <= mx_w and n <= mx_b:
+                return i
+        raise EngineError(f"no optimisation profile holds {n}x{w}x{h}; ranges: {self._profiles}")
+
+    def _target_size(self, h: int, w: int) -> tuple[int, int]:
+        # The union ShapeRange can contain sizes between two disjoint profiles;
+        # fall back to resizing into the first profile that holds the aspect-scaled frame.
+        th, tw = super()._target_size(h, w)
+        if any(mn[0] <= th <= mx[0] and mn[1] <= tw <= mx[1] for mn, mx, _ in self._profiles):
+            return th, tw
+        (mn_h, mn_w), (mx_h, mx_w), _ = self._profiles[0]
+        saved = self.shapes
+        self.shapes = ShapeRange((mn_h, mn_w), (mx_h, mx_w), saved.multiple)
+        try:
+            return super()._target_size(h, w)
+        finally:
+            self.shapes = saved
+
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        n, h, w, _ = images.shape
+        out = np.empty_like(images)
+        with self._lock:
+            for start in range(0, n, self.max_batch):  # a batch above max_batch runs in chunks
+                img = np.ascontiguousarray(images[start : start + self.max_batch])
+                sty = np.ascontiguousarray(weights[start : start + self.max_batch])
+                b = img.shape[0]
+                ctx = self._contexts[self._profile_for(h, w, b)]
+                ctx.set_input_shape("image", (b, h, w, 3))
+                ctx.set_input_shape("style", (b, len(self.styles)))
+                ctx.set_tensor_address("image", self._image.ptr)
+                ctx.set_tensor_address("style", self._style.ptr)
+                ctx.set_tensor_address("stylized", self._out.ptr)
+                self._image.upload(img)
+                self._style.upload(sty)
+                if not ctx.execute_async_v3(self._stream):
+                    raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+                chunk = out[start : start + b]
+                self._out.download(chunk)
+                # The only sync point: the D2H copy must land before numpy reads `out`.
+                _check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return out
+
+    def close(self) -> None:
+        for buf in ("_image", "_out", "_style"):
+            if hasattr(self, buf):
+                getattr(self, buf).free()
+                delattr(self, buf)
+        self._contexts = []
+        if getattr(self, "_stream", None) is not None:
+            self.cudart.cudaStreamDestroy(self._stream)
+            self._stream = None

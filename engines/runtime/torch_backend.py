@@ -1,0 +1,99 @@
+"""torch backend (CPU or CUDA): the reference every other backend is compared with.
+
+Runs the same :class:`engines.wrap.UInt8Generator` that the ONNX export
+traces, so uint8 in, uint8 out, conversions on the device. Imports torch only
+when constructed; serving never needs this module.
+
+On CUDA, ``precision="fp16"`` runs the convolutions under ``torch.autocast``
+(float16) with channels_last weights; the instance-norm statistics stay float32
+where autocast keeps them (mean/var reductions). Calls are serialised with a
+lock (one CUDA stream per backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.runtime.base import EngineError, ShapeRange
+from engines.runtime.frames import FrameBackend
+
+log = logging.getLogger(__name__)
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None if torch can use a CUDA GPU here, else why not."""
+    try:
+        import torch
+    except ImportError as e:
+        return f"torch is not installed ({e})"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA GPU"
+    return None
+
+
+class TorchBackend(FrameBackend):
+    """Runs a stylecast ``.safetensors`` checkpoint with torch.
+
+    ``device``: ``"cpu"`` or ``"cuda"``; ``precision``: ``"fp32"`` or (CUDA only)
+    ``"fp16"``; ``num_threads`` sets torch's process-wide CPU thread count.
+    """
+
+    def __init__(
+        self,
+        checkpoint_path: str | Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        num_threads: int | None = None,
+    ) -> None:
+        try:
+            import torch
+
+            from engines.wrap import UInt8Generator
+            from trainer.checkpoint import CheckpointError, load_generator
+        except ImportError as e:
+            raise EngineError(f"the torch backend needs torch and safetensors: {e}") from e
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if precision not in ("fp32", "fp16") or (precision == "fp16" and device != "cuda"):
+            raise ValueError(f"precision must be 'fp32' (or 'fp16' on CUDA), got {precision!r} on {device}")
+        if device == "cuda" and (reason := cuda_unavailable_reason()):
+            raise EngineError(reason)
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        try:
+            generator, ckpt = load_generator(checkpoint_path, device=device)
+        except FileNotFoundError as e:
+            raise EngineError(str(e)) from e
+        except CheckpointError as e:
+            raise EngineError(str(e)) from e
+        self._torch: Any = torch
+        self._module = UInt8Generator(generator).eval()
+        if device == "cuda":
+            self._module = self._module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._device = torch.device(device)
+        self._precision = precision
+        self._lock = threading.Lock()
+        self.styles = ckpt.style_names
+        self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=generator.config.stride)
+        self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
+        log.info("%s loaded %s", self.name, checkpoint_path)
+
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            img = torch.from_numpy(images).to(self._device, non_blocking=True)
+            sty = torch.from_numpy(weights).to(self._device, non_blocking=True)
+            if self._precision == "fp16":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self._module(img, sty)
+            else:
+                out = self._module(img, sty)
+            return out.cpu().numpy()  # .cpu() synchronises with the device
+
+    def close(self) -> None:
+        self.__dict__.pop("_module", None)

