@@ -38,3 +38,23 @@ bench: setup-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Retrain the shipped default model (8 paintings, see engines/models/CREDITS.md) from the
+# project's training material; DATA is the folder with content/ and styles/.
+DATA ?= ../shared/data
+TRAIN_OUT ?= runs/default
+P := $(DATA)/styles/gcompris-qt-data__paintings
+DEFAULT_STYLES := \
+	--style "$(P)/Katsushika_Hokusai_The_Great_Wave_off_Kanagawa_1823_1829.png=The Great Wave" \
+	--style "$(DATA)/styles/opencv-doc/starry_night.jpg=The Starry Night" \
+	--style "$(P)/Wassily_Kandinsky_Composition_VIII_1923.png=Composition VIII" \
+	--style "$(P)/Vincent_Van_Gogh_Village_Street_in_Auvers_1890.png=Village Street in Auvers" \
+	--style "$(P)/Utagawa_Hiroshige_The_Benzaiten_Shrine_at_Inokashira_in_Snow.png=Shrine in Snow" \
+	--style "$(P)/Pierre_Auguste_Renoir_Bal_du_moulin_de_la_Galette_1876.png=Moulin de la Galette" \
+	--style "$(P)/Katsushika_Hokusa_Poppies_1833_1834.png=Poppies" \
+	--style "$(P)/Giuseppe_Arcimboldo_Spring_1573.png=Spring"
+TRAIN_ARGS ?= --size 160 --batch 4 --steps 1600 --adversarial-start 300 --sample-every 200 --save-every 100
+
+train-default: setup-dev
+	$(BIN)/python -m trainer train --content $(DATA)/content $(DEFAULT_STYLES) \
+		--out $(TRAIN_OUT)/default.safetensors $(TRAIN_ARGS) $(ARGS)

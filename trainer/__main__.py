@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", type=int, default=d.size, help="training crop side in pixels (multiple of 4)")
     t.add_argument("--batch", type=int, default=d.batch, help="crops per step")
     t.add_argument("--lr", type=float, default=d.lr, help="generator Adam learning rate")
+    t.add_argument(
+        "--style-lr-mult",
+        type=float,
+        default=d.style_lr_mult,
+        help="learning-rate multiplier of the per-style normalisation rows",
+    )
     t.add_argument("--lr-d", type=float, default=d.lr_d, help="discriminator Adam learning rate")
     t.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=d.seed, help="random seed")
@@ -147,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 size=args.size,
                 batch=args.batch,
                 lr=args.lr,
+                style_lr_mult=args.style_lr_mult,
                 lr_d=args.lr_d,
                 device=args.device,
                 seed=args.seed,

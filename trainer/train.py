@@ -51,6 +51,7 @@ class TrainConfig:
     size: int = 192  # square crop side, px (multiple of 4)
     batch: int = 4
     lr: float = 2e-3
+    style_lr_mult: float = 10.0  # the per-style rows learn this much faster, so styles separate early
     lr_d: float = 2e-4
     device: str = "auto"
     seed: int = 0
@@ -158,7 +159,15 @@ class Trainer:
         n = len(self.styles)
         self.G = Generator(GeneratorConfig(n, config.width, config.half_width, config.num_blocks)).to(self.device)
         self.D = Discriminator(DiscriminatorConfig(n, width=config.disc_width)).to(self.device)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.5, 0.99))
+        rows = {id(p) for p in self.G.style_parameters()}
+        shared = [p for p in self.G.parameters() if id(p) not in rows]
+        self.opt_g = torch.optim.Adam(
+            [
+                {"params": shared, "lr": config.lr},
+                {"params": self.G.style_parameters(), "lr": config.lr * config.style_lr_mult},
+            ],
+            betas=(0.5, 0.99),
+        )
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
         self.loss = PerceptualLoss(VGG19Features().to(self.device))
         style_targets(self.loss, self.styles, config.size, self.rng, self.device)
