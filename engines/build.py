@@ -24,6 +24,7 @@ is asked for) TensorRT.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -400,4 +401,6 @@ def _build_openvino(onnx_path: Path, spec: EngineSpec) -> tuple[bytes, dict[str,
     props = openvino_config(spec.num_threads, spec.precision)
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", props)
-    return bytes(compiled.export_model()), props
+    stream = io.BytesIO()
+    compiled.export_model(stream)
+    return stream.getvalue(), props

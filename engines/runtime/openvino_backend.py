@@ -54,6 +54,7 @@ class OpenVinoBackend(FrameBackend):
         precision: str = "fp32",
         static_shapes: bool = False,
         cache_dir: str | Path | None = None,
+        compiled_blob: str | Path | None = None,
     ) -> None:
         import openvino as ov
 
@@ -70,13 +71,30 @@ class OpenVinoBackend(FrameBackend):
             self._model = self._core.read_model(str(onnx_path))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise EngineError(f"OpenVINO cannot read {onnx_path}: {e}") from e
-        self.static_shapes = static_shapes
+        self.static_shapes = static_shapes and compiled_blob is None
         self._lock = threading.Lock()  # guards compiles and the per-shape cache
         self._compiled: dict[tuple[int, ...] | None, Any] = {}
         self._local = threading.local()
-        if not static_shapes:
+        if compiled_blob is not None:
+            # A blob exported by engines.build (its manifest was checked by the caller).
+            with open(compiled_blob, "rb") as f:
+                self._compiled[None] = self._core.import_model(f.read(), "CPU", self.config)
+        elif not static_shapes:
             self._compiled[None] = self._compile(self._model)
         log.info("%s loaded %s (%s, static_shapes=%s)", self.name, onnx_path, self.config, static_shapes)
+
+    @classmethod
+    def from_build(
+        cls, onnx_path: str | Path, engine_dir: str | Path, num_threads: int | None = None, rebuild: bool = True
+    ) -> OpenVinoBackend:
+        """Load the compiled blob in ``engine_dir`` (built by ``engines.build``), building it if
+        missing and rebuilding it (or, with ``rebuild=False``, refusing it) if its manifest does
+        not match this model, precision, OpenVINO version or CPU."""
+        from engines.build import EngineSpec, ensure_engine
+
+        spec = EngineSpec(backend="openvino", precision="fp32", num_threads=num_threads)
+        manifest = ensure_engine(onnx_path, spec, engine_dir, rebuild=rebuild)
+        return cls(onnx_path, num_threads=num_threads, compiled_blob=Path(engine_dir) / manifest.artifact)
 
     def _compile(self, model: Any) -> Any:
         try:

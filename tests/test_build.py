@@ -1,0 +1,158 @@
+"""engines.build: manifests, cache checks (rebuild or refuse, naming the field), the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.build import (
+    EngineSpec,
+    Manifest,
+    ManifestMismatch,
+    ShapeProfile,
+    build_engine,
+    ensure_engine,
+    parse_size,
+)
+from engines.runtime.model import file_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shape_parsing() -> None:
+    assert parse_size("640x480") == (480, 640)
+    prof = ShapeProfile.parse("320x240:640x480:1280x720")
+    assert prof.min_hw == (240, 320) and prof.max_hw == (720, 1280) and str(prof) == "320x240:640x480:1280x720"
+    with pytest.raises(ValueError, match="MIN:OPT:MAX"):
+        ShapeProfile.parse("320x240:640x480")
+    with pytest.raises(ValueError, match="multiples of 4"):
+        ShapeProfile.parse("321x240:640x480:1280x720")
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        ShapeProfile.parse("640x480:320x240:1280x720")
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_size("640by480")
+
+
+def test_openvino_build_writes_blob_and_manifest(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    manifest = build_engine(tiny_onnx, EngineSpec(backend="openvino", precision="fp32", num_threads=1), out)
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["onnx_sha256"] == file_sha256(tiny_onnx)
+    assert data["backend"] == "openvino" and data["precision"] == "fp32"
+    assert data["runtime_version"] and data["device"] and data["build_seconds"] >= 0
+    assert (out / manifest.artifact).stat().st_size > 1000
+    assert data["extra"]["properties"]["PERFORMANCE_HINT"] == "LATENCY"
+
+
+def test_cached_engine_reused_rebuilt_or_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    spec = EngineSpec(backend="openvino", precision="fp32", num_threads=1)
+    first = ensure_engine(tiny_onnx, spec, out)
+    again = ensure_engine(tiny_onnx, spec, out)
+    assert again.built_at == first.built_at  # matching manifest: reused, not rebuilt
+
+    # Another model under the same name: refused with the field, old and new values ...
+    other = tmp_path / "model.onnx"
+    # One more metadata entry (protobuf field 14 = {key "k", value "v"}): valid ONNX, other sha256.
+    other.write_bytes(tiny_onnx.read_bytes() + b"\x72\x06\x0a\x01k\x12\x01v")
+    blob = out / first.artifact
+    before = blob.read_bytes()
+    with pytest.raises(ManifestMismatch, match="onnx_sha256") as err:
+        ensure_engine(other, spec, out, rebuild=False)
+    assert err.value.field == "onnx_sha256" and err.value.wanted == file_sha256(other)
+    assert blob.read_bytes() == before  # refused: nothing touched
+    # ... or rebuilt.
+    rebuilt = ensure_engine(other, spec, out, rebuild=True)
+    assert rebuilt.onnx_sha256 == file_sha256(other)
+
+    # A manifest from another runtime version or precision is not used silently either.
+    data = json.loads((out / "manifest.json").read_text())
+    data["runtime_version"] = "2020.1"
+    (out / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestMismatch, match="runtime_version is '2020.1'"):
+        ensure_engine(other, spec, out, rebuild=False)
+    with pytest.raises(ManifestMismatch, match="precision"):
+        ensure_engine(other, EngineSpec(backend="openvino", precision="fp16"), out.parent / "ov", rebuild=False)
+
+
+def test_openvino_backend_from_build_matches_dynamic(tiny_onnx: Path, tmp_path: Path) -> None:
+    from engines.runtime.openvino_backend import OpenVinoBackend
+
+    built = OpenVinoBackend.from_build(tiny_onnx, tmp_path / "ov", num_threads=1)
+    plain = OpenVinoBackend(tiny_onnx, num_threads=1)
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    w = np.array([1, 0, 2], np.float32)
+    np.testing.assert_array_equal(built.stylize(frame, w), plain.stylize(frame, w))
+
+
+def test_bad_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    from engines.runtime.base import EngineError
+
+    with pytest.raises(EngineError, match="build the engine first"):
+        Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(EngineError, match="not a valid engine manifest"):
+        Manifest.read(tmp_path)
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_build_and_cache(tiny_onnx: Path, tmp_path: Path) -> None:
+    from engines.runtime import tensorrt_backend
+
+    if reason := tensorrt_backend.unavailable_reason():
+        pytest.skip(reason)
+    spec = EngineSpec(
+        precision="fp16",
+        shapes=(ShapeProfile((64, 64), (240, 320), (480, 640)),),
+        max_batch=2,
+        timing_cache=tmp_path / "timing.cache",
+    )
+    manifest = build_engine(tiny_onnx, spec, tmp_path / "trt")
+    assert manifest.compute_capability and manifest.device and (tmp_path / "timing.cache").stat().st_size > 0
+    assert manifest.shapes == [{"min_hw": [64, 64], "opt_hw": [240, 320], "max_hw": [480, 640]}]
+    with pytest.raises(ManifestMismatch, match="shapes"):
+        ensure_engine(tiny_onnx, EngineSpec(precision="fp16", max_batch=2), tmp_path / "trt", rebuild=False)
+
+
+def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engines", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    res = run("export", str(ckpt), "--out", str(tmp_path / "m.onnx"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run(
+        "build", str(tmp_path / "m.onnx"), "--backend", "openvino", "--precision", "fp32", "--out", str(tmp_path / "ov")
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["backend"] == "openvino"
+    res = run("info", str(tmp_path / "m.onnx"))
+    assert res.returncode == 0 and "backend: " in res.stdout and "reason: " in res.stdout
+    res = run("info", str(tmp_path / "missing.onnx"))
+    assert res.returncode == 2 and "model file not found" in res.stderr
+    res = run("build", "--help")
+    assert "MiB" in res.stdout and "WIDTHxHEIGHT" in res.stdout
+
+
+def test_bench_runs_and_writes_json(tiny_onnx: Path, tmp_path: Path) -> None:
+    from bench.model_speed import format_table, run_bench, write_json
+
+    result = run_bench(
+        tiny_onnx, sizes=((48, 64),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False
+    )
+    ours = [r for r in result["rows"] if r["model"] == "ours"]
+    assert [(r["backend"], r["size"]) for r in ours] == [("openvino-cpu", "64x48")]
+    assert ours[0]["median_ms"] > 0
+    assert "no-such" in result["skipped"]
+    table = format_table(result)
+    assert "| openvino-cpu | 64x48 |" in table
+    path = write_json(result, tmp_path / "speed.json")
+    assert json.loads(path.read_text())["rows"] == result["rows"]
