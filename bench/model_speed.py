@@ -124,7 +124,7 @@ class _PeerRunner:
 def run_bench(
     model: Path | None = None,
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
-    backends: tuple[str, ...] = ("openvino-cpu", "openvino-cpu-static", "onnxruntime-cpu", "torch-cpu"),
+    backends: tuple[str, ...] = ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu", "torch-cpu"),
     repeats: int = 20,
     warmup: int = 3,
     num_threads: int | None = None,
@@ -167,11 +167,11 @@ def run_bench(
         for backend_name, which in jobs:
             if which == "ours":
                 try:
-                    if backend_name == "openvino-cpu-static":
+                    if backend_name == "openvino-cpu-dynamic":
                         from engines.runtime.openvino_backend import OpenVinoBackend
 
-                        backend: Any = OpenVinoBackend(model, num_threads=num_threads, static_shapes=True)
-                        backend.name = "openvino-cpu-static"
+                        backend: Any = OpenVinoBackend(model, num_threads=num_threads, static_shapes=False)
+                        backend.name = "openvino-cpu-dynamic"
                     else:
                         backend = load_backend(model, backend_name, num_threads=num_threads)
                 except Exception as e:  # report and go on: a bench covers what is available

@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--backends",
-        default="openvino-cpu,openvino-cpu-static,onnxruntime-cpu,torch-cpu",
-        help="comma-separated backends to time (openvino-cpu-static: one compile per shape); unavailable ones are "
+        default="openvino-cpu,openvino-cpu-dynamic,onnxruntime-cpu,torch-cpu",
+        help="comma-separated backends to time (openvino-cpu compiles one model per frame shape; "
+        "openvino-cpu-dynamic: one dynamic-shape model); unavailable ones are "
         "reported and skipped",
     )
     p.add_argument("--repeats", type=int, default=20, help="timed calls per case; the median is reported (default 20)")

@@ -109,6 +109,7 @@ def export_onnx(
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
                 dynamo=True,
+                verbose=False,  # no progress lines on stdout
                 external_data=False,
             )
         assert program is not None

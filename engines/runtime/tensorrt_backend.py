@@ -137,6 +137,8 @@ class TensorRTBackend(FrameBackend):
             raise EngineError(f"TensorRT could not deserialize {engine_dir / manifest.artifact}")
         self.cudart = cudart_module()
         self._stream = _check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # TensorRT's Python API takes the raw cudaStream_t handle as an int.
+        self._stream_handle = int(self._stream)
 
         # Profile ranges as the engine reports them: get_tensor_profile_shape -> (min, opt, max).
         self._profiles: list[tuple[tuple[int, int], tuple[int, int], int]] = []
@@ -145,7 +147,7 @@ class TensorRTBackend(FrameBackend):
             mn, _opt, mx = self._engine.get_tensor_profile_shape("image", p)
             self._profiles.append(((int(mn[1]), int(mn[2])), (int(mx[1]), int(mx[2])), int(mx[0])))
             ctx = self._engine.create_execution_context()
-            ctx.set_optimization_profile_async(p, self._stream)
+            ctx.set_optimization_profile_async(p, self._stream_handle)
             self._contexts.append(ctx)
         _check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
@@ -217,7 +219,7 @@ class TensorRTBackend(FrameBackend):
                 ctx.set_tensor_address("stylized", self._out.ptr)
                 self._image.upload(img)
                 self._style.upload(sty)
-                if not ctx.execute_async_v3(self._stream):
+                if not ctx.execute_async_v3(self._stream_handle):
                     raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
                 chunk = out[start : start + b]
                 self._out.download(chunk)
