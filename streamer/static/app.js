@@ -316,7 +316,8 @@ function onControlMessage(ev) {
     hook.statsLog.push({ t: performance.now(), ...msg });
     if (hook.statsLog.length > 600) hook.statsLog.shift();
     const f = (x) => (typeof x === "number" ? x.toFixed(1) : "–");
-    ui.serverFps.textContent = `${f(msg.fps_in)} in / ${f(msg.fps_out)} out`;
+    ui.serverFps.textContent = `${f(msg.fps_in)} → ${f(msg.fps_out)}`;
+    ui.serverFps.title = `frames in → out per second; ${msg.dropped ?? 0} dropped`;
     ui.infer.textContent = typeof msg.infer_ms === "number" ? `${msg.infer_ms.toFixed(1)} ms` : "–";
     if (msg.backend) ui.backend.textContent = msg.backend;
     if (msg.error) showMessage(`The server reports a problem: ${msg.error}`);
