@@ -88,16 +88,23 @@ function setStatus(text, kind = "") {
   ui.status.dataset.state = kind;
 }
 
+let messageTimer = null;
+
+// kind "error" stays until the next action; "info" fades after a few seconds.
 function showMessage(text, kind = "error") {
+  clearTimeout(messageTimer);
   ui.message.textContent = text;
   ui.message.dataset.kind = kind;
   ui.message.hidden = false;
   if (kind === "error") hook.lastError = text;
+  else messageTimer = setTimeout(clearMessage, 6000);
 }
 
 function clearMessage() {
+  clearTimeout(messageTimer);
   ui.message.hidden = true;
   ui.message.textContent = "";
+  delete ui.message.dataset.source;
 }
 
 function cameraErrorText(err) {
@@ -320,7 +327,12 @@ function onControlMessage(ev) {
     ui.serverFps.title = `frames in → out per second; ${msg.dropped ?? 0} dropped`;
     ui.infer.textContent = typeof msg.infer_ms === "number" ? `${msg.infer_ms.toFixed(1)} ms` : "–";
     if (msg.backend) ui.backend.textContent = msg.backend;
-    if (msg.error) showMessage(`The server reports a problem: ${msg.error}`);
+    if (msg.error) {
+      showMessage(`The server reports a problem: ${msg.error}`);
+      ui.message.dataset.source = "stats";
+    } else if (ui.message.dataset.source === "stats") {
+      clearMessage();
+    }
   } else if (msg.type === "pong") {
     hook.rttMs = performance.now() - msg.t;
     showLatency();
@@ -391,6 +403,12 @@ async function connect(track) {
   pc = new RTCPeerConnection({ iceServers: [] });
   dc = pc.createDataChannel("control"); // before the offer, so it is negotiated in it
   dc.onmessage = onControlMessage;
+  dc.onclose = () => {
+    if (state.connected) {
+      showMessage("The server closed the session. Press Start camera to reconnect.");
+      stop();
+    }
+  };
   dc.onopen = () => {
     // Send the page's settings once, so the server and the sliders agree.
     queueSet({ weights: [...state.weights], strength: state.strength, resolution: state.resolution });
@@ -418,7 +436,9 @@ async function connect(track) {
       ui.stop.disabled = false;
       ui.snapshot.disabled = false;
       tuneSender(tx.sender);
-    } else if (s === "failed" || s === "disconnected" || s === "closed") {
+    } else if (s === "disconnected") {
+      setStatus("Connection interrupted…"); // may recover by itself; "failed" follows if not
+    } else if (s === "failed" || s === "closed") {
       if (state.connected) showMessage("The connection to the server was lost. Press Start camera to reconnect.");
       else if (s === "failed") showMessage("The video connection to the server failed (no network path between the browser and the server).");
       stop();
@@ -494,12 +514,20 @@ function ping() {
 
 function startStatsLoop() {
   let last = null;
+  let lastFrameAt = performance.now();
   statsTimer = setInterval(async () => {
     const now = performance.now();
     const n = await framesDecoded();
     if (last && n != null) {
       const fps = ((n - last.n) * 1000) / (now - last.t);
       ui.fps.textContent = fps.toFixed(1);
+    }
+    if (n != null && (!last || n !== last.n)) {
+      lastFrameAt = now;
+      if (ui.message.dataset.source === "watchdog") clearMessage();
+    } else if (state.connected && now - lastFrameAt > 5000 && ui.message.hidden) {
+      showMessage("Connected, but no stylized video is arriving from the server. Check the server's log.");
+      ui.message.dataset.source = "watchdog";
     }
     if (n != null) last = { n, t: now };
     if (BENCH) showLatency();
