@@ -237,6 +237,8 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
     snaps = tmp_path / "snaps"
     mix = "ember:1"
     original, stylized = expected_pictures(src, tiny_onnx, mix)
+    _, next_preset = expected_pictures(src, tiny_onnx, "glacier:1")  # "n" after ember alone
+    assert mad(stylized, next_preset) > 5, "the tiny model's styles should look different"
     env = dict(headless_env(), DISPLAY=xdisplay.name)
     log_path = tmp_path / "preview.log"
     with open(log_path, "w") as log:
@@ -299,6 +301,17 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
         snap = cv2.imread(str(pngs[0]))
         assert snap is not None and snap.shape == stylized.shape
         assert float(np.abs(snap.astype(np.float32) - stylized).mean()) < 3
+
+        # n: the next preset (glacier alone) replaces the picture.
+        xdisplay.press("n", centre)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = xdisplay.screenshot()
+            now = screen[y + h // 2 : y + h, x : x + w]
+            if mad(now, next_preset[h // 2 :]) < 8:
+                break
+        assert mad(now, next_preset[h // 2 :]) < 8 < mad(now, stylized[h // 2 :]), "n did not switch the preset"
 
         xdisplay.press("q", centre)
         assert proc.wait(timeout=20) == 0, log_path.read_text()
