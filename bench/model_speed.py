@@ -161,6 +161,7 @@ def run_bench(
     jobs: list[tuple[str, str]] = [(b, "ours") for b in backends]
     if peer is not None:
         jobs += [(b, "peer") for b in ("openvino-cpu", "onnxruntime-cpu") if b in backends]
+    load_before = os.getloadavg()[0]  # other processes on the machine inflate every timing
     rng = np.random.default_rng(0)
     bar = tqdm(total=len(jobs) * len(sizes), disable=not progress, desc="bench", unit="case")
     try:
@@ -203,7 +204,12 @@ def run_bench(
     return {
         "model": str(model) if tmp is None else "untrained default-config generator (26 styles)",
         "peer": str(peer) if peer else None,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": num_threads},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": num_threads,
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
+        },
         "repeats": repeats,
         "warmup": warmup,
         "timed": {
