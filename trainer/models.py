@@ -37,8 +37,8 @@ class GeneratorConfig:
     """Architecture of :class:`Generator`; stored in every checkpoint."""
 
     num_styles: int
-    width: int = 96  # channels at 1/4 scale, where most of the work happens
-    half_width: int = 32  # channels at 1/2 scale (stem and last decoder stage)
+    width: int = 64  # channels at 1/4 scale, where most of the work happens
+    half_width: int = 16  # channels at 1/2 scale (stem and last decoder stage)
     num_blocks: int = 7  # depthwise-separable residual blocks at 1/4 scale
     stride: int = 4  # H and W must be multiples of this
 
@@ -73,7 +73,9 @@ class CondInstanceNorm(nn.Module):
 
     ``gamma``/``beta`` are [num_styles, C]. With mix weights ``w`` [N, S] (rows
     sum to 1), the effective affine is ``w @ gamma`` [N, C]: a one-hot ``w`` is
-    exactly one style, anything else interpolates the parameters.
+    exactly one style, anything else interpolates the parameters. The
+    generator computes every layer's affine with one matmul
+    (:meth:`Generator.style_affines`) and passes it in.
     """
 
     def __init__(self, num_styles: int, channels: int) -> None:
@@ -81,14 +83,11 @@ class CondInstanceNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(num_styles, channels))
         self.beta = nn.Parameter(torch.zeros(num_styles, channels))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # x: [N,C,H,W]; w: [N,S]. Statistics over H,W in float32 (eps as torch's IN).
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
-        x = (x - mean) * torch.rsqrt(var + 1e-5)
-        gamma = (w @ self.gamma)[:, :, None, None]
-        beta = (w @ self.beta)[:, :, None, None]
-        return x * gamma + beta
+    def forward(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # x: [N,C,H,W]; affine: (gamma [N,C], beta [N,C]). F.instance_norm exports as one
+        # InstanceNormalization op, which OpenVINO and TensorRT run fused.
+        gamma, beta = affine
+        return F.instance_norm(x, eps=1e-5) * gamma[:, :, None, None] + beta[:, :, None, None]
 
 
 class ResBlock(nn.Module):
@@ -110,9 +109,11 @@ class ResBlock(nn.Module):
         self.pw = nn.Conv2d(channels, channels, 1, bias=False)
         self.n2 = CondInstanceNorm(num_styles, channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.n1(self.dw(x), w))
-        return x + self.n2(self.pw(y), w)
+    def forward(
+        self, x: torch.Tensor, a1: tuple[torch.Tensor, torch.Tensor], a2: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        y = F.relu(self.n1(self.dw(x), a1))
+        return x + self.n2(self.pw(y), a2)
 
 
 class Generator(nn.Module):
@@ -135,6 +136,13 @@ class Generator(nn.Module):
         self.up = nn.Conv2d(c, 4 * h, 1, bias=False)
         self.up_norm = CondInstanceNorm(s, h)
         self.head = nn.Conv2d(h, 12, 3, padding=1, padding_mode="reflect")
+        # Every CIN in the order forward() uses them.
+        self.norms: list[CondInstanceNorm] = [
+            self.stem_norm,
+            self.down_norm,
+            *(n for b in self.blocks for n in (b.n1, b.n2)),
+            self.up_norm,
+        ]
 
     @staticmethod
     def normalize_style(style: torch.Tensor, batch: int) -> torch.Tensor:
@@ -147,19 +155,36 @@ class Generator(nn.Module):
             style = style.unsqueeze(0).expand(batch, -1)
         return style / style.sum(dim=1, keepdim=True).clamp_min(1e-8)
 
+    def style_affines(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gamma [N,C], beta [N,C]) of every CIN for mix weights ``w`` [N,S], in forward order.
+
+        One matmul against all layers' rows side by side ([S, 2*sum(C)]); in an
+        exported graph the concatenated table is a constant, so a style mix costs
+        a single tiny MatMul per frame instead of two per layer.
+        """
+        table = torch.cat([torch.cat([n.gamma, n.beta], 1) for n in self.norms], 1)
+        flat = w @ table  # [N, 2*sum(C)]
+        out, offset = [], 0
+        for n in self.norms:
+            c = n.gamma.shape[1]
+            out.append((flat[:, offset : offset + c], flat[:, offset + c : offset + 2 * c]))
+            offset += 2 * c
+        return out
+
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         w = self.normalize_style(style.to(image.dtype), image.shape[0])
+        a = self.style_affines(w)
         x = F.pixel_unshuffle(image * 2.0 - 1.0, 2)  # [N,12,H/2,W/2]
-        x = F.relu(self.stem_norm(self.stem(x), w))
-        x = F.relu(self.down_norm(self.down(F.pixel_unshuffle(x, 2)), w))  # [N,C,H/4,W/4]
-        for block in self.blocks:
-            x = block(x, w)
-        x = F.relu(self.up_norm(F.pixel_shuffle(self.up(x), 2), w))  # [N,h,H/2,W/2]
+        x = F.relu(self.stem_norm(self.stem(x), a[0]))
+        x = F.relu(self.down_norm(self.down(F.pixel_unshuffle(x, 2)), a[1]))  # [N,C,H/4,W/4]
+        for i, block in enumerate(self.blocks):
+            x = block(x, a[2 + 2 * i], a[3 + 2 * i])
+        x = F.relu(self.up_norm(F.pixel_shuffle(self.up(x), 2), a[-1]))  # [N,h,H/2,W/2]
         return torch.sigmoid(F.pixel_shuffle(self.head(x), 2))  # [N,3,H,W]
 
     def style_parameters(self) -> list[nn.Parameter]:
         """The per-style rows (every CIN's gamma and beta)."""
-        return [p for m in self.modules() if isinstance(m, CondInstanceNorm) for p in (m.gamma, m.beta)]
+        return [p for n in self.norms for p in (n.gamma, n.beta)]
 
 
 def check_style(style: torch.Tensor, num_styles: int) -> None:
