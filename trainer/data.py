@@ -37,8 +37,8 @@ def find_images(folder: str | Path) -> list[Path]:
 
 def load_rgb(path: Path, short_side: int | None = None) -> Image.Image:
     """Decode an image as RGB (EXIF-rotated, alpha on white), optionally downscaled."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+    with Image.open(path) as src:
+        im: Image.Image = ImageOps.exif_transpose(src)
         if im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGBA")
             bg = Image.new("RGBA", im.size, (255, 255, 255, 255))

@@ -140,7 +140,7 @@ class Generator(nn.Module):
         self.norms: list[CondInstanceNorm] = [
             self.stem_norm,
             self.down_norm,
-            *(n for b in self.blocks for n in (b.n1, b.n2)),
+            *(n for b in self.blocks if isinstance(b, ResBlock) for n in (b.n1, b.n2)),
             self.up_norm,
         ]
 

@@ -65,10 +65,11 @@ class VGG19Features(nn.Module):
             name, cin, cout = layer
             conv = nn.Conv2d(cin, cout, 3, padding=1)
             w_q = q[f"{name}_W_q"].long()
-            conv.weight.data = q[f"{name}_W_table"][w_q.flatten()].reshape(w_q.shape).float()
-            conv.bias.data = q[f"{name}_b"].float()
+            conv.weight = nn.Parameter(q[f"{name}_W_table"][w_q.flatten()].reshape(w_q.shape).float())
+            conv.bias = nn.Parameter(q[f"{name}_b"].float())
             self.convs[name] = conv
         # RGB [0,1] -> BGR 0-255 minus mean, as one affine per channel.
+        self.mean_bgr: torch.Tensor
         self.register_buffer("mean_bgr", torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()

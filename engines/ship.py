@@ -1,0 +1,98 @@
+"""Package a trained checkpoint as a shippable model folder.
+
+    python -m engines.ship runs/default/default.safetensors --out engines/models --name default
+
+writes into ``--out``:
+
+- ``<name>.safetensors``: the generator only (discriminator and optimiser
+  states stripped: serving never needs them), with all metadata kept;
+- ``<name>.onnx``: exported and checked against torch (``engines.export``);
+- ``thumbnails/<i>.jpg``: a 160x160 thumbnail of style i's painting, found at
+  the path recorded in the checkpoint's training config or, failing that, by
+  its file name under ``--paintings`` folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from engines.export import export_onnx
+from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+THUMB = 160
+
+
+def find_painting(source: str, recorded: str | None, search: Sequence[Path]) -> Path:
+    """The painting file for a style: the recorded path if it exists, else by name under ``search``."""
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    for folder in search:
+        for hit in sorted(folder.rglob(source)):
+            return hit
+    raise FileNotFoundError(f"painting {source!r} not found (recorded path {recorded!r}; searched {list(search)})")
+
+
+def thumbnail(painting: Path, out: Path) -> Path:
+    """Centre-square thumbnail, JPEG."""
+    with Image.open(painting) as src:
+        thumb = ImageOps.fit(src.convert("RGB"), (THUMB, THUMB), Image.Resampling.LANCZOS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    thumb.save(out, quality=88)
+    return out
+
+
+def ship(checkpoint: Path, out_dir: Path, name: str, paintings: Sequence[Path] = ()) -> list[Path]:
+    """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths."""
+    ckpt = load_checkpoint(checkpoint)
+    slim = out_dir / f"{name}.safetensors"
+    save_checkpoint(
+        slim,
+        Checkpoint(
+            generator_config=ckpt.generator_config,
+            styles=ckpt.styles,
+            step=ckpt.step,
+            train=ckpt.train,
+            generator_state=ckpt.generator_state,
+        ),
+    )
+    onnx_path = export_onnx(slim, out_dir / f"{name}.onnx")
+    recorded = {}
+    for entry in ckpt.train.get("styles", []):
+        path, _name = entry
+        recorded[Path(path).name] = path
+    written = [slim, onnx_path]
+    for i, style in enumerate(ckpt.styles):
+        painting = find_painting(style.source, recorded.get(style.source), paintings)
+        written.append(thumbnail(painting, out_dir / "thumbnails" / f"{i}.jpg"))
+        log.info("style %d %r: thumbnail from %s", i, style.name, painting)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engines.ship", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("checkpoint", type=Path, help="a trained checkpoint (.safetensors)")
+    p.add_argument("--out", type=Path, default=Path("engines/models"), help="folder to write the model files to")
+    p.add_argument("--name", default="default", help="file stem of the shipped model")
+    p.add_argument("--paintings", type=Path, action="append", default=[],
+                   help="folder to search for paintings whose recorded path no longer exists (repeatable)")  # fmt: skip
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for path in ship(args.checkpoint, args.out, args.name, args.paintings):
+            print(path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
