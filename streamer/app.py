@@ -1,0 +1,195 @@
+"""The aiohttp application: the page, signalling, control, /health and /metrics.
+
+``create_app(config, backend)`` builds everything (no module-level state): the
+shared inference worker starts with the app and stops with it, and shutdown
+closes every peer connection. Routes::
+
+    GET  /                 the page (static/index.html)
+    GET  /static/...       the page's files
+    GET  /api/info         styles (with thumbnail URLs), presets, backend, resolutions
+    GET  /styles/{i}.jpg   painting thumbnail of style i (404 if the model ships none)
+    POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
+    GET  /health           JSON: backend and why, model and styles, sessions
+    GET  /metrics          Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from engines.runtime.base import Backend
+from streamer import metrics
+from streamer.config import StreamerConfig
+from streamer.mixer import Preset, build_presets
+from streamer.session import OfferError, Session
+from streamer.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """Everything one running app holds: config, backend, worker, sessions."""
+
+    def __init__(self, config: StreamerConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.styles = list(backend.styles)
+        self.presets: list[Preset] = build_presets(self.styles)
+        self.worker = InferenceWorker(backend, max_batch=config.max_batch)
+        self.sessions: dict[str, Session] = {}
+        self.sessions_started = 0
+
+    @property
+    def backend_info(self) -> dict[str, str]:
+        return {"name": self.backend.name, "reason": str(getattr(self.backend, "reason", ""))}
+
+    def thumbnail(self, index: int) -> Path | None:
+        """The thumbnail file of style ``index``: ``<i>.jpg`` or ``<style name>.jpg``, if present."""
+        folder = self.config.thumbnails
+        if folder is None or not 0 <= index < len(self.styles):
+            return None
+        for name in (f"{index}.jpg", f"{self.styles[index]}.jpg"):
+            path = folder / name
+            # The style name comes from the model file: never let it leave the folder.
+            if path.is_file() and path.resolve().parent == folder.resolve():
+                return path
+        return None
+
+    # ------------------------------------------------------------------ handlers
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = self.config.static_dir / "index.html"
+        if not page.is_file():
+            raise web.HTTPNotFound(text=f"the page is missing: {page}")
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "styles": [
+                    {"index": i, "name": n, "thumbnail": f"/styles/{i}.jpg" if self.thumbnail(i) else None}
+                    for i, n in enumerate(self.styles)
+                ],
+                "presets": [p.to_json() for p in self.presets],
+                "backend": self.backend_info,
+                "resolutions": list(self.config.resolutions),
+                "default_resolution": self.config.default_resolution,
+                "max_message_bytes": self.config.max_message_bytes,
+                "transition_ms": self.config.transition_ms,
+            }
+        )
+
+    async def style_thumbnail(self, request: web.Request) -> web.StreamResponse:
+        try:
+            index = int(request.match_info["index"])
+        except ValueError:
+            raise web.HTTPNotFound() from None
+        path = self.thumbnail(index)
+        if path is None:
+            raise web.HTTPNotFound(text=f"no thumbnail for style {index}")
+        return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+            return _error(400, f"the body must be JSON {{'sdp': ..., 'type': 'offer'}}: {e}")
+        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
+            return _error(400, "the body must be JSON {'sdp': <string>, 'type': 'offer'}")
+        if len(self.sessions) >= self.config.max_sessions:
+            return _error(
+                503,
+                f"the server is full: {len(self.sessions)} of {self.config.max_sessions} sessions in use "
+                "(--max-sessions); try again when one ends",
+            )
+        session = Session(
+            self.config, self.worker, self.styles, self.presets, self.backend.name, on_closed=self._forget
+        )
+        # Registered before the first await, so concurrent offers count against the limit.
+        self.sessions[session.id] = session
+        try:
+            answer = await session.answer(body["sdp"], body["type"])
+        except OfferError as e:
+            await session.close()
+            return _error(400, str(e))
+        except Exception as e:
+            await session.close()
+            log.exception("answering an offer failed")
+            return _error(500, f"could not answer the offer: {type(e).__name__}: {e}")
+        self.sessions_started += 1
+        log.info("session %s started (%d of %d)", session.id, len(self.sessions), self.config.max_sessions)
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "backend": self.backend_info,
+                "model": {
+                    "path": str(self.config.model_path) if self.config.model_path else None,
+                    "styles": self.styles,
+                },
+                "sessions": len(self.sessions),
+                "max_sessions": self.config.max_sessions,
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = metrics.render(self.sessions.values(), self.worker, self.config.max_sessions, self.sessions_started)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def close_all(self) -> None:
+        """Close every peer connection (the app's on_shutdown)."""
+        sessions = list(self.sessions.values())
+        if sessions:
+            log.info("closing %d session(s)", len(sessions))
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    async def worker_context(self, app: web.Application) -> AsyncIterator[None]:
+        self.worker.start()
+        yield
+        await self.close_all()
+        # Joining waits for the frame in progress; keep the loop free meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+SERVER_KEY = web.AppKey("stylecast_server", Server)
+
+
+def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
+    """The stylecast web application for an already loaded ``backend``.
+
+    The caller owns the backend (closes it after the app has shut down). The
+    server object is at ``app[SERVER_KEY]`` (sessions, worker, counters).
+    """
+    server = Server(config, backend)
+    app = web.Application(client_max_size=1024 * 1024)  # an SDP offer is a few kB
+    app[SERVER_KEY] = server
+    app.router.add_get("/", server.index)
+    app.router.add_get("/api/info", server.info)
+    app.router.add_get("/styles/{index}.jpg", server.style_thumbnail)
+    app.router.add_post("/offer", server.offer)
+    app.router.add_get("/health", server.health)
+    app.router.add_get("/metrics", server.metrics)
+    if config.static_dir.is_dir():
+        app.router.add_static("/static", config.static_dir)
+    else:
+        log.warning("no static folder %s: the page will not be served", config.static_dir)
+    app.on_shutdown.append(lambda _app: server.close_all())
+    app.cleanup_ctx.append(server.worker_context)
+    return app

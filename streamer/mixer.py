@@ -1,0 +1,246 @@
+"""Style weights, strength and processing resolution of one session, and their smooth transitions.
+
+A client asks for a *target* mix; what the network sees moves there over
+``transition_ms``: every frame, :meth:`Mixer.step` interpolates between the
+mix in effect when the change was asked for and the target (smoothstep easing
+on a monotonic clock), so the picture never jumps, whatever the frame rate.
+Weights are interpolated after normalising to sum 1 (the network normalises
+anyway), so ``[2, 0]`` -> ``[0, 1]`` moves at the same pace as ``[1, 0]`` ->
+``[0, 1]``. Strength (blend with the original, 0..1) moves the same way. The
+resolution changes at once: there is nothing between two frame sizes.
+
+Control messages are validated completely before anything is applied: a bad
+message changes nothing and raises :class:`ControlError` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.config import parse_resolution
+
+
+class ControlError(ValueError):
+    """A control message the session cannot apply; the message is sent back to the client."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named mix: one weight per style."""
+
+    name: str
+    weights: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": list(self.weights)}
+
+
+def build_presets(styles: Sequence[str], max_pairs: int = 3) -> list[Preset]:
+    """One preset per style, 50/50 mixes of the first few neighbouring pairs, and all styles equally."""
+    n = len(styles)
+    presets = [Preset(name, tuple(1.0 if j == i else 0.0 for j in range(n))) for i, name in enumerate(styles)]
+    for i in range(min(max_pairs, n - 1)):
+        presets.append(
+            Preset(f"{styles[i]} + {styles[i + 1]}", tuple(0.5 if j in (i, i + 1) else 0.0 for j in range(n)))
+        )
+    if n > 2:
+        presets.append(Preset("All styles", tuple(1.0 / n for _ in range(n))))
+    return presets
+
+
+def _smoothstep(t: float) -> float:
+    # Zero slope at both ends: the change eases in and out instead of starting with a jerk.
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _normalise(w: np.ndarray) -> np.ndarray:
+    return (w / float(w.sum())).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MixState:
+    """What the client asked for (the ack's ``state``)."""
+
+    weights: tuple[float, ...]
+    strength: float
+    resolution: str
+    preset: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weights": list(self.weights),
+            "strength": self.strength,
+            "resolution": self.resolution,
+            "preset": self.preset,
+        }
+
+
+class Mixer:
+    """Target and current mix of one session.
+
+    ``clock`` returns seconds (monotonic); tests pass their own to step time exactly.
+    """
+
+    def __init__(
+        self,
+        styles: Sequence[str],
+        presets: Sequence[Preset],
+        resolutions: Sequence[str],
+        resolution: str,
+        transition_ms: int = 300,
+        max_transition_ms: int = 5000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not styles:
+            raise ValueError("a model needs at least one style")
+        self.styles = list(styles)
+        self.presets = {p.name: p for p in presets}
+        self.resolutions = list(resolutions)
+        self.max_transition_ms = max_transition_ms
+        self.transition_ms = transition_ms
+        self._clock = clock
+        first = presets[0].weights if presets else tuple(1.0 if i == 0 else 0.0 for i in range(len(styles)))
+        self._target = np.asarray(first, np.float32)
+        self._strength_target = 1.0
+        self._resolution = resolution
+        self._preset: str | None = presets[0].name if presets else None
+        # Interpolation endpoints: normalised weights and strength at the start of the change.
+        self._from = _normalise(self._target)
+        self._to = self._from.copy()
+        self._s_from = self._s_to = 1.0
+        self._t0 = clock()
+        self._duration = 0.0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> MixState:
+        return MixState(
+            weights=tuple(float(v) for v in self._target),
+            strength=self._strength_target,
+            resolution=self._resolution,
+            preset=self._preset,
+        )
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """The processing box (width, height)."""
+        return parse_resolution(self._resolution)
+
+    def step(self, now: float | None = None) -> tuple[np.ndarray, float]:
+        """The mix for the frame being made now: (normalised float32 weights [S], strength 0..1)."""
+        now = self._clock() if now is None else now
+        t = 1.0 if self._duration <= 0 else min(max((now - self._t0) / self._duration, 0.0), 1.0)
+        if t >= 1.0:
+            return self._to, self._s_to
+        e = _smoothstep(t)
+        w = self._from + (self._to - self._from) * e
+        return w.astype(np.float32), self._s_from + (self._s_to - self._s_from) * e
+
+    # ------------------------------------------------------------------ messages
+
+    def apply(self, msg: Any) -> MixState:
+        """Apply one decoded control message (``set`` or ``preset``); returns the new state.
+
+        Raises :class:`ControlError` (nothing changed) if any part of it is invalid.
+        """
+        if not isinstance(msg, dict):
+            raise ControlError("a control message must be a JSON object")
+        kind = msg.get("type")
+        if kind == "set":
+            return self._apply_set(msg)
+        if kind == "preset":
+            return self._apply_preset(msg)
+        raise ControlError(f"unknown message type {kind!r}; expected set, preset or ping")
+
+    def _apply_set(self, msg: Mapping[str, Any]) -> MixState:
+        unknown = set(msg) - {"type", "weights", "strength", "resolution", "transition_ms"}
+        if unknown:
+            raise ControlError(f"unknown field(s) {', '.join(sorted(unknown))} in set")
+        weights = self._parse_weights(msg["weights"]) if "weights" in msg else None
+        strength = _number(msg["strength"], "strength", 0.0, 1.0) if "strength" in msg else None
+        resolution = msg.get("resolution")
+        if resolution is not None and resolution not in self.resolutions:
+            raise ControlError(f"unknown resolution {resolution!r}; choose one of {', '.join(self.resolutions)}")
+        transition = None
+        if "transition_ms" in msg:
+            transition = int(_number(msg["transition_ms"], "transition_ms", 0, self.max_transition_ms))
+        # Everything is valid: apply.
+        if transition is not None:
+            self.transition_ms = transition
+        if weights is not None or strength is not None:
+            self._retarget(weights, strength)
+        if weights is not None:
+            self._preset = None
+        if resolution is not None:
+            self._resolution = resolution
+        return self.state
+
+    def _apply_preset(self, msg: Mapping[str, Any]) -> MixState:
+        name = msg.get("name")
+        if not isinstance(name, str) or name not in self.presets:
+            raise ControlError(f"unknown preset {name!r}; choose one of {', '.join(self.presets)}")
+        self._retarget(np.asarray(self.presets[name].weights, np.float32), None)
+        self._preset = name
+        return self.state
+
+    def _retarget(self, weights: np.ndarray | None, strength: float | None) -> None:
+        # Start the new transition from wherever the mix is now (mid-transition included).
+        now = self._clock()
+        cur_w, cur_s = self.step(now)
+        self._from, self._s_from = cur_w.copy(), cur_s
+        if weights is not None:
+            self._target = weights
+            self._to = _normalise(weights)
+        if strength is not None:
+            self._strength_target = strength
+            self._s_to = strength
+        self._t0 = now
+        self._duration = self.transition_ms / 1000.0
+
+    def _parse_weights(self, value: Any) -> np.ndarray:
+        """A list (one per style) or an object {name or index: weight}; unnamed styles get 0."""
+        n = len(self.styles)
+        w = np.zeros(n, np.float32)
+        if isinstance(value, list):
+            if len(value) != n:
+                raise ControlError(f"weights must list {n} values (one per style), got {len(value)}")
+            for i, v in enumerate(value):
+                w[i] = _number(v, f"weight {i}", 0.0, None)
+        elif isinstance(value, dict):
+            if not value:
+                raise ControlError("weights must name at least one style")
+            for key, v in value.items():
+                idx = self._style_index(key)
+                w[idx] = _number(v, f"weight for {key!r}", 0.0, None)
+        else:
+            raise ControlError("weights must be a list of numbers or an object {style: weight}")
+        if float(w.sum()) <= 0.0:
+            raise ControlError("weights must not all be zero: give at least one style a positive weight")
+        return w
+
+    def _style_index(self, key: str) -> int:
+        if key in self.styles:
+            return self.styles.index(key)
+        if key.isdigit():
+            idx = int(key)
+            if idx < len(self.styles):
+                return idx
+            raise ControlError(f"style index {idx} out of range: the model has {len(self.styles)} styles")
+        raise ControlError(f"unknown style {key!r}; the styles are {', '.join(self.styles)}")
+
+
+def _number(value: Any, what: str, lo: float, hi: float | None) -> float:
+    """A finite JSON number within [lo, hi] (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ControlError(f"{what} must be a number, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+        raise ControlError(f"{what} must be {rng}, got {value!r}")
+    return float(value)

@@ -1,0 +1,240 @@
+"""One browser peer: its RTCPeerConnection, mixer, stylized track and control channel.
+
+Control messages (JSON text on the data channel labelled ``control``)::
+
+    -> {"type": "set", "weights": {"moss": 1} | [w0, w1, ...], "strength": 0..1,
+        "resolution": "320x240", "transition_ms": 0..5000}       (any subset)
+    -> {"type": "preset", "name": "moss"}
+    -> {"type": "ping", "t": 123.4}
+    <- {"type": "ack", "state": {"weights": [...], "strength": x, "resolution": "WxH", "preset": name|null}}
+    <- {"type": "pong", "t": 123.4}
+    <- {"type": "error", "message": "..."}
+    <- {"type": "stats", "fps_in", "fps_out", "infer_ms", "dropped", "backend", "resolution", "error",
+        "stages_ms", ...}                                           (every stats interval)
+
+A bad message gets an error reply and changes nothing; the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdatachannel import RTCDataChannel
+
+from streamer.config import StreamerConfig
+from streamer.mixer import ControlError, Mixer, Preset
+from streamer.track import LatestFrame, StylizedTrack
+from streamer.worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+class OfferError(ValueError):
+    """An offer the server cannot answer (malformed SDP, no video); the reply says why."""
+
+
+class Session:
+    """One peer. Create, :meth:`answer` the browser's offer, :meth:`close` when done (idempotent)."""
+
+    def __init__(
+        self,
+        config: StreamerConfig,
+        worker: InferenceWorker,
+        styles: list[str],
+        presets: list[Preset],
+        backend_name: str,
+        on_closed: Callable[[Session], None] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.config = config
+        self.worker = worker
+        self.backend_name = backend_name
+        self.mixer = Mixer(
+            styles,
+            presets,
+            config.resolutions,
+            config.default_resolution,
+            transition_ms=config.transition_ms,
+            max_transition_ms=config.max_transition_ms,
+        )
+        self.created = time.monotonic()
+        self.source: LatestFrame | None = None
+        self.track: StylizedTrack | None = None
+        self.channel: RTCDataChannel | None = None
+        self.messages_rejected = 0
+        self.fps_in = 0.0  # frames per second over the last stats interval
+        self.fps_out = 0.0
+        self.closed = False
+        self._on_closed = on_closed
+        self._stats_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._last = (time.monotonic(), 0, 0)  # (time, frames_in, frames_out) at the last stats message
+        ice = [RTCIceServer(urls=list(config.ice_servers))] if config.ice_servers else []
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # ------------------------------------------------------------------ signalling
+
+    async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Apply the browser's offer and return the answer (ICE candidates included)."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as e:  # aiortc raises ValueError, but also others on malformed SDP
+            raise OfferError(f"the offer's SDP cannot be used: {type(e).__name__}: {e}") from e
+        if self.track is None:
+            raise OfferError("the offer has no video track: add the camera track before creating the offer")
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "video" or self.track is not None:
+            return  # audio, or a second camera: not ours to stylize
+        self.source = LatestFrame(track)
+        self.track = StylizedTrack(self.source, self.mixer, self.worker)
+        # Fired during setRemoteDescription, so the answer sends this track back on the same transceiver.
+        self.pc.addTrack(self.track)
+        self.source.start()
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != "control":
+            log.info("session %s: ignoring data channel %r", self.id, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        if self._stats_task is None:
+            self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop(), name="stylecast-stats")
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("session %s: connection %s", self.id, state)
+        if state in ("failed", "closed") and not self.closed and self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self.close())
+
+    # ------------------------------------------------------------------ control messages
+
+    def _on_message(self, message: str | bytes) -> None:
+        reply = self.handle_message(message)
+        self._send(reply)
+
+    def handle_message(self, message: str | bytes) -> dict[str, Any]:
+        """One data-channel message -> the reply (ack, pong or error). Never raises."""
+        size = len(message.encode("utf-8")) if isinstance(message, str) else len(message)
+        if size > self.config.max_message_bytes:
+            return self._error(f"message too long: {size} bytes (at most {self.config.max_message_bytes})")
+        if isinstance(message, bytes):
+            return self._error("binary messages are not supported: send JSON text")
+        try:
+            msg = json.loads(message)
+        except (json.JSONDecodeError, RecursionError) as e:
+            return self._error(f"malformed JSON: {e}")
+        if isinstance(msg, dict) and msg.get("type") == "ping":
+            t = msg.get("t")
+            if isinstance(t, bool) or not isinstance(t, int | float):
+                return self._error("ping needs a number t (it is echoed back in the pong)")
+            return {"type": "pong", "t": t}
+        try:
+            state = self.mixer.apply(msg)
+        except ControlError as e:
+            return self._error(str(e))
+        return {"type": "ack", "state": state.to_json()}
+
+    def _error(self, message: str) -> dict[str, Any]:
+        self.messages_rejected += 1
+        log.info("session %s: rejected a control message: %s", self.id, message)
+        return {"type": "error", "message": message}
+
+    def _send(self, payload: dict[str, Any]) -> None:
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            try:
+                ch.send(json.dumps(payload))
+            except Exception:  # the channel may close between the check and the send
+                log.debug("session %s: could not send on the control channel", self.id, exc_info=True)
+
+    # ------------------------------------------------------------------ stats
+
+    @property
+    def frames_in(self) -> int:
+        return self.source.frames_in if self.source else 0
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.source.dropped if self.source else 0
+
+    @property
+    def frames_out(self) -> int:
+        return self.track.stats.frames_out if self.track else 0
+
+    def stats_message(self, now: float | None = None) -> dict[str, Any]:
+        """The stats since the previous call: rates over that interval, counters since the start."""
+        now = time.monotonic() if now is None else now
+        t0, in0, out0 = self._last
+        dt = max(now - t0, 1e-6)
+        self._last = (now, self.frames_in, self.frames_out)
+        self.fps_in = (self.frames_in - in0) / dt
+        self.fps_out = (self.frames_out - out0) / dt
+        ts = self.track.stats if self.track else None
+        infer = statistics.fmean(ts.infer_ms) if ts and ts.infer_ms else None
+        stages = {k: round(statistics.fmean(v), 2) for k, v in ts.stages_ms.items() if v} if ts else {}
+        if ts:
+            ts.infer_ms.clear()
+            ts.stages_ms.clear()
+        w, h = self.mixer.resolution
+        return {
+            "type": "stats",
+            "fps_in": round(self.fps_in, 2),
+            "fps_out": round(self.fps_out, 2),
+            "infer_ms": round(infer, 2) if infer is not None else None,
+            "dropped": self.frames_dropped,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "backend": self.backend_name,
+            # The size actually sent (processing size); the requested box until the first frame.
+            "resolution": (ts.resolution if ts and ts.resolution else f"{w}x{h}"),
+            "error": ts.error if ts else None,
+            "stages_ms": stages,
+        }
+
+    async def _stats_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.config.stats_interval_s)
+            self._send(self.stats_message())
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self) -> None:
+        """Stop the tasks, the tracks and the peer connection; tell the owner. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        if self._stats_task is not None and self._stats_task is not current:
+            self._stats_task.cancel()
+        if self.source is not None:
+            await self.source.stop()
+        if self.track is not None:
+            self.track.stop()
+        try:
+            await self.pc.close()
+        except Exception:
+            log.warning("session %s: closing the peer connection failed", self.id, exc_info=True)
+        if self._on_closed is not None:
+            self._on_closed(self)
+        log.info(
+            "session %s closed (%d frames in, %d out, %d dropped)",
+            self.id,
+            self.frames_in,
+            self.frames_out,
+            self.frames_dropped,
+        )
