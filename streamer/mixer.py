@@ -241,6 +241,6 @@ def _number(value: Any, what: str, lo: float, hi: float | None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ControlError(f"{what} must be a number, got {value!r}")
     if value < lo or (hi is not None and value > hi):
-        rng = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+        rng = f"{lo:g}..{hi:g}" if hi is not None else f"non-negative (>= {lo:g})"
         raise ControlError(f"{what} must be {rng}, got {value!r}")
     return float(value)

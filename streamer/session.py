@@ -88,6 +88,10 @@ class Session:
 
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
         """Apply the browser's offer and return the answer (ICE candidates included)."""
+        # aiortc's parser skips lines it does not know, so garbage would pass as an empty offer.
+        lines = sdp.replace("\r\n", "\n").split("\n")
+        if not lines or lines[0].strip() != "v=0" or not any(line.startswith("m=") for line in lines):
+            raise OfferError("the offer's SDP is malformed: it must start with v=0 and have at least one m= line")
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except Exception as e:  # aiortc raises ValueError, but also others on malformed SDP
