@@ -193,6 +193,9 @@ class InferenceWorker:
         groups: dict[tuple[int, ...], list[_Job]] = {}
         for j in ready:
             assert j.rgb is not None
+            if j.strength <= 0.0:  # all original: no network call
+                j.future.set_result(self._finish(j, j.rgb))
+                continue
             groups.setdefault(j.rgb.shape, []).append(j)
         for group in groups.values():
             outs = self._infer(group)
@@ -251,7 +254,7 @@ class InferenceWorker:
 
     def _finish(self, j: _Job, out: np.ndarray) -> Result:
         t0 = time.perf_counter()
-        if j.strength < 1.0:
+        if 0.0 < j.strength < 1.0:
             assert j.rgb is not None
             out = cv2.addWeighted(out, j.strength, j.rgb, 1.0 - j.strength, 0.0)
         t1 = time.perf_counter()

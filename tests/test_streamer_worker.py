@@ -1,0 +1,122 @@
+"""The shared inference thread with the real ONNX runtime: pass-through of timing, resize, blend, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from bench.load import pattern
+from engines.runtime import FrameBackend, load_backend
+from streamer.worker import InferenceWorker, fit_size
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_onnx: Path) -> FrameBackend:
+    return load_backend(tiny_onnx, backend="onnxruntime")
+
+
+@pytest.fixture
+def worker(backend: FrameBackend) -> InferenceWorker:
+    w = InferenceWorker(backend, max_batch=4)
+    w.start()
+    yield w  # type: ignore[misc]
+    w.stop()
+
+
+def frame_of(img: np.ndarray, pts: int) -> av.VideoFrame:
+    f = av.VideoFrame.from_ndarray(img, format="rgb24")
+    f.pts, f.time_base = pts, fractions.Fraction(1, 90_000)
+    return f
+
+
+def test_fit_size_scales_down_to_the_box_never_up() -> None:
+    assert fit_size(640, 480, (320, 240)) == (320, 240)
+    assert fit_size(1280, 720, (640, 480)) == (640, 360)
+    assert fit_size(160, 120, (640, 480)) == (160, 120)
+    w, h = fit_size(642, 481, (320, 240))
+    assert w % 4 == 0 and h % 4 == 0 and w <= 320 and h <= 240
+
+
+def test_one_frame_matches_the_backend_and_keeps_its_timing(worker: InferenceWorker, backend: FrameBackend) -> None:
+    img = pattern(320, 240)
+    weights = np.array([0, 1, 0], np.float32)
+    res = worker.submit(frame_of(img, 123_456), (160, 120), weights, 1.0).result(timeout=30)
+    assert (res.frame.pts, res.frame.time_base) == (123_456, fractions.Fraction(1, 90_000))
+    assert (res.frame.width, res.frame.height) == (160, 120)
+    # Same as resizing and stylizing directly (up to one rgb24 -> yuv -> rgb24 round trip in PyAV: none here).
+    small = cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA)
+    want = backend.stylize(small, weights)
+    got = res.frame.to_ndarray(format="rgb24")
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert res.infer_ms > 0 and {"to_rgb", "resize", "infer", "blend", "to_frame"} <= set(res.stages_ms)
+
+
+def test_strength_blends_with_the_original(worker: InferenceWorker, backend: FrameBackend) -> None:
+    img = pattern(96, 64)
+    weights = np.array([1, 0, 0], np.float32)
+    got = worker.submit(frame_of(img, 0), (640, 480), weights, 0.25).result(timeout=30).frame.to_ndarray(format="rgb24")
+    want = 0.25 * backend.stylize(img, weights).astype(np.float32) + 0.75 * img.astype(np.float32)
+    assert np.abs(got.astype(np.float32) - want).max() <= 1.0
+    calls = worker.frames
+    plain = worker.submit(frame_of(img, 0), (640, 480), weights, 0.0).result(timeout=30).frame
+    np.testing.assert_array_equal(plain.to_ndarray(format="rgb24"), img)
+    assert worker.frames == calls  # strength 0 skips the network
+
+
+async def test_frames_from_several_sessions_share_a_network_call(
+    worker: InferenceWorker, backend: FrameBackend
+) -> None:
+    imgs = [pattern(64, 48, seed=i) for i in range(4)]
+    mixes = [np.eye(3, dtype=np.float32)[i % 3] for i in range(4)]
+    # Hold the thread busy with one frame so the next four queue up and are taken together.
+    first = worker.submit(frame_of(pattern(320, 240), 0), (640, 480), mixes[0], 1.0)
+    futs = [
+        worker.submit(frame_of(img, i), (640, 480), w, 1.0) for i, (img, w) in enumerate(zip(imgs, mixes, strict=True))
+    ]
+    results = await asyncio.gather(*(asyncio.wrap_future(f) for f in [first, *futs]))
+    assert any(r.batch > 1 for r in results[1:]), [r.batch for r in results]
+    for img, w, r in zip(imgs, mixes, results[1:], strict=True):
+        want = backend.stylize(img, w)  # each frame with its own session's weights
+        assert np.abs(r.frame.to_ndarray(format="rgb24").astype(int) - want.astype(int)).max() <= 2
+
+
+def test_a_failing_frame_in_a_batch_fails_alone(backend: FrameBackend) -> None:
+    class Picky:
+        """The real backend, refusing frames whose top-left pixel is pure black."""
+
+        name, styles, shapes = backend.name, backend.styles, backend.shapes
+
+        def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            if not frame[0, 0].any():
+                raise ValueError("black corner")
+            return backend.stylize(frame, weights)
+
+        def stylize_batch(self, frames: list[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+            if any(not f[0, 0].any() for f in frames):
+                raise ValueError("black corner")
+            return backend.stylize_batch(frames, weights)
+
+        def close(self) -> None:
+            pass
+
+    w = InferenceWorker(Picky(), max_batch=4)  # type: ignore[arg-type]
+    good, bad = pattern(64, 48), pattern(64, 48)
+    bad[0, 0] = 0
+    weights = np.array([1, 1, 1], np.float32) / 3
+    # Queue before starting the thread, so all three are taken as one batch.
+    futs = [w.submit(frame_of(img, i), (640, 480), weights, 1.0) for i, img in enumerate([good, bad, good])]
+    w.start()
+    try:
+        assert futs[0].result(timeout=30).frame.width == 64 and futs[2].result(timeout=30).frame.width == 64
+        with pytest.raises(ValueError, match="black corner"):
+            futs[1].result(timeout=30)
+    finally:
+        w.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        w.submit(frame_of(good, 0), (640, 480), weights, 1.0)
