@@ -154,6 +154,16 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path, tiny_onnx: Path) -> Non
 # ----------------------------------------------------------------------------- the window
 
 
+SCREEN = (800, 600)
+# Grab the X screen as raw BGR bytes on stdout.
+GRAB = f"""
+import sys, av
+with av.open(sys.argv[1], format="x11grab", options={{"video_size": "{SCREEN[0]}x{SCREEN[1]}"}}) as c:
+    frame = next(c.decode(video=0))
+    sys.stdout.buffer.write(frame.to_ndarray(format="bgr24").tobytes())
+"""
+
+
 class XDisplay:
     """A started Xvfb plus what the test needs of X: screenshots (x11grab) and key presses (XTest)."""
 
@@ -161,7 +171,7 @@ class XDisplay:
         read_fd, write_fd = os.pipe()
         # -displayfd: Xvfb picks a free display number and writes it to the pipe when ready.
         self.proc = subprocess.Popen(
-            [xvfb, "-displayfd", str(write_fd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+            [xvfb, "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -175,9 +185,16 @@ class XDisplay:
         self.name = f":{number}"
 
     def screenshot(self) -> np.ndarray:
-        with av.open(self.name, format="x11grab", options={"video_size": "800x600"}) as c:
-            frame = next(c.decode(video=0))
-            return frame.to_ndarray(format="bgr24")
+        # In a child process: FFmpeg's x11grab has crashed (SIGSEGV) inside a pytest process
+        # that had run aiortc/Chromium tests before; a crash there must not take the run down.
+        proc = subprocess.run(
+            [sys.executable, "-c", GRAB, self.name],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 0, f"screen grab failed: {proc.stderr.decode(errors='replace')[-500:]}"
+        return np.frombuffer(proc.stdout, np.uint8).reshape(SCREEN[1], SCREEN[0], 3)
 
     def press(self, key: str, at: tuple[int, int]) -> None:
         """Move the pointer over the window (no window manager: focus follows it) and press a key."""

@@ -200,7 +200,8 @@ function buildControls(info) {
       state.weights[s.index] = Number(input.value) / 100;
       out.textContent = `${input.value}%`;
       markPreset(null);
-      queueSet({ weights: [...state.weights] });
+      if (state.weights.some((w) => w > 0)) queueSet({ weights: [...state.weights] });
+      else showMessage("Give at least one style some weight: the picture keeps the last mix until then.", "info");
     });
     box.append(label, input);
     li.append(thumb, box);
@@ -550,7 +551,8 @@ function teardown() {
   clearTimeout(sendTimer);
   pingTimer = statsTimer = sendTimer = null;
   pending = null;
-  if (dc) dc.onmessage = null;
+  state.connected = false;
+  if (dc) dc.onmessage = dc.onclose = dc.onopen = null;
   if (pc) {
     pc.onconnectionstatechange = null;
     pc.close();

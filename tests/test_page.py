@@ -1,0 +1,285 @@
+"""The page in a real headless Chromium against the real server and runtime.
+
+The server runs in-process (aiohttp ``AppRunner`` on 127.0.0.1, a random port) with
+``create_app(config, load_backend(tiny_onnx))``; Chromium (Debian's package, driven
+by Playwright) gets a fake camera that plays a still picture from a Y4M file made
+here, so every frame has the same content and a change in the stylized picture is
+the mixer's doing, not the camera's. The tests click and drag the real controls;
+``window.stylecast`` only reads counters and samples pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+
+from engines.runtime import load_backend
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+BASE_ARGS = [
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    # Plain IP host candidates: with mDNS (.local) names, aioice resolves them through a
+    # lock it keeps per thread, bound to the first event loop; pytest gives each test a loop.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+FAKE_CAMERA = ["--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream"]
+
+
+def write_y4m(path: Path, size: tuple[int, int] = (320, 240), frames: int = 2) -> Path:
+    """A Y4M clip of one still picture for Chromium's fake camera (it loops the file)."""
+    w, h = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (40, 170, 230)  # BGR orange
+    img[:, w // 2 :] = (200, 90, 30)  # blue
+    img[h // 2 :] //= 2
+    cv2.circle(img, (w // 2, h // 2), h // 4, (255, 255, 255), -1)
+    cv2.putText(img, "stylecast", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2)
+    i420 = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + i420)
+    return path
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@dataclass
+class Server:
+    url: str
+    backend_name: str
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice skips 127.0.0.1 on purpose; here the browser is local, so offer only loopback."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_server(tiny_onnx: Path, loopback_ice: None) -> AsyncIterator[StartServer]:
+    """Starts the real app (config fields may be overridden); everything is cleaned up after."""
+    from streamer.app import create_app
+    from streamer.config import StreamerConfig
+
+    started: list[Server] = []
+
+    async def start(**config: Any) -> Server:
+        backend = load_backend(tiny_onnx)
+        app = create_app(StreamerConfig(**config), backend)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        server = Server(f"http://127.0.0.1:{runner.addresses[0][1]}", backend.name, runner)
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        await s.runner.cleanup()
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.fixture
+async def launch(chromium_path: str) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """launch(*extra_args) -> a new page in a fresh headless Chromium (closed after the test)."""
+    from playwright.async_api import async_playwright
+
+    pw = await async_playwright().start()
+    browsers: list[Any] = []
+
+    async def new_page(*args: str, permissions: list[str] | None = None) -> Any:
+        browser = await pw.chromium.launch(executable_path=chromium_path, headless=True, args=BASE_ARGS + list(args))
+        browsers.append(browser)
+        context = await browser.new_context(viewport={"width": 1200, "height": 820}, permissions=permissions or [])
+        page = await context.new_page()
+        page.on("pageerror", lambda e: print(f"page error: {e}"))
+        return page
+
+    yield new_page
+    for b in browsers:
+        await b.close()
+    await pw.stop()
+
+
+async def alert_text(page: Any) -> str:
+    alert = page.get_by_role("alert")
+    await alert.wait_for(state="visible", timeout=30_000)
+    return (await alert.text_content()) or ""
+
+
+def mad(a: list[float], b: list[float]) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+
+
+async def frames_after(page: Any, count: int, timeout_s: float = 30) -> None:
+    """Wait until ``count`` more stylized frames have been presented."""
+    n0 = await page.evaluate("stylecast.renderedFrames")
+    await page.wait_for_function(f"stylecast.renderedFrames >= {n0 + count}", timeout=timeout_s * 1000)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_page_streams_stylized_video_and_sliders_change_it(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    server = await start_server()
+    camera = write_y4m(tmp_path / "camera.y4m")
+    page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
+    await page.goto(f"{server.url}/?res=320x240")
+
+    # The mixer is built from /api/info: one slider per style, strength, presets.
+    ember = page.get_by_label("ember weight")
+    glacier = page.get_by_label("glacier weight")
+    await ember.wait_for()
+    assert await page.get_by_label("Resolution").input_value() == "320x240"
+    await page.get_by_label("Transition").select_option(label="instant")
+
+    await page.get_by_role("button", name="Start camera").click()
+    await page.wait_for_function(
+        "stylecast.renderedFrames > 10 || !document.getElementById('message').hidden", timeout=60_000
+    )
+    assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
+    assert await page.evaluate("stylecast.framesDecoded()") > 0
+    assert (await page.get_by_role("status", name="Connection status").text_content()) == "Live"
+
+    # The picture that comes back is stylized, not the camera picture.
+    difference = await page.evaluate("stylecast.compare()")
+    assert difference is not None and difference > 20, difference
+
+    # How much the picture moves by itself (codec noise on a still camera) ...
+    before = await page.evaluate("stylecast.sample()")
+    await frames_after(page, 10)
+    still = await page.evaluate("stylecast.sample()")
+    noise = mad(before, still)
+
+    # ... against the change from moving the sliders: all glacier, no ember.
+    await glacier.fill("100")
+    await ember.fill("0")
+    await page.wait_for_function(
+        "(() => { const w = stylecast.lastAck && stylecast.lastAck.state.weights;"
+        " return w && w[0] === 0 && w[1] > 0; })()",
+        timeout=10_000,
+    )
+    await frames_after(page, 15)
+    after = await page.evaluate("stylecast.sample()")
+    change = mad(still, after)
+    print(f"stylized vs camera {difference:.1f}, slider change {change:.2f}, still noise {noise:.2f}")
+    assert change > 3 * noise + 2, f"slider change {change:.2f} vs still-picture noise {noise:.2f}"
+
+    # The readout shows live numbers and the backend.
+    await page.wait_for_function("document.getElementById('fps').textContent !== '–'", timeout=10_000)
+    assert float(await page.locator("#fps").text_content()) > 0
+    assert server.backend_name in (await page.locator("#backend").text_content())
+    await page.wait_for_function("stylecast.rttMs !== null", timeout=10_000)
+
+    # Snapshot saves a PNG of the stylized video.
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Snapshot").click()
+    download = await download_info.value
+    png = tmp_path / download.suggested_filename
+    await download.save_as(png)
+    assert png.suffix == ".png"
+    snap = cv2.imread(str(png))
+    assert snap is not None and snap.shape[:2] == (240, 320)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "page.png"
+    await page.screenshot(path=str(shot))
+    print(f"page screenshot: {shot}")
+
+    await page.get_by_role("button", name="Stop").click()
+    assert (await page.get_by_role("status", name="Connection status").text_content()) == "Stopped"
+    assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
+
+
+async def test_page_says_when_the_server_is_unreachable(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]]
+) -> None:
+    server = await start_server()
+    page = await launch(*FAKE_CAMERA)
+    await page.goto(server.url)
+    await page.get_by_label("ember weight").wait_for()
+    await server.stop()
+    await page.get_by_role("button", name="Start camera").click()
+    text = await alert_text(page)
+    assert "Cannot reach the stylecast server" in text, text
+    assert await page.get_by_role("button", name="Start camera").is_enabled()
+
+
+async def test_page_says_when_the_server_is_full(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    server = await start_server(max_sessions=1)
+    camera = write_y4m(tmp_path / "camera.y4m")
+    first = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
+    await first.goto(f"{server.url}/?res=320x240")
+    await first.get_by_role("button", name="Start camera").click()
+    await first.wait_for_function("stylecast.state.connected || !document.getElementById('message').hidden")
+    assert await first.get_by_role("alert").is_hidden(), await first.get_by_role("alert").text_content()
+
+    second = await first.context.new_page()
+    await second.goto(f"{server.url}/?res=320x240")
+    await second.get_by_role("button", name="Start camera").click()
+    text = await alert_text(second)
+    assert text.startswith("The server is busy:"), text
+    assert len(text) > len("The server is busy: . Try again in a moment."), "the server's reason is shown"
+    assert (await second.get_by_role("status", name="Connection status").text_content()) == "Stopped"
+    # The first viewer is not disturbed.
+    assert await first.evaluate("stylecast.state.connected")
+
+
+@pytest.mark.parametrize(
+    ("args", "permissions", "expected"),
+    [
+        pytest.param(["--use-fake-device-for-media-stream"], [], "Camera access was denied", id="denied"),
+        pytest.param([], ["camera"], "No camera was found", id="no-camera"),
+    ],
+)
+async def test_page_explains_camera_problems(
+    start_server: StartServer,
+    launch: Callable[..., Awaitable[Any]],
+    args: list[str],
+    permissions: list[str],
+    expected: str,
+) -> None:
+    if not args and os.path.exists("/dev/video0"):
+        pytest.skip("this machine has a real camera")
+    server = await start_server()
+    page = await launch(*args, permissions=permissions)
+    await page.goto(server.url)
+    await page.get_by_label("ember weight").wait_for()
+    await page.get_by_role("button", name="Start camera").click()
+    text = await alert_text(page)
+    assert expected in text, text
