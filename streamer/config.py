@@ -44,6 +44,9 @@ class StreamerConfig:
     max_transition_ms: int = 5000  # the largest transition a client may ask for (ms)
     max_message_bytes: int = 4096  # data-channel messages longer than this get an error reply
     stats_interval_s: float = 1.0  # how often each session gets a stats message (s)
+    # A peer that has not connected this long after its offer was answered is closed, so
+    # abandoned offers do not hold one of the max_sessions places (s).
+    connect_timeout_s: float = 30.0
     max_batch: int = 4  # most frames (from different sessions) in one network call
     static_dir: Path = STATIC_DIR  # the page (index.html, app.js, ...)
     thumbnails_dir: Path | None = None  # painting thumbnails; default: <model dir>/thumbnails
@@ -66,6 +69,8 @@ class StreamerConfig:
             raise ValueError(f"max_message_bytes must be at least 64, got {self.max_message_bytes}")
         if self.stats_interval_s <= 0:
             raise ValueError(f"stats_interval_s must be positive, got {self.stats_interval_s}")
+        if self.connect_timeout_s <= 0:
+            raise ValueError(f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
 

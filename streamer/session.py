@@ -77,6 +77,7 @@ class Session:
         self._on_closed = on_closed
         self._stats_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         self._last = (time.monotonic(), 0, 0)  # (time, frames_in, frames_out) at the last stats message
         ice = [RTCIceServer(urls=list(config.ice_servers))] if config.ice_servers else []
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -99,6 +100,9 @@ class Session:
         if self.track is None:
             raise OfferError("the offer has no video track: add the camera track before creating the offer")
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._expiry_task = asyncio.get_running_loop().create_task(
+            self.expire_unless_connected(self.config.connect_timeout_s)
+        )
         return self.pc.localDescription
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -124,6 +128,15 @@ class Session:
         log.info("session %s: connection %s", self.id, state)
         if state in ("failed", "closed") and not self.closed and self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self.close())
+
+    async def expire_unless_connected(self, timeout_s: float) -> None:
+        """Close the session if the peer has not connected within ``timeout_s`` seconds."""
+        await asyncio.sleep(timeout_s)
+        if not self.closed and self.pc.connectionState != "connected":
+            log.info(
+                "session %s: not connected after %.0f s (%s); closing", self.id, timeout_s, self.pc.connectionState
+            )
+            await self.close()
 
     # ------------------------------------------------------------------ control messages
 
@@ -223,8 +236,9 @@ class Session:
             return
         self.closed = True
         current = asyncio.current_task()
-        if self._stats_task is not None and self._stats_task is not current:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._expiry_task):
+            if task is not None and task is not current:
+                task.cancel()
         if self.source is not None:
             await self.source.stop()
         if self.track is not None:

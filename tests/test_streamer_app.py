@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from bench.load import Peer, pattern
+from bench.load import PatternTrack, Peer, pattern
 from engines.runtime import FrameBackend, load_backend
 from streamer.app import SERVER_KEY, Server, create_app
 from streamer.config import StreamerConfig
@@ -349,6 +349,24 @@ async def test_max_sessions_refuses_with_a_reason(start_server: StartServer) -> 
     await first.wait_frames(5)
     async with run.http.get(f"{run.url}/health") as r:
         assert (await r.json())["sessions"] == 1
+
+
+async def test_an_abandoned_offer_frees_its_place(start_server: StartServer) -> None:
+    run = await start_server(max_sessions=1, connect_timeout_s=0.5)
+    ghost = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    ghost.addTrack(PatternTrack(pattern(*SIZE)))
+    await ghost.setLocalDescription(await ghost.createOffer())
+    async with run.http.post(f"{run.url}/offer", json={"sdp": ghost.localDescription.sdp, "type": "offer"}) as r:
+        assert r.status == 200  # answered, but the client never applies the answer
+    await ghost.close()
+    assert len(run.server.sessions) == 1
+    for _ in range(100):
+        if not run.server.sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert run.server.sessions == {}
+    peer = await run.peer()  # the place is free again
+    await peer.wait_frames(5)
 
 
 # ----------------------------------------------------------------------------- HTTP endpoints
