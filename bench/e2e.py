@@ -1,0 +1,340 @@
+"""End-to-end speed through a real browser: frames delivered to the page and glass-to-glass latency.
+
+    python -m bench.e2e                                          # shipped model, 320x240 and 640x480, 20 s each
+    python -m bench.e2e --model tiny.onnx --seconds 10 --sizes 320x240
+    python -m bench.e2e --codec h264 --json bench/results/e2e-h264.json
+    python -m bench.e2e --url http://127.0.0.1:8080              # a server that is already running
+
+The server runs in this process (``streamer.app.create_app`` on 127.0.0.1, the real
+backend) unless ``--url`` is given; headless Chromium (Debian's ``/usr/bin/chromium``,
+driven by Playwright) opens the page in bench mode (``/?bench=1``) with a fake 30 fps
+camera, on the same machine, so Chromium, the server and inference share the CPU.
+
+How latency is measured: the page draws each camera frame into a canvas and stamps
+``performance.now()`` (ms, mod 65536, with a checksum) as a grid of large black and
+white cells in the top-left corner, sends that canvas, and on every stylized frame
+it presents reads the cells back (each cell compared with white/black reference
+cells, so colour changes from the style do not matter) and takes
+``expectedDisplayTime - stamp``. Frames whose stamp cannot be read are counted
+(``unreadable``), not guessed. Inference runs on every frame as in normal use; the
+strength stays at 1 unless ``--strength`` is given.
+
+Reported per resolution: fps delivered to the page (frames decoded per second, from
+``getStats``) and frames presented per second (requestVideoFrameCallback: the
+headless compositor can skip a frame when two land in one refresh), latency p50/p90, the server's own stats over the
+same window (fps in/out, inference ms, dropped frames, and any per-stage timings it
+reports), printed as a table and written as JSON. Nothing passes or fails on a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.e2e")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream=fps=30",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    # A hidden/occluded headless page must keep presenting frames at full rate.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [float(r[key]) for r in rows if isinstance(r.get(key), int | float) and not isinstance(r[key], bool)]
+    return statistics.median(vals) if vals else None
+
+
+def stage_medians(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of any per-stage timings the server reports (a dict of numbers in each stats message)."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        for key in ("stages", "stages_ms", "profile"):
+            stages = r.get(key)
+            if isinstance(stages, dict):
+                for name, v in stages.items():
+                    if isinstance(v, int | float):
+                        out.setdefault(name, []).append(float(v))
+    return {k: round(statistics.median(v), 2) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@asynccontextmanager
+async def local_server(model: Path, backend_name: str) -> AsyncIterator[tuple[str, str]]:
+    """The real app on 127.0.0.1 (random port) with the real backend; yields (url, backend name)."""
+    import aioice.ice
+    from aiohttp import web
+
+    from engines.runtime import load_backend
+    from streamer.app import create_app
+    from streamer.config import StreamerConfig
+
+    # Chromium runs on this machine: offer only loopback host candidates.
+    original = aioice.ice.get_host_addresses
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
+    backend = load_backend(model, backend=backend_name)
+    runner = web.AppRunner(create_app(StreamerConfig(host="127.0.0.1", port=0), backend))
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}", backend.name
+    finally:
+        await runner.cleanup()
+        aioice.ice.get_host_addresses = original  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------------- one measurement
+
+
+async def measure(
+    browser: Any, url: str, size: str, seconds: float, warmup: float, codec: str, strength: float | None
+) -> dict[str, Any]:
+    """Stream at one resolution and return what the page and the server saw over ``seconds``."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.on("pageerror", lambda e: log.warning("page error: %s", e))
+    try:
+        await page.goto(f"{url}/?bench=1&res={size}&codec={codec}")
+        await page.wait_for_function("window.stylecast && window.stylecast.state.info !== null")
+        await page.get_by_role("button", name="Start camera").click()
+        await page.wait_for_function(
+            "() => window.stylecast.renderedFrames > 5 || !document.getElementById('message').hidden",
+            timeout=60_000,
+        )
+        error = await page.evaluate("document.getElementById('message').hidden ? null : stylecast.lastError")
+        if error:
+            raise RuntimeError(f"the page reports: {error}")
+        if strength is not None:
+            await page.get_by_label("Strength").fill(str(round(strength * 100)))
+        await asyncio.sleep(warmup)
+        t0 = await page.evaluate("() => { stylecast.bench.reset(); return performance.now(); }")
+        decoded0 = await page.evaluate("stylecast.framesDecoded()")
+        await asyncio.sleep(seconds)
+        r = await page.evaluate(
+            """async (t0) => {
+                const b = stylecast.bench;
+                return {
+                    latencies: b.latencies, frameTimes: b.frameTimes, sent: b.sent,
+                    unreadable: b.unreadable, now: performance.now(),
+                    decoded: await stylecast.framesDecoded(),
+                    stats: stylecast.statsLog.filter((s) => s.t >= t0),
+                    videoSize: [document.getElementById('stylized').videoWidth,
+                                document.getElementById('stylized').videoHeight],
+                    rtt: stylecast.rttMs,
+                };
+            }""",
+            t0,
+        )
+        await page.screenshot(path=str(REPO / "test-artifacts" / f"e2e-{size}.png"))
+    finally:
+        await context.close()
+
+    elapsed_s = (r["now"] - t0) / 1000.0
+    frames = r["frameTimes"]
+    fps_page = (len(frames) - 1) / ((frames[-1] - frames[0]) / 1000.0) if len(frames) > 2 else 0.0
+    lat = r["latencies"]
+    stats = r["stats"]
+    dropped = [s.get("dropped") for s in stats if isinstance(s.get("dropped"), int | float)]
+    return {
+        "size": size,
+        "seconds": round(elapsed_s, 2),
+        "fps_page": round(fps_page, 2),
+        "frames_presented": len(frames),
+        "frames_decoded": (r["decoded"] or 0) - (decoded0 or 0),
+        "fps_decoded": round(((r["decoded"] or 0) - (decoded0 or 0)) / elapsed_s, 2),
+        "frames_sent": r["sent"],
+        "sent_fps": round(r["sent"] / elapsed_s, 2),
+        "latency_ms_p50": percentile(lat, 50),
+        "latency_ms_p90": percentile(lat, 90),
+        "latency_ms_mean": round(statistics.fmean(lat), 1) if lat else None,
+        "latency_samples": len(lat),
+        "unreadable_frames": r["unreadable"],
+        "received_video_size": r["videoSize"],
+        "data_channel_rtt_ms": round(r["rtt"], 1) if r["rtt"] is not None else None,
+        "server_fps_in": median_of(stats, "fps_in"),
+        "server_fps_out": median_of(stats, "fps_out"),
+        "server_infer_ms": median_of(stats, "infer_ms"),
+        "server_dropped": (max(dropped) - min(dropped)) if len(dropped) > 1 else None,
+        "server_resolution": stats[-1].get("resolution") if stats else None,
+        "server_stage_ms": stage_medians(stats),
+        "stats_samples": len(stats),
+    }
+
+
+def fmt(v: Any, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = [
+        ("size", "size"),
+        ("fps_decoded", "decoded fps"),
+        ("fps_page", "shown fps"),
+        ("latency_ms_p50", "p50 ms"),
+        ("latency_ms_p90", "p90 ms"),
+        ("latency_samples", "stamps"),
+        ("unreadable_frames", "unread"),
+        ("sent_fps", "sent fps"),
+        ("server_fps_in", "srv in"),
+        ("server_fps_out", "srv out"),
+        ("server_infer_ms", "infer ms"),
+        ("server_dropped", "dropped"),
+    ]
+    table = [[h for _, h in cols]] + [[fmt(r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for j, row in enumerate(table):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    for r in rows:
+        if r["server_stage_ms"]:
+            stages = ", ".join(f"{k} {v} ms" for k, v in r["server_stage_ms"].items())
+            print(f"{r['size']} server stages (median): {stages}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    (REPO / "test-artifacts").mkdir(exist_ok=True)
+    # Other jobs on the machine inflate every number: record how busy it was.
+    load_before = list(os.getloadavg())
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    results: list[dict[str, Any]] = []
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            if args.url:
+                server_cm: Any = _external(args.url)
+            else:
+                server_cm = local_server(args.model, args.backend)
+            async with server_cm as (url, backend_name):
+                for size in sizes:
+                    log.info("measuring %s for %.0f s (after %.0f s warm-up)", size, args.seconds, args.warmup)
+                    results.append(
+                        await measure(browser, url, size, args.seconds, args.warmup, args.codec, args.strength)
+                    )
+        finally:
+            await browser.close()
+
+    return {
+        "bench": "e2e",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": "python -m bench.e2e " + " ".join(sys.argv[1:]),
+        "model": None if args.url else str(args.model),
+        "backend": backend_name,
+        "codec": args.codec,
+        "strength": args.strength,
+        "note": args.note,
+        "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()),
+        "camera": "Chromium fake device, 640x480 at 30 fps (bench mode: stamped canvas at the chosen size)",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "results": results,
+    }
+
+
+@asynccontextmanager
+async def _external(url: str) -> AsyncIterator[tuple[str, str]]:
+    """A server that is already running: the backend name comes from its /api/info."""
+    from aiohttp import ClientSession
+
+    async with ClientSession() as s, s.get(f"{url.rstrip('/')}/api/info") as resp:
+        info = await resp.json()
+    yield url.rstrip("/"), (info.get("backend") or {}).get("name", "?")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.e2e",
+        description="End-to-end fps and glass-to-glass latency through headless Chromium.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--sizes", default="320x240,640x480", help="processing resolutions to measure, comma-separated")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per resolution")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds streamed before measuring (not counted)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model for the in-process server")
+    p.add_argument("--backend", default="auto", help="inference backend for the in-process server")
+    p.add_argument("--url", default=None, help="bench a running server at this URL instead of starting one")
+    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="video codec the page puts first")
+    p.add_argument("--strength", type=float, default=None, help="style strength 0..1 set before measuring (default: 1)")
+    p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the model is)")
+    p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
+    p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "e2e.json", help="JSON output file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.url and not args.model.is_file():
+        p.error(f"model not found: {args.model} (pass --model PATH.onnx)")
+    if not Path(args.chromium).exists():
+        p.error(f"Chromium not found at {args.chromium} (apt-get install chromium)")
+
+    report = asyncio.run(run(args))
+    print()
+    print(
+        f"end to end: backend {report['backend']}, codec {report['codec']}, "
+        f"{report['machine']['cpus']} CPUs, Chromium on the same machine, "
+        f"load average {report['load_average_before'][0]:.1f} before / {report['load_average_after'][0]:.1f} after"
+    )
+    print_table(report["results"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.json)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
