@@ -9,10 +9,10 @@
     python -m streamer.preview --camera 0 --output rec.mp4 --max-frames 300  # record 300 stylized frames
     python -m streamer.preview --model my.onnx --backend onnxruntime-cpu     # another model / runtime
 
-In the window: one trackbar per style weight (0-100) and one for the strength,
-``n``/``p`` next/previous preset (each style alone, then a blend of all), ``s``
-saves a PNG snapshot, ``q`` or Esc quits. The frame rate, inference time and
-active backend are drawn on the picture.
+In the window: one trackbar per style weight (0-100) and one for the strength;
+``n``/``p`` next/previous preset (the page's presets: each style alone, a few
+50/50 pairs, all styles), ``s`` saves a PNG snapshot, ``q`` or Esc quits. The
+frame rate, inference time and active backend are drawn on the picture.
 
 The camera is read in a background thread that keeps only the newest frame, so
 the picture stays current when stylizing is slower than the camera; a video

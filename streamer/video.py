@@ -81,12 +81,10 @@ def parse_mix(text: str, styles: list[str]) -> np.ndarray:
 
 
 def default_presets(styles: list[str]) -> list[tuple[str, np.ndarray]]:
-    """Presets cycled by the preview: each style alone, then an even blend of all."""
-    n = len(styles)
-    presets = [(name, np.eye(n, dtype=np.float32)[i]) for i, name in enumerate(styles)]
-    if n > 1:
-        presets.append(("blend of all", np.full(n, 1.0 / n, dtype=np.float32)))
-    return presets
+    """The presets the preview cycles through: the same list the server offers the page."""
+    from streamer.mixer import build_presets
+
+    return [(p.name, np.asarray(p.weights, dtype=np.float32)) for p in build_presets(styles)]
 
 
 # ----------------------------------------------------------------------------- one frame
