@@ -300,19 +300,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.e2e",
         description="End-to-end fps and glass-to-glass latency through headless Chromium.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--sizes", default="320x240,640x480", help="processing resolutions to measure, comma-separated")
-    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per resolution")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds streamed before measuring (not counted)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model for the in-process server")
-    p.add_argument("--backend", default="auto", help="inference backend for the in-process server")
+    p.add_argument(
+        "--sizes",
+        default="320x240,640x480",
+        help="processing resolutions to measure, comma-separated (default: 320x240,640x480)",
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per resolution (default: 20)")
+    p.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds streamed before measuring, not counted (default: 5)"
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="ONNX model for the in-process server (default: engines/models/default.onnx)",
+    )
+    p.add_argument("--backend", default="auto", help="inference backend for the in-process server (default: auto)")
     p.add_argument("--url", default=None, help="bench a running server at this URL instead of starting one")
-    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="video codec the page puts first")
+    p.add_argument(
+        "--codec", choices=["vp8", "h264"], default="vp8", help="video codec the page puts first (default: vp8)"
+    )
     p.add_argument("--strength", type=float, default=None, help="style strength 0..1 set before measuring (default: 1)")
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the model is)")
-    p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
-    p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "e2e.json", help="JSON output file")
+    p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable (default: /usr/bin/chromium)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=REPO / "bench" / "results" / "e2e.json",
+        help="JSON output file (default: bench/results/e2e.json)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.url and not args.model.is_file():

@@ -348,7 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m streamer.preview",
         description="Stylize a camera or a video file in an OpenCV window, or into a video file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, default=None, metavar="N", help="camera index (default: 0)")
@@ -372,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='initial style weights: "0:0.5,3:0.5" (indices), "moss:1,ember:0.3" (names) or one '
         "style name; default: the first style alone",
     )
-    p.add_argument("--strength", type=float, default=1.0, help="stylized over original, 0..1")
+    p.add_argument("--strength", type=float, default=1.0, help="stylized over original, 0..1 (default: 1)")
     p.add_argument(
         "--size",
         default=None,
@@ -388,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="auto",
-        help="inference backend: auto, openvino-cpu, onnxruntime-cpu, onnxruntime-cuda, torch-cuda, "
+        help="inference backend (default: auto): auto, openvino-cpu, onnxruntime-cpu, onnxruntime-cuda, torch-cuda, "
         "tensorrt-fp16, ... (auto picks the fastest available and says why)",
     )
     p.add_argument("--loop", action="store_true", help="replay a --video file from the start when it ends")
@@ -404,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("."),
         metavar="DIR",
-        help="folder for the PNG snapshots saved with the s key",
+        help="folder for the PNG snapshots saved with the s key (default: the current folder)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     return p
