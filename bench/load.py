@@ -250,6 +250,7 @@ async def run_load(
                         "sent": c.camera.sent,
                         "server_dropped": last.get("dropped"),
                         "server_infer_ms": round(float(np.median(infer)), 2) if infer else None,
+                        "server_lag_ms": last.get("lag_ms"),
                         "resolution": last.get("resolution"),
                         "error": last.get("error"),
                     }
@@ -269,11 +270,11 @@ async def run_load(
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['peers']} peers at {result['size']}, {result['send_fps']:g} fps sent, {result['seconds']} s")
-    print(f"{'peer':>4} {'frames':>7} {'fps':>7} {'sent':>6} {'dropped':>8} {'infer ms':>9}  error")
+    print(f"{'peer':>4} {'frames':>7} {'fps':>7} {'sent':>6} {'dropped':>8} {'infer ms':>9} {'lag ms':>7}  error")
     for r in result["rows"]:
         print(
             f"{r['peer']:>4} {r['frames']:>7} {r['fps']:>7.2f} {r['sent']:>6} {r['server_dropped']!s:>8}"
-            f" {r['server_infer_ms']!s:>9}  {r['error'] or ''}"
+            f" {r['server_infer_ms']!s:>9} {r['server_lag_ms']!s:>7}  {r['error'] or ''}"
         )
     rss = result["rss_mib"]
     if rss:

@@ -204,9 +204,11 @@ class Session:
         ts = self.track.stats if self.track else None
         infer = statistics.fmean(ts.infer_ms) if ts and ts.infer_ms else None
         stages = {k: round(statistics.fmean(v), 2) for k, v in ts.stages_ms.items() if v} if ts else {}
+        lag = statistics.fmean(ts.lag_s) * 1000 if ts and ts.lag_s else None
         if ts:
             ts.infer_ms.clear()
             ts.stages_ms.clear()
+            ts.lag_s.clear()
         w, h = self.mixer.resolution
         return {
             "type": "stats",
@@ -220,6 +222,8 @@ class Session:
             # The size actually sent (processing size); the requested box until the first frame.
             "resolution": (ts.resolution if ts and ts.resolution else f"{w}x{h}"),
             "error": ts.error if ts else None,
+            # Mean age (ms) of the frames sent relative to the newest frame received.
+            "lag_ms": round(lag, 1) if lag is not None else None,
             "stages_ms": stages,
         }
 

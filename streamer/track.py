@@ -96,6 +96,9 @@ class TrackStats:
     error: str | None = None  # the last inference error; None once a frame succeeds again
     infer_ms: list[float] = field(default_factory=list)  # since the last stats message
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    # How far the frame sent trails the newest frame received (s, from pts), since the last
+    # stats message: one inference or so when frames are dropped as they should be.
+    lag_s: list[float] = field(default_factory=list)
     resolution: str | None = None  # size of the last frame sent, WxH
     last_pts: int | None = None  # pts of the last frame sent
 
@@ -129,6 +132,11 @@ class StylizedTrack(MediaStreamTrack):
             s.stages_ms.setdefault(k, []).append(v)
         s.resolution = f"{result.frame.width}x{result.frame.height}"
         s.last_pts = result.frame.pts
+        newest = self.source.newest_pts
+        if newest is not None and frame.pts is not None and frame.time_base is not None:
+            ticks = newest - frame.pts
+            if 0 <= ticks < 2**31:  # RTP timestamps wrap at 2**32; skip the one frame across a wrap
+                s.lag_s.append(float(ticks * frame.time_base))
         return result.frame
 
     def _failed(self, frame: av.VideoFrame, e: Exception) -> av.VideoFrame:

@@ -159,6 +159,7 @@ async def test_frames_come_back_stylized_and_weights_change_the_output(
     assert stats["fps_out"] > 0 and stats["fps_in"] > 0
     assert stats["backend"] == backend.name and stats["resolution"] == "160x120" and stats["error"] is None
     assert {"to_rgb", "infer", "to_frame"} <= set(stats["stages_ms"])
+    assert stats["lag_ms"] is not None and stats["lag_ms"] >= 0
 
 
 async def test_resolution_scales_the_processing_size(start_server: StartServer) -> None:
@@ -219,6 +220,8 @@ async def test_slow_backend_drops_frames_instead_of_queueing(start_server: Start
     assert len(lags) > 20
     assert max(lags) < 1.0, max(lags)
     assert np.mean(lags[-10:]) < 0.6
+    await peer.wait(lambda: any(m["lag_ms"] is not None for m in peer.stats()), what="stats with lag_ms")
+    assert all(m["lag_ms"] < 1000 for m in peer.stats() if m["lag_ms"] is not None), peer.stats()
 
 
 class FailingBackend:
