@@ -43,7 +43,7 @@ BASE_ARGS = [
 FAKE_CAMERA = ["--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream"]
 
 
-def write_y4m(path: Path, size: tuple[int, int] = (320, 240), frames: int = 2) -> Path:
+def write_y4m(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
     """A Y4M clip of one still picture for Chromium's fake camera (it loops the file)."""
     w, h = size
     img = np.zeros((h, w, 3), np.uint8)
@@ -51,7 +51,7 @@ def write_y4m(path: Path, size: tuple[int, int] = (320, 240), frames: int = 2) -
     img[:, w // 2 :] = (200, 90, 30)  # blue
     img[h // 2 :] //= 2
     cv2.circle(img, (w // 2, h // 2), h // 4, (255, 255, 255), -1)
-    cv2.putText(img, "stylecast", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2)
+    cv2.putText(img, "stylecast", (w // 32, h // 8), cv2.FONT_HERSHEY_SIMPLEX, w / 320, (20, 20, 20), 2)
     i420 = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420).tobytes()
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
@@ -198,6 +198,17 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     print(f"stylized vs camera {difference:.1f}, slider change {change:.2f}, still noise {noise:.2f}")
     assert change > 3 * noise + 2, f"slider change {change:.2f} vs still-picture noise {noise:.2f}"
 
+    # A preset moves the sliders to the server's mix for it.
+    await page.get_by_role("button", name="moss", exact=True).click()
+    await page.wait_for_function("stylecast.lastAck && stylecast.lastAck.state.preset === 'moss'", timeout=10_000)
+    assert await page.get_by_label("moss weight").input_value() == "100"
+    assert await ember.input_value() == "0"
+    assert await page.get_by_role("button", name="moss", exact=True).get_attribute("aria-pressed") == "true"
+
+    # A larger processing resolution comes back as a larger picture.
+    await page.get_by_label("Resolution").select_option("640x480")
+    await page.wait_for_function("document.getElementById('stylized').videoWidth === 640", timeout=20_000)
+
     # The readout shows live numbers and the backend.
     await page.wait_for_function("document.getElementById('fps').textContent !== '–'", timeout=10_000)
     assert float(await page.locator("#fps").text_content()) > 0
@@ -212,7 +223,7 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     await download.save_as(png)
     assert png.suffix == ".png"
     snap = cv2.imread(str(png))
-    assert snap is not None and snap.shape[:2] == (240, 320)
+    assert snap is not None and snap.shape[:2] == (480, 640)
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "page.png"

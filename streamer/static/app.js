@@ -486,8 +486,10 @@ function preferCodec(tx) {
 async function tuneSender(sender) {
   try {
     const p = sender.getParameters();
-    // Under CPU load, lower the resolution rather than the frame rate.
-    p.degradationPreference = "maintain-framerate";
+    // Keep the chosen resolution: the server never scales up, so a resolution Chromium
+    // lowered while its bandwidth estimate ramps up (tens of seconds on "maintain-framerate")
+    // would silently override the user's choice. Under CPU load the frame rate gives instead.
+    p.degradationPreference = "maintain-resolution";
     if (p.encodings && p.encodings[0]) p.encodings[0].maxFramerate = 30;
     await sender.setParameters(p);
   } catch {
