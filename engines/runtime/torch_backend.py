@@ -13,6 +13,7 @@ lock (one CUDA stream per backend).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,19 @@ from engines.runtime.frames import FrameBackend
 log = logging.getLogger(__name__)
 
 
+def _no_nvidia_device() -> bool:
+    """True when a Linux machine clearly has no NVIDIA GPU (no /dev/nvidia<N> node).
+
+    Lets ``backend="auto"`` skip importing torch (seconds on a small CPU) just to
+    learn that CUDA is absent. Other systems always go on to ask torch.
+    """
+    return sys.platform.startswith("linux") and not any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def cuda_unavailable_reason() -> str | None:
     """None if torch can use a CUDA GPU here, else why not."""
+    if _no_nvidia_device():
+        return "no NVIDIA GPU on this machine (no /dev/nvidia* device)"
     try:
         import torch
     except ImportError as e:
