@@ -374,6 +374,7 @@ class Result:
     mix: np.ndarray | None = None  # weights of the mix (video only)
     warp: list[float] = field(default_factory=list)  # [K] mean warping error per painting
     warp_mix: float | None = None
+    contrast: list[float] = field(default_factory=list)  # [K] mean per-frame grey std of the output video
 
     def style_distance(self) -> np.ndarray:
         """[P,K]: output for painting j vs painting j."""
@@ -437,18 +438,25 @@ def score_peer(
     return Result(peer, [all_styles[i] for i in match], photo), screen
 
 
-def warp_errors(stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair],
-                bar: tqdm) -> list[float]:  # fmt: skip
-    """Warping error of every consecutive pair; ``stylize=None`` scores the input frames themselves."""
+def video_scores(
+    stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair], bar: tqdm
+) -> tuple[float, float]:
+    """(mean warping error over consecutive pairs, mean grey-level std of the frames), both 0-255.
+
+    ``stylize=None`` scores the input frames themselves. The contrast is there to
+    read the warping error by: a flat, washed-out output has little to flicker.
+    """
     errors: list[float] = []
+    contrast: list[float] = []
     prev: np.ndarray | None = None
     for t, frame in enumerate(frames):
         cur = frame if stylize is None or weights is None else stylize(frame, weights)
+        contrast.append(float(cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY).std()))
         if prev is not None:
             errors.append(warp_error(prev, cur, pairs[t - 1]))
         prev = cur
         bar.update(1)
-    return errors
+    return float(np.mean(errors)), float(np.mean(contrast))
 
 
 # ------------------------------------------------------------------------ report
@@ -463,7 +471,8 @@ class Row:
     content: float
     edge: float
     warp: float
-    warp_vs_peer: float | None = None
+    warp_vs_peer: float | None
+    contrast: float
     note: str = ""
 
 
@@ -475,15 +484,16 @@ def fmt(v: float | None, spec: str) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     head = (
-        "| model | style dist ↓ | content dist ↓ | edge F1 ↑ | warp error ↓ (0-255) | warp vs peer ↑ | notes |\n"
-        "|---|---:|---:|---:|---:|---:|---|"
+        "| model | style dist ↓ | content dist ↓ | edge F1 ↑ | warp error ↓ (0-255) | warp vs peer ↑ "
+        "| video contrast (grey std) | notes |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|"
     )
     lines = [head]
     for r in rows:
         vs = "-" if r.warp_vs_peer is None else f"{r.warp_vs_peer:+.0%}"
         lines.append(
             f"| {r.label} | {fmt(r.style, '.3f')} | {fmt(r.content, '.3f')} | {fmt(r.edge, '.3f')} "
-            f"| {fmt(r.warp, '.2f')} | {vs} | {r.note} |"
+            f"| {fmt(r.warp, '.2f')} | {vs} | {fmt(r.contrast, '.1f')} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -526,6 +536,7 @@ def result_json(res: Result, paintings: list[Painting], peer: Result | None) -> 
                 "content_distance": float(res.photo.content[:, j].mean()),
                 "edge_f1": float(res.photo.edge[:, j].mean()),
                 "warp_error": res.warp[j],
+                "video_contrast": res.contrast[j],
                 "warp_vs_peer": (1.0 - res.warp[j] / peer.warp[j]) if peer and not res.model.is_peer else None,
             }
         )
@@ -540,6 +551,7 @@ def result_json(res: Result, paintings: list[Painting], peer: Result | None) -> 
             "content_distance": float(res.photo.content.mean()),
             "edge_f1": float(res.photo.edge.mean()),
             "warp_error": warp,
+            "video_contrast": float(np.mean(res.contrast)),
             "warp_vs_peer": (1.0 - warp / peer_warp) if peer_warp and not res.model.is_peer else None,
             "warp_error_mix": res.warp_mix,
             "warp_vs_peer_mix": (1.0 - res.warp_mix / peer.warp_mix)
@@ -659,14 +671,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
     runs = sum(len(r.weights) + (r.mix is not None) for r in results.values())
     with tqdm(total=(runs + 1) * len(frames), desc="video", unit="frame") as bar:
-        floor = float(np.mean(warp_errors(None, None, frames, pairs, bar)))
+        floor, input_contrast = video_scores(None, None, frames, pairs, bar)
         for label, res in results.items():
             for j, w in enumerate(res.weights):
                 bar.set_postfix_str(f"{label}: {paintings[j].name}")
-                res.warp.append(float(np.mean(warp_errors(res.model.stylize, w, frames, pairs, bar))))
+                err, contrast = video_scores(res.model.stylize, w, frames, pairs, bar)
+                res.warp.append(err)
+                res.contrast.append(contrast)
             if res.mix is not None:
                 bar.set_postfix_str(f"{label}: mix")
-                res.warp_mix = float(np.mean(warp_errors(res.model.stylize, res.mix, frames, pairs, bar)))
+                res.warp_mix, _ = video_scores(res.model.stylize, res.mix, frames, pairs, bar)
     t_video = time.time() - t_video
 
     # ---- report
@@ -680,8 +694,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             note = f"step {m.step}" if m.step is not None else m.runtime
         rows.append(Row(label, s["style_distance"], s["content_distance"], s["edge_f1"], s["warp_error"],
-                        s["warp_vs_peer"], note))  # fmt: skip
-    rows.append(Row("input (unstylized)", float(input_style.mean()), 0.0, 1.0, floor, None,
+                        s["warp_vs_peer"], s["video_contrast"], note))  # fmt: skip
+    rows.append(Row("input (unstylized)", float(input_style.mean()), 0.0, 1.0, floor, None, input_contrast,
                     "the photos and video as they are; warp error = the floor"))  # fmt: skip
     if peer_res is not None and screen is not None:
         model_json["peer"]["screening"] = [
@@ -718,6 +732,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "input": {
             "style_distance_per_painting": input_style.mean(0).tolist(),
             "warp_error": floor,
+            "video_contrast": input_contrast,
             "valid_fraction": float(np.mean([p.valid_fraction for p in pairs])),
         },
         "models": model_json,
@@ -736,6 +751,8 @@ DEFINITIONS = {
     "edge_f1": "F1 of Canny edges (blur sigma 2, thresholds 40/100) with 1 px tolerance, output vs input",
     "warp_error": "mean |S_t - warp(S_t-1)| over non-occluded pixels, 0-255, DIS flow of the input frames",
     "warp_vs_peer": "1 - ours/peer, mean warping error over the same paintings",
+    "video_contrast": "mean over frames of the grey-level standard deviation of the output, 0-255 (flat output "
+    "flickers less: read the warping error with it)",
     "peer": "for each painting, the peer style with the lowest mean style distance on the first peer_screen "
     "photos (its best case), then run on every photo",
 }
