@@ -236,6 +236,93 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             print(f"{r['size']} server stages (median): {stages}")
 
 
+# ----------------------------------------------------------------------------- frame profile
+
+
+def frame_profile(model: Path, backend_name: str, size: str, codec: str, frames: int = 40) -> dict[str, float]:
+    """Where one frame's time goes on the server, stage by stage, with the server's own libraries.
+
+    Median ms over ``frames`` moving frames (after a few warm-up frames): decode (aiortc's
+    VP8/H264 decoder), yuv -> rgb24, inference (``backend.stylize``), rgb24 -> frame, encode
+    (aiortc's encoder at its default bitrate). Run in this process with nothing else
+    streaming, so it shows the cost of each stage, not the contention of a live session.
+    """
+    import fractions
+
+    import av
+    import cv2
+    import numpy as np
+    from aiortc.codecs import h264, vpx
+    from aiortc.jitterbuffer import JitterFrame
+
+    from engines.runtime import load_backend
+
+    w, h = (int(v) for v in size.split("x"))
+    backend = load_backend(model, backend=backend_name)
+    weights = np.zeros(len(backend.styles), np.float32)
+    weights[0] = 1.0
+    if codec == "h264":
+        encoder: Any = h264.H264Encoder()
+        decoder: Any = h264.H264Decoder()
+        depayload = h264.H264PayloadDescriptor.parse
+    else:
+        encoder, decoder = vpx.Vp8Encoder(), vpx.Vp8Decoder()
+        depayload = None
+    # A smooth texture that moves every frame (codecs do little work on a still picture).
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (h, w * 2, 3), np.uint8), (0, 0), 6)
+    times: dict[str, list[float]] = {k: [] for k in ("decode", "to_rgb", "infer", "to_frame", "encode")}
+    warmup = 5
+    try:
+        for i in range(frames + warmup):
+            src = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, i * 4 : i * 4 + w]), format="rgb24")
+            src.pts, src.time_base = i * 3000, fractions.Fraction(1, 90000)
+            payloads, ts = encoder.encode(src)  # what the browser would send
+            if depayload is None:
+                data = b"".join(vpx.vp8_depayload(pl) for pl in payloads)
+            else:
+                data = b"".join(depayload(pl)[1] for pl in payloads)
+            t0 = time.perf_counter()
+            decoded = decoder.decode(JitterFrame(data=data, timestamp=ts))
+            t1 = time.perf_counter()
+            if not decoded:
+                continue
+            rgb = decoded[0].to_ndarray(format="rgb24")
+            t2 = time.perf_counter()
+            out = backend.stylize(rgb, weights)
+            t3 = time.perf_counter()
+            frame = av.VideoFrame.from_ndarray(out, format="rgb24")
+            frame.pts, frame.time_base = src.pts, src.time_base
+            t4 = time.perf_counter()
+            encoder.encode(frame)
+            t5 = time.perf_counter()
+            if i >= warmup:
+                for k, a, b in (
+                    ("decode", t0, t1),
+                    ("to_rgb", t1, t2),
+                    ("infer", t2, t3),
+                    ("to_frame", t3, t4),
+                    ("encode", t4, t5),
+                ):
+                    times[k].append((b - a) * 1000.0)
+    finally:
+        backend.close()
+    result = {k: round(statistics.median(v), 2) for k, v in times.items() if v}
+    result["total"] = round(sum(result.values()), 2)
+    return result
+
+
+def print_profile(profile: dict[str, dict[str, float]], codec: str) -> None:
+    stages = ["decode", "to_rgb", "infer", "to_frame", "encode", "total"]
+    print(f"\nframe profile, ms per frame (median; {codec}, one frame at a time, nothing else streaming)")
+    table = [["size", *stages]] + [[size, *(fmt(p.get(s), 2) for s in stages)] for size, p in profile.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for j, row in enumerate(table):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -264,6 +351,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await browser.close()
 
+    profile: dict[str, dict[str, float]] = {}
+    if args.profile and not args.url:
+        for size in sizes:
+            log.info("frame profile at %s", size)
+            profile[size] = frame_profile(args.model, args.backend, size, args.codec)
+
     return {
         "bench": "e2e",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -283,6 +376,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
         },
         "results": results,
+        "frame_profile_ms": profile,
     }
 
 
@@ -322,6 +416,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--codec", choices=["vp8", "h264"], default="vp8", help="video codec the page puts first (default: vp8)"
     )
     p.add_argument("--strength", type=float, default=None, help="style strength 0..1 set before measuring (default: 1)")
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each stage of one frame in-process: decode, yuv->rgb, infer, rgb->frame, encode "
+        "(default: on; not with --url)",
+    )
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the model is)")
     p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable (default: /usr/bin/chromium)")
     p.add_argument(
@@ -345,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load average {report['load_average_before'][0]:.1f} before / {report['load_average_after'][0]:.1f} after"
     )
     print_table(report["results"])
+    if report["frame_profile_ms"]:
+        print_profile(report["frame_profile_ms"], report["codec"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
