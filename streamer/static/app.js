@@ -342,14 +342,19 @@ function onControlMessage(ev) {
   }
 }
 
+// The readout's latency: glass-to-glass in bench mode (measured from the stamp), else the
+// data channel's round trip (network and server queueing, without video coding).
 function showLatency() {
-  const parts = [];
   if (hook.bench && hook.bench.latencies.length) {
     const l = hook.bench.latencies.slice(-30).sort((a, b) => a - b);
-    parts.push(`${Math.round(l[l.length >> 1])} ms g2g`);
+    ui.latency.textContent = `${Math.round(l[l.length >> 1])} ms g2g`;
+    ui.latency.title = "glass to glass: stamp drawn into the sent frame, read back from the stylized one";
+  } else if (hook.rttMs != null) {
+    ui.latency.textContent = `${hook.rttMs.toFixed(0)} ms rtt`;
+    ui.latency.title = "round trip of a data-channel ping to the server";
+  } else {
+    ui.latency.textContent = "–";
   }
-  if (hook.rttMs != null) parts.push(`${hook.rttMs.toFixed(0)} ms rtt`);
-  ui.latency.textContent = parts.length ? parts.join(" · ") : "–";
 }
 
 // ---------------------------------------------------------------- connect / disconnect
