@@ -4,6 +4,7 @@
     python -m streamer --host 0.0.0.0 --port 8443        # reachable from the local network
     python -m streamer --model my.onnx --backend openvino # another model / runtime
     python -m streamer --max-sessions 2 --transition-ms 500
+    python -m streamer --default-resolution 640x480      # a fixed size instead of auto
     python -m streamer --ice-server stun:stun.l.google.com:19302   # peers behind NAT
 
 Open the URL in a browser (localhost, or https elsewhere: browsers only give the
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.config import DEFAULT_MODEL, StreamerConfig, parse_resolution
+from streamer.config import AUTO_RESOLUTION, DEFAULT_MODEL, StreamerConfig, parse_resolution
 
 log = logging.getLogger("streamer")
 
@@ -32,6 +33,10 @@ def _resolution(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return f"{w}x{h}"
+
+
+def _resolution_or_auto(text: str) -> str:
+    return AUTO_RESOLUTION if text.strip().lower() == AUTO_RESOLUTION else _resolution(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="processing resolutions the page offers (WIDTHxHEIGHT, pixels); frames are scaled down to fit",
     )
     p.add_argument(
-        "--default-resolution", type=_resolution, default="640x480", help="processing resolution a session starts at"
+        "--default-resolution",
+        type=_resolution_or_auto,
+        default=AUTO_RESOLUTION,
+        help="processing resolution a session starts at (WIDTHxHEIGHT), or auto: the largest of --resolutions "
+        "this machine stylizes at the camera's frame rate, chosen per session from measured frame times",
+    )
+    p.add_argument(
+        "--auto-budget",
+        type=float,
+        default=0.7,
+        help="auto resolution: fraction (0..1] of the camera's frame interval inference may take; "
+        "the rest is for video decoding, encoding and the browser",
     )
     p.add_argument(
         "--transition-ms",
@@ -109,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_sessions=args.max_sessions,
             resolutions=tuple(args.resolutions),
             default_resolution=args.default_resolution,
+            auto_budget=args.auto_budget,
             transition_ms=args.transition_ms,
             max_message_bytes=args.max_message_bytes,
             max_batch=args.max_batch,

@@ -6,7 +6,7 @@ closes every peer connection. Routes::
 
     GET  /                 the page (static/index.html)
     GET  /static/...       the page's files
-    GET  /api/info         styles (with thumbnail URLs), presets, backend, resolutions
+    GET  /api/info         styles (with thumbnail URLs), presets, backend, resolutions ("auto" first)
     GET  /styles/{i}.jpg   painting thumbnail of style i (404 if the model ships none)
     POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
     GET  /health           JSON: backend and why, model and styles, sessions
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from engines.runtime.base import Backend
 from streamer import metrics
-from streamer.config import StreamerConfig
+from streamer.config import AUTO_RESOLUTION, StreamerConfig
 from streamer.mixer import Preset, build_presets
 from streamer.session import OfferError, Session
 from streamer.worker import InferenceWorker
@@ -78,7 +78,8 @@ class Server:
                 ],
                 "presets": [p.to_json() for p in self.presets],
                 "backend": self.backend_info,
-                "resolutions": list(self.config.resolutions),
+                # "auto" first: the page's default choice where the server's default is auto.
+                "resolutions": [AUTO_RESOLUTION, *self.config.resolutions],
                 "default_resolution": self.config.default_resolution,
                 "max_message_bytes": self.config.max_message_bytes,
                 "transition_ms": self.config.transition_ms,

@@ -8,6 +8,9 @@ from pathlib import Path
 # Where the shipped default model lives (the lead's ``engines/models/``).
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "default.onnx"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The resolution choice that lets each session pick among ``resolutions`` by measured speed
+# (streamer.autores); accepted wherever a WIDTHxHEIGHT choice is, except in ``resolutions``.
+AUTO_RESOLUTION = "auto"
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -39,7 +42,11 @@ class StreamerConfig:
     # Processing resolutions the page may choose (WIDTHxHEIGHT). Frames are scaled down,
     # aspect kept, to fit inside the chosen box; never scaled up.
     resolutions: tuple[str, ...] = ("320x240", "640x480", "1280x720")
-    default_resolution: str = "640x480"
+    # One of resolutions, or "auto": the largest of them this machine stylizes at the camera's rate.
+    default_resolution: str = AUTO_RESOLUTION
+    # Auto: the fraction of the camera's frame interval the worker may spend on a frame; the
+    # rest is for decoding, encoding and (on the same machine) the browser.
+    auto_budget: float = 0.7
     transition_ms: int = 300  # default time a weight/strength change takes to blend in (ms)
     max_transition_ms: int = 5000  # the largest transition a client may ask for (ms)
     max_message_bytes: int = 4096  # data-channel messages longer than this get an error reply
@@ -61,8 +68,15 @@ class StreamerConfig:
             raise ValueError("resolutions must not be empty")
         for r in self.resolutions:
             parse_resolution(r)
-        if self.default_resolution not in self.resolutions:
-            raise ValueError(f"default_resolution {self.default_resolution!r} is not one of {self.resolutions}")
+        if self.default_resolution != AUTO_RESOLUTION and self.default_resolution not in self.resolutions:
+            raise ValueError(
+                f"default_resolution {self.default_resolution!r} is neither {AUTO_RESOLUTION!r} "
+                f"nor one of {self.resolutions}"
+            )
+        if not 0 < self.auto_budget <= 1:
+            raise ValueError(
+                f"auto_budget must be within (0, 1] (a fraction of the frame interval), got {self.auto_budget}"
+            )
         if not 0 <= self.transition_ms <= self.max_transition_ms:
             raise ValueError(f"transition_ms must be within 0..{self.max_transition_ms}, got {self.transition_ms}")
         if self.max_message_bytes < 64:

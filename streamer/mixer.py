@@ -7,7 +7,8 @@ on a monotonic clock), so the picture never jumps, whatever the frame rate.
 Weights are interpolated after normalising to sum 1 (the network normalises
 anyway), so ``[2, 0]`` -> ``[0, 1]`` moves at the same pace as ``[1, 0]`` ->
 ``[0, 1]``. Strength (blend with the original, 0..1) moves the same way. The
-resolution changes at once: there is nothing between two frame sizes.
+resolution changes at once: there is nothing between two frame sizes. A
+resolution of ``"auto"`` leaves the size to the session (:mod:`streamer.autores`).
 
 Control messages are validated completely before anything is applied: a bad
 message changes nothing and raises :class:`ControlError` with the reason.
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import parse_resolution
+from streamer.config import AUTO_RESOLUTION, parse_resolution
 
 
 class ControlError(ValueError):
@@ -129,9 +130,14 @@ class Mixer:
         )
 
     @property
-    def resolution(self) -> tuple[int, int]:
-        """The processing box (width, height)."""
-        return parse_resolution(self._resolution)
+    def auto(self) -> bool:
+        """Whether the client asked for ``"auto"``: the session chooses the processing size."""
+        return self._resolution == AUTO_RESOLUTION
+
+    @property
+    def resolution(self) -> tuple[int, int] | None:
+        """The processing box (width, height) the client chose; None on ``"auto"``."""
+        return None if self.auto else parse_resolution(self._resolution)
 
     def step(self, now: float | None = None) -> tuple[np.ndarray, float]:
         """The mix for the frame being made now: (normalised float32 weights [S], strength 0..1)."""
@@ -166,8 +172,9 @@ class Mixer:
         weights = self._parse_weights(msg["weights"]) if "weights" in msg else None
         strength = _number(msg["strength"], "strength", 0.0, 1.0) if "strength" in msg else None
         resolution = msg.get("resolution")
-        if resolution is not None and resolution not in self.resolutions:
-            raise ControlError(f"unknown resolution {resolution!r}; choose one of {', '.join(self.resolutions)}")
+        if resolution is not None and resolution != AUTO_RESOLUTION and resolution not in self.resolutions:
+            choices = ", ".join([AUTO_RESOLUTION, *self.resolutions])
+            raise ControlError(f"unknown resolution {resolution!r}; choose one of {choices}")
         transition = None
         if "transition_ms" in msg:
             transition = int(_number(msg["transition_ms"], "transition_ms", 0, self.max_transition_ms))

@@ -3,10 +3,11 @@
 Control messages (JSON text on the data channel labelled ``control``)::
 
     -> {"type": "set", "weights": {"moss": 1} | [w0, w1, ...], "strength": 0..1,
-        "resolution": "320x240", "transition_ms": 0..5000}       (any subset)
+        "resolution": "320x240" | "auto", "transition_ms": 0..5000}   (any subset)
     -> {"type": "preset", "name": "moss"}
     -> {"type": "ping", "t": 123.4}
-    <- {"type": "ack", "state": {"weights": [...], "strength": x, "resolution": "WxH", "preset": name|null}}
+    <- {"type": "ack", "state": {"weights": [...], "strength": x, "resolution": "WxH" | "auto", "preset": name|null,
+        "auto_resolution": "WxH"}}           (auto_resolution: only on "auto", the size it applies now)
     <- {"type": "pong", "t": 123.4}
     <- {"type": "error", "message": "..."}
     <- {"type": "stats", "fps_in", "fps_out", "infer_ms", "dropped", "backend", "resolution", "error",
@@ -30,7 +31,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
-from streamer.config import StreamerConfig
+from streamer.autores import AutoResolution
+from streamer.config import StreamerConfig, parse_resolution
 from streamer.mixer import ControlError, Mixer, Preset
 from streamer.track import LatestFrame, StylizedTrack
 from streamer.worker import InferenceWorker
@@ -66,6 +68,8 @@ class Session:
             transition_ms=config.transition_ms,
             max_transition_ms=config.max_transition_ms,
         )
+        # Chooses the processing size while the client asks for "auto"; fed by the track.
+        self.auto = AutoResolution([parse_resolution(r) for r in config.resolutions], budget=config.auto_budget)
         self.created = time.monotonic()
         self.source: LatestFrame | None = None
         self.track: StylizedTrack | None = None
@@ -109,7 +113,7 @@ class Session:
         if track.kind != "video" or self.track is not None:
             return  # audio, or a second camera: not ours to stylize
         self.source = LatestFrame(track)
-        self.track = StylizedTrack(self.source, self.mixer, self.worker)
+        self.track = StylizedTrack(self.source, self.mixer, self.worker, self.auto)
         # Fired during setRemoteDescription, so the answer sends this track back on the same transceiver.
         self.pc.addTrack(self.track)
         self.source.start()
@@ -161,10 +165,20 @@ class Session:
                 return self._error("ping needs a number t (it is echoed back in the pong)")
             return {"type": "pong", "t": t}
         try:
-            state = self.mixer.apply(msg)
+            self.mixer.apply(msg)
         except ControlError as e:
             return self._error(str(e))
-        return {"type": "ack", "state": state.to_json()}
+        return {"type": "ack", "state": self.state_json()}
+
+    def state_json(self) -> dict[str, Any]:
+        """The ack's state: what the client asked for, plus the size auto resolution applies now."""
+        state = self.mixer.state.to_json()
+        if self.mixer.auto:
+            if self.source is not None and self.source.size is not None:
+                self.auto.set_source(*self.source.size)  # the choice is fitted to the camera's frames
+            w, h = self.auto.size
+            state["auto_resolution"] = f"{w}x{h}"
+        return state
 
     def _error(self, message: str) -> dict[str, Any]:
         self.messages_rejected += 1
@@ -209,7 +223,7 @@ class Session:
             ts.infer_ms.clear()
             ts.stages_ms.clear()
             ts.lag_s.clear()
-        w, h = self.mixer.resolution
+        w, h = self.mixer.resolution or self.auto.size
         return {
             "type": "stats",
             "fps_in": round(self.fps_in, 2),

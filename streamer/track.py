@@ -5,7 +5,10 @@ latency grow without limit. :class:`LatestFrame` therefore drains the incoming
 track continuously and keeps only the newest decoded frame (counting the ones
 it replaces as dropped); :class:`StylizedTrack` takes that newest frame each
 time the sender asks for one, has the shared inference worker stylize it, and
-returns it with the source's ``pts``/``time_base``.
+returns it with the source's ``pts``/``time_base``. On ``"auto"`` resolution
+the track feeds each frame's measured cost and the camera's frame interval to
+the session's :class:`~streamer.autores.AutoResolution`, which picks the
+processing size of the next frames.
 
 An exception escaping ``recv()`` silently stops the outgoing video while the
 connection still says "connected", so ``recv()`` catches everything but the end
@@ -17,15 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from streamer.autores import AutoResolution
+from streamer.config import parse_resolution
 from streamer.mixer import Mixer
-from streamer.worker import InferenceWorker
+from streamer.worker import InferenceWorker, Result
 
 log = logging.getLogger(__name__)
+
+# The worker's per-frame stages that make up a frame's cost for auto resolution (ms each).
+COST_STAGES = ("to_rgb", "resize", "infer", "blend", "to_frame")
+INTERVAL_SMOOTHING = 0.1  # EMA weight of one new frame interval
+MAX_INTERVAL_S = 1.0  # a longer gap between frames is a pause (or a pts wrap), not the frame rate
 
 
 class LatestFrame:
@@ -36,6 +47,11 @@ class LatestFrame:
         self.frames_in = 0  # frames decoded from the peer
         self.dropped = 0  # frames replaced by a newer one before they were stylized
         self.newest_pts: int | None = None  # pts of the newest frame received (source time base)
+        self.size: tuple[int, int] | None = None  # (width, height) of the newest frame received
+        # The camera's frame interval (ms): an EMA over every frame received, dropped ones
+        # included; None until two frames have arrived.
+        self.interval_ms: float | None = None
+        self._prev: tuple[float, float] | None = None  # (pts in s or None, arrival in s) of the previous frame
         self._frame: av.VideoFrame | None = None
         self._ready = asyncio.Event()
         self._ended = False
@@ -56,6 +72,8 @@ class LatestFrame:
                     self.dropped += 1
                 self._frame = frame
                 self.newest_pts = frame.pts
+                self.size = (frame.width, frame.height)
+                self._measure_interval(frame)
                 self._ready.set()
         except MediaStreamError:
             pass  # the peer stopped sending (hung up or closed the track)
@@ -64,6 +82,21 @@ class LatestFrame:
         finally:
             self._ended = True
             self._ready.set()
+
+    def _measure_interval(self, frame: av.VideoFrame) -> None:
+        # The camera's own clock (pts) when there is one: arrival times carry network jitter.
+        arrival = time.monotonic()
+        pts_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        prev, self._prev = self._prev, (pts_s if pts_s is not None else arrival, arrival)
+        if prev is None:
+            return
+        dt = (pts_s - prev[0]) if pts_s is not None else (arrival - prev[1])
+        if not 0 < dt <= MAX_INTERVAL_S:
+            return
+        ms = dt * 1000
+        self.interval_ms = (
+            ms if self.interval_ms is None else self.interval_ms + INTERVAL_SMOOTHING * (ms - self.interval_ms)
+        )
 
     async def get(self) -> av.VideoFrame:
         """The newest frame not handed out yet (waits for one); ``MediaStreamError`` once the input ended."""
@@ -108,18 +141,55 @@ class StylizedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, source: LatestFrame, mixer: Mixer, worker: InferenceWorker) -> None:
+    def __init__(
+        self, source: LatestFrame, mixer: Mixer, worker: InferenceWorker, auto: AutoResolution | None = None
+    ) -> None:
         super().__init__()
         self.source = source
         self.mixer = mixer
         self.worker = worker
+        self.auto = auto if auto is not None else AutoResolution([parse_resolution(r) for r in mixer.resolutions])
         self.stats = TrackStats()
+        self._was_auto = False
+
+    def _box(self, frame: av.VideoFrame) -> tuple[int, int]:
+        """The processing box for ``frame``: the client's choice, or auto resolution's."""
+        box = self.mixer.resolution
+        if box is not None:
+            self._was_auto = False
+            return box
+        if not self._was_auto:
+            self.auto.reset()  # decisions pending from an earlier auto period are stale
+            self._was_auto = True
+        self.auto.set_source(frame.width, frame.height)
+        return self.auto.size
+
+    def _measured(self, result: Result) -> None:
+        """Feed auto resolution one frame's cost (frames that skipped the network say nothing)."""
+        if not self._was_auto or "infer" not in result.stages_ms:
+            return
+        cost_ms = sum(result.stages_ms.get(k, 0.0) for k in COST_STAGES)
+        before = self.auto.size
+        after = self.auto.update(
+            cost_ms, self.source.interval_ms, time.monotonic(), (result.frame.width, result.frame.height)
+        )
+        if after != before:
+            log.info(
+                "auto resolution %dx%d -> %dx%d (%.1f ms a frame at %dx%d, frame interval %.1f ms)",
+                *before,
+                *after,
+                cost_ms,
+                result.frame.width,
+                result.frame.height,
+                self.auto.interval_ms,
+            )
 
     async def recv(self) -> av.VideoFrame:
         frame = await self.source.get()  # MediaStreamError here ends the track cleanly
         try:
             weights, strength = self.mixer.step()
-            result = await asyncio.wrap_future(self.worker.submit(frame, self.mixer.resolution, weights, strength))
+            box = self._box(frame)
+            result = await asyncio.wrap_future(self.worker.submit(frame, box, weights, strength))
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -132,6 +202,10 @@ class StylizedTrack(MediaStreamTrack):
             s.stages_ms.setdefault(k, []).append(v)
         s.resolution = f"{result.frame.width}x{result.frame.height}"
         s.last_pts = result.frame.pts
+        try:
+            self._measured(result)
+        except Exception:  # a bug here must not stop the video (see the module docstring)
+            log.exception("auto resolution failed; keeping %dx%d", *self.auto.size)
         newest = self.source.newest_pts
         if newest is not None and frame.pts is not None and frame.time_base is not None:
             ticks = newest - frame.pts

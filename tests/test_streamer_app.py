@@ -123,13 +123,21 @@ async def test_frames_come_back_stylized_and_weights_change_the_output(
     peer = await run.peer()
     sent = pattern(*SIZE)
 
+    await peer.wait_frames(1)  # the server has seen the camera's size
     ack = await peer.request({"type": "set", "weights": {"ember": 1}, "transition_ms": 0})
+    # The default resolution is auto; every configured box holds the 160x120 camera, so auto applies its size.
     assert ack == {
         "type": "ack",
-        "state": {"weights": [1.0, 0.0, 0.0], "strength": 1.0, "resolution": "640x480", "preset": None},
+        "state": {
+            "weights": [1.0, 0.0, 0.0],
+            "strength": 1.0,
+            "resolution": "auto",
+            "preset": None,
+            "auto_resolution": "160x120",
+        },
     }
     got0 = await settle(peer, 20)
-    assert got0.shape == (SIZE[1], SIZE[0], 3)  # 160x120 fits the 640x480 box: processed at its own size
+    assert got0.shape == (SIZE[1], SIZE[0], 3)  # processed at its own size, never scaled up
     want0, want1 = backend.stylize(sent, one_hot(0)), backend.stylize(sent, one_hot(1))
     # The picture that came back is the network's output for style 0, up to two VP8 passes.
     assert mad(got0, want0) < 0.35 * mad(sent, want0), (mad(got0, want0), mad(sent, want0))
