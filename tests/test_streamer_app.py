@@ -181,6 +181,25 @@ async def test_resolution_scales_the_processing_size(start_server: StartServer) 
     assert (peer.last.width, peer.last.height) == (64, 48)  # type: ignore[union-attr]
 
 
+async def test_auto_resolution_is_acked_and_frames_keep_coming(start_server: StartServer) -> None:
+    run = await start_server(resolutions=("64x48", "160x120"), default_resolution="64x48")
+    peer = await run.peer()
+    await peer.wait(lambda: peer.last is not None and peer.last.width == 64, what="a 64x48 frame")
+    ack = await peer.request({"type": "set", "resolution": "auto"})
+    assert ack["type"] == "ack" and ack["state"]["resolution"] == "auto"
+    # Acked before any auto measurement: the starting size, the camera's own (the largest up to 640x480).
+    assert ack["state"]["auto_resolution"] == "160x120"
+    before = peer.frames
+    await peer.wait_frames(20)
+    assert peer.frames >= before + 20
+    await peer.wait(lambda: len(peer.stats()) >= 1, what="a stats message")
+    assert peer.stats()[-1]["resolution"] in ("64x48", "160x120") and peer.stats()[-1]["error"] is None
+    # Back to a fixed size: the ack no longer carries an auto size, and the frames follow.
+    ack = await peer.request({"type": "set", "resolution": "64x48"})
+    assert ack["state"]["resolution"] == "64x48" and "auto_resolution" not in ack["state"]
+    await peer.wait(lambda: peer.last is not None and peer.last.width == 64, what="a 64x48 frame again")
+
+
 # ----------------------------------------------------------------------------- slow and failing backends
 
 
@@ -230,6 +249,44 @@ async def test_slow_backend_drops_frames_instead_of_queueing(start_server: Start
     assert np.mean(lags[-10:]) < 0.6
     await peer.wait(lambda: any(m["lag_ms"] is not None for m in peer.stats()), what="stats with lag_ms")
     assert all(m["lag_ms"] < 1000 for m in peer.stats() if m["lag_ms"] is not None), peer.stats()
+
+
+class PixelSlowBackend(SlowBackend):
+    """The real backend, sleeping in proportion to the frame's pixels: ``delay_s`` at ``full`` (w, h)."""
+
+    def __init__(self, inner: FrameBackend, delay_s: float, full: tuple[int, int]) -> None:
+        super().__init__(inner, delay_s)
+        self.full_pixels = full[0] * full[1]
+        self.widths: list[int] = []
+
+    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        self.widths.append(frame.shape[1])
+        time.sleep(self.delay_s * frame.shape[0] * frame.shape[1] / self.full_pixels)
+        return self.inner.stylize(frame, weights)
+
+
+async def test_auto_resolution_settles_on_a_smaller_size_when_the_backend_is_too_slow(
+    start_server: StartServer, backend: FrameBackend
+) -> None:
+    # 60 ms a frame at the camera's full 160x120 is over 70% of a 30 fps frame interval (23 ms);
+    # 80x60 costs a quarter of it. Stepping back up would need the full size to cost under
+    # 80% of the budget, which the sleep alone rules out: the outcome does not depend on timing.
+    slow = PixelSlowBackend(backend, delay_s=0.06, full=SIZE)
+    run = await start_server(slow, resolutions=("80x60", "160x120"))  # default: auto
+    peer = await run.peer()
+    await peer.wait(lambda: any(m["resolution"] == "80x60" for m in peer.stats()), timeout=30, what="80x60")
+    settled = len(peer.stats())
+    await peer.wait(lambda: len(peer.stats()) >= settled + 3, timeout=30, what="three more stats messages")
+    assert [m["resolution"] for m in peer.stats()[settled:]] == ["80x60"] * (len(peer.stats()) - settled)
+    assert peer.last is not None and (peer.last.width, peer.last.height) == (80, 60)
+    # It started at the camera's own size, measured it too slow, and stepped down once.
+    assert slow.widths[0] == 160 and slow.widths[-1] == 80
+    session = run.server.sessions[peer.session]  # type: ignore[index]
+    assert session.auto.changes == 1 and session.auto.size == (80, 60)
+    # The frame interval came from the camera's pts (30 fps), not from the 60 ms inference.
+    assert session.source is not None and session.source.interval_ms == pytest.approx(1000 / 30, rel=0.2)
+    ack = await peer.request({"type": "set", "strength": 0.9})
+    assert ack["state"]["resolution"] == "auto" and ack["state"]["auto_resolution"] == "80x60"
 
 
 class FailingBackend:
