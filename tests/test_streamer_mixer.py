@@ -110,3 +110,13 @@ def test_weights_by_index_or_name_and_unnamed_styles_get_zero() -> None:
     assert mixer.apply({"type": "set", "weights": {"0": 0.25, "moss": 0.75}}).weights == (0.25, 0.0, 0.75)
     assert mixer.apply({"type": "set", "resolution": "320x240"}).resolution == "320x240"
     assert mixer.resolution == (320, 240)
+
+
+def test_auto_resolution_is_a_choice_that_leaves_the_box_to_the_session() -> None:
+    mixer, _ = make()
+    assert not mixer.auto and mixer.resolution == (640, 480)
+    state = mixer.apply({"type": "set", "resolution": "auto"})
+    assert state.resolution == "auto" and mixer.auto and mixer.resolution is None
+    with pytest.raises(ControlError, match="choose one of auto, 320x240, 640x480"):
+        mixer.apply({"type": "set", "resolution": "AUTO"})
+    assert mixer.apply({"type": "set", "resolution": "320x240"}).resolution == "320x240" and not mixer.auto
