@@ -225,6 +225,19 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     snap = cv2.imread(str(png))
     assert snap is not None and snap.shape[:2] == (480, 640)
 
+    # Auto: the server chooses the size (the camera's 640x480 at most); the select shows which.
+    resolution = page.get_by_label("Resolution")
+    assert (await resolution.locator("option").first.text_content()) == "Auto"
+    await resolution.select_option("auto")
+    await page.wait_for_function("stylecast.lastAck && stylecast.lastAck.state.resolution === 'auto'", timeout=10_000)
+    assert (await page.evaluate("stylecast.lastAck.state.auto_resolution")) in ("320x240", "640x480")
+    label = page.locator("#resolution option[value=auto]")
+    await page.wait_for_function(
+        "document.querySelector('#resolution option[value=auto]').textContent.startsWith('Auto · ')", timeout=10_000
+    )
+    assert (await label.text_content()) in ("Auto · 320 × 240", "Auto · 640 × 480")
+    await frames_after(page, 10)  # the stream goes on
+
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "page.png"
     await page.screenshot(path=str(shot))

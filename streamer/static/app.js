@@ -2,7 +2,8 @@
 //
 // Query options (all optional):
 //   ?codec=vp8|h264   video codec put first in the offer (default: vp8)
-//   ?res=320x240      initial processing resolution
+//   ?res=320x240      initial processing resolution (or auto: the server picks the largest
+//                     size it stylizes at the camera's frame rate)
 //   ?bench=1          latency bench: the page draws the camera into a canvas, stamps
 //                     performance.now() as a block barcode in the top-left corner, sends the
 //                     canvas, and reads the stamp back from the stylized video
@@ -17,6 +18,8 @@ const BENCH = params.get("bench") === "1";
 const SEND_INTERVAL_MS = 50; // slider messages are throttled to one per 50 ms
 const PING_INTERVAL_MS = 1000;
 const ICE_GATHER_TIMEOUT_MS = 3000;
+const AUTO = "auto";
+const CAMERA_SIZE = [640, 480]; // what the camera is opened at; Auto chooses among sizes up to this
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -151,7 +154,7 @@ function buildControls(info) {
   for (const r of info.resolutions || []) {
     const opt = document.createElement("option");
     opt.value = r;
-    opt.textContent = r.replace("x", " × ");
+    opt.textContent = r === AUTO ? "Auto" : r.replace("x", " × ");
     ui.resolution.append(opt);
   }
   if ((info.resolutions || []).includes(wanted)) ui.resolution.value = wanted;
@@ -268,9 +271,18 @@ ui.strength.addEventListener("input", () => {
 
 ui.resolution.addEventListener("change", () => {
   state.resolution = ui.resolution.value;
+  showAutoSize(null);
   queueSet({ resolution: state.resolution });
   fitCamera();
 });
+
+// On Auto, the select says which size the server applies now: "Auto · 640 × 480".
+function showAutoSize(size) {
+  const opt = [...ui.resolution.options].find((o) => o.value === AUTO);
+  if (!opt) return;
+  const label = state.resolution === AUTO && size ? `Auto · ${size.replace("x", " × ")}` : "Auto";
+  if (opt.textContent !== label) opt.textContent = label;
+}
 
 // ---------------------------------------------------------------- data channel
 
@@ -319,6 +331,7 @@ function onControlMessage(ev) {
       state.strength = s.strength;
       showStrength(s.strength);
     }
+    if (s.auto_resolution) showAutoSize(s.auto_resolution);
   } else if (msg.type === "stats") {
     hook.lastStats = msg;
     hook.statsLog.push({ t: performance.now(), ...msg });
@@ -327,6 +340,7 @@ function onControlMessage(ev) {
     ui.serverFps.textContent = `${f(msg.fps_in)} → ${f(msg.fps_out)}`;
     ui.serverFps.title = `frames in → out per second; ${msg.dropped ?? 0} dropped`;
     ui.infer.textContent = typeof msg.infer_ms === "number" ? `${msg.infer_ms.toFixed(1)} ms` : "–";
+    if (msg.resolution) showAutoSize(msg.resolution); // the size actually sent
     if (msg.backend) ui.backend.textContent = msg.backend;
     if (msg.error) {
       showMessage(`The server reports a problem: ${msg.error}`);
@@ -368,7 +382,7 @@ async function start() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw cameraError(new TypeError("no mediaDevices"));
     try {
       camera = await navigator.mediaDevices.getUserMedia({
-        video: { width: 640, height: 480, frameRate: 30 },
+        video: { width: CAMERA_SIZE[0], height: CAMERA_SIZE[1], frameRate: 30 },
         audio: false,
       });
     } catch (err) {
@@ -392,10 +406,17 @@ function cameraError(err) {
   return e;
 }
 
+// The camera size for a resolution choice: on Auto, the size the camera was opened at (the
+// server never picks a size above the camera's), else the chosen processing size.
+function cameraSize() {
+  if (!state.resolution || state.resolution === AUTO) return CAMERA_SIZE;
+  return state.resolution.split("x").map(Number);
+}
+
 // Ask the camera for the processing resolution, so the upstream video is no larger than needed.
 async function fitCamera() {
   if (!camera || !state.resolution) return;
-  const [w, h] = state.resolution.split("x").map(Number);
+  const [w, h] = cameraSize();
   const track = camera.getVideoTracks()[0];
   try {
     await track.applyConstraints({ width: { ideal: w }, height: { ideal: h }, frameRate: { ideal: 30 } });
@@ -734,7 +755,7 @@ async function benchSendTrack() {
   const read = document.createElement("canvas");
   const sctx = send.getContext("2d", { alpha: false });
   const rctx = read.getContext("2d", { willReadFrequently: true, alpha: false });
-  const [w0, h0] = (state.resolution || "640x480").split("x").map(Number);
+  const [w0, h0] = cameraSize();
   send.width = w0;
   send.height = h0;
   const out = send.captureStream(0);
