@@ -26,14 +26,13 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from engines.runtime.model import file_sha256
+from engines.runtime.model import ModelInfo, file_sha256
 from engines.wrap import UInt8Generator
 from trainer.checkpoint import load_generator
 from trainer.models import Generator
@@ -48,18 +47,6 @@ META_PREFIX = "stylecast."
 # Range of the dynamic dims the exporter is told about (in units of the stride for H, W).
 MAX_BATCH = 64
 MAX_SIDE = 4096
-
-
-@dataclass(frozen=True)
-class OnnxInfo:
-    """What a stylecast ONNX file says about itself (read from its metadata)."""
-
-    styles: list[str]
-    sources: list[str]
-    generator: dict[str, int]
-    format_version: int
-    stride: int
-    checkpoint_sha256: str
 
 
 def export_onnx(
@@ -150,11 +137,17 @@ def _name_dims(model: onnx.ModelProto) -> None:
                 dim.dim_param = names[dim.dim_param]
 
 
-def read_onnx_info(path: str | Path) -> OnnxInfo:
-    """Read the stylecast metadata of an exported ONNX file (weights not needed)."""
+def read_onnx_info(path: str | Path) -> ModelInfo:
+    """Read the stylecast metadata with the ``onnx`` package.
+
+    Serving reads the same fields with ``engines.runtime.model.read_model_info``,
+    a small protobuf reader that does not need ``onnx``; the tests check that
+    both agree.
+    """
     model = onnx.load_model(str(path), load_external_data=False)
     meta = {p.key[len(META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
-    return OnnxInfo(
+    return ModelInfo(
+        path=Path(path),
         styles=json.loads(meta["styles"]),
         sources=json.loads(meta["sources"]),
         generator=json.loads(meta["generator"]),

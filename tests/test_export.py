@@ -58,7 +58,7 @@ def test_contract_inputs_outputs_and_metadata(tiny_onnx: Path, tiny_checkpoint: 
     assert info.checkpoint_sha256 == file_sha256(tiny_checkpoint)
     # The torch-free reader sees the same metadata.
     light = read_model_info(tiny_onnx)
-    assert light.styles == info.styles and light.generator == info.generator
+    assert light == info  # every field, the same dataclass
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["stylecast.generator"])["width"] == 16
     assert meta["stylecast.format_version"] == "1"
