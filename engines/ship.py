@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 
 from engines.export import export_onnx
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from trainer.data import find_images
 
 log = logging.getLogger(__name__)
 THUMB = 160
@@ -51,6 +52,16 @@ def thumbnail(painting: Path, out: Path) -> Path:
 def ship(checkpoint: Path, out_dir: Path, name: str, paintings: Sequence[Path] = ()) -> list[Path]:
     """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths."""
     ckpt = load_checkpoint(checkpoint)
+    train = dict(ckpt.train)
+    if "data" not in train and Path(train.get("content_dir", "")).is_dir():
+        # Checkpoints from before the trainer recorded its file list: list the recorded
+        # folder with the trainer's own filter, and say when the list was made.
+        root = Path(train["content_dir"])
+        train["data"] = {
+            "content_files": [str(p.relative_to(root)) for p in find_images(root)],
+            "style_files": [path for path, _name in train.get("styles", [])],
+            "listed": "at packaging time, from content_dir with the trainer's file filter",
+        }
     slim = out_dir / f"{name}.safetensors"
     save_checkpoint(
         slim,
@@ -58,13 +69,13 @@ def ship(checkpoint: Path, out_dir: Path, name: str, paintings: Sequence[Path] =
             generator_config=ckpt.generator_config,
             styles=ckpt.styles,
             step=ckpt.step,
-            train=ckpt.train,
+            train=train,
             generator_state=ckpt.generator_state,
         ),
     )
     onnx_path = export_onnx(slim, out_dir / f"{name}.onnx")
     recorded = {}
-    for entry in ckpt.train.get("styles", []):
+    for entry in train.get("styles", []):
         path, _name = entry
         recorded[Path(path).name] = path
     written = [slim, onnx_path]

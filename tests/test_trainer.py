@@ -219,6 +219,8 @@ def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], 
     g, ckpt = load_generator(out)
     assert ckpt.style_names == ["style0", "style1"]
     assert ckpt.step == 2 and ckpt.train["size"] == 32
+    # The data list: every content file used, relative to the content folder.
+    assert sorted(ckpt.train["data"]["content_files"]) == [f"nested/p{i}.{'png' if i % 2 else 'jpg'}" for i in range(4)]
     x = torch.rand(1, 3, 36, 44)
     w = torch.tensor([[0.3, 0.7]])
     tr.G.eval()

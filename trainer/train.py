@@ -210,6 +210,14 @@ class Trainer:
         self.step = ckpt.step
         log.info("resumed %s at step %d", self.out, self.step)
 
+    def data_record(self) -> dict[str, Any]:
+        """Which files the run trained on, relative to the content folder, for the checkpoint."""
+        root = Path(self.config.content_dir)
+        return {
+            "content_files": [str(p.relative_to(root)) for p in self.content.paths],
+            "style_files": [str(s.path) for s in self.styles],
+        }
+
     def checkpoint(self, path: Path | None = None) -> Path:
         return save_checkpoint(
             path or self.out,
@@ -217,7 +225,7 @@ class Trainer:
                 generator_config=self.G.config,
                 styles=[Style(s.name, s.path.name) for s in self.styles],
                 step=self.step,
-                train=self.config.to_dict(),
+                train={**self.config.to_dict(), "data": self.data_record()},
                 generator_state=self.G.state_dict(),
                 discriminator_config=self.D.config,
                 discriminator_state=self.D.state_dict(),
