@@ -287,6 +287,7 @@ def run_window(
 ) -> int:
     """Show the stylized stream until the user quits (or the file ends without --loop)."""
     window = PreviewWindow(stylizer, snapshot_dir)
+    log.info("window open")
     shown = 0
     try:
         if is_camera:
@@ -301,6 +302,8 @@ def run_window(
                     if not window.show(stylizer(frame)):
                         break
                     shown += 1
+                    if shown == 1:
+                        log.info("first frame shown")
             finally:
                 reader.close()
         else:
@@ -317,6 +320,8 @@ def run_window(
                 if not window.show(out, wait_ms):
                     break
                 shown += 1
+                if shown == 1:
+                    log.info("first frame shown")
     finally:
         window.close()
     log.info("shown %d frames", shown)

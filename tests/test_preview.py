@@ -1,8 +1,8 @@
 """The OpenCV preview (a real window under Xvfb) and file mode (a real MP4), run as the CLI.
 
 The window test starts Xvfb on a free display, runs ``python -m streamer.preview`` on
-a small generated video, grabs the screen with FFmpeg's x11grab (through PyAV) and
-looks for the stylized picture in it, then presses real keys through XTest (``s``
+a small generated video, reads the screen with Xlib's XGetImage and looks for the
+stylized picture in it, then presses real keys through XTest (``s``
 saves a snapshot, ``q`` quits).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -155,17 +156,48 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path, tiny_onnx: Path) -> Non
 
 
 SCREEN = (800, 600)
-# Grab the X screen as raw BGR bytes on stdout.
-GRAB = f"""
-import sys, av
-with av.open(sys.argv[1], format="x11grab", options={{"video_size": "{SCREEN[0]}x{SCREEN[1]}"}}) as c:
-    frame = next(c.decode(video=0))
-    sys.stdout.buffer.write(frame.to_ndarray(format="bgr24").tobytes())
-"""
+
+
+class _XImage(ctypes.Structure):
+    """The leading fields of Xlib's XImage (enough to read a ZPixmap)."""
+
+    _fields_ = [
+        ("width", ctypes.c_int),
+        ("height", ctypes.c_int),
+        ("xoffset", ctypes.c_int),
+        ("format", ctypes.c_int),
+        ("data", ctypes.POINTER(ctypes.c_ubyte)),
+        ("byte_order", ctypes.c_int),
+        ("bitmap_unit", ctypes.c_int),
+        ("bitmap_bit_order", ctypes.c_int),
+        ("bitmap_pad", ctypes.c_int),
+        ("depth", ctypes.c_int),
+        ("bytes_per_line", ctypes.c_int),
+        ("bits_per_pixel", ctypes.c_int),
+    ]
+
+
+def _xlib() -> ctypes.CDLL:
+    x11 = ctypes.cdll.LoadLibrary(ctypes.util.find_library("X11") or "libX11.so.6")
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XDefaultRootWindow.restype = ctypes.c_ulong
+    x11.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
+    x11.XGetImage.restype = ctypes.POINTER(_XImage)
+    x11.XGetImage.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                              ctypes.c_uint, ctypes.c_ulong, ctypes.c_int]  # fmt: skip
+    x11.XDestroyImage.argtypes = [ctypes.POINTER(_XImage)]
+    x11.XStringToKeysym.restype = ctypes.c_ulong
+    x11.XStringToKeysym.argtypes = [ctypes.c_char_p]
+    x11.XKeysymToKeycode.restype = ctypes.c_ubyte
+    x11.XKeysymToKeycode.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
+    x11.XFlush.argtypes = [ctypes.c_void_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    return x11
 
 
 class XDisplay:
-    """A started Xvfb plus what the test needs of X: screenshots (x11grab) and key presses (XTest)."""
+    """A started Xvfb plus what the test needs of X: screenshots (XGetImage) and key presses (XTest)."""
 
     def __init__(self, xvfb: str) -> None:
         read_fd, write_fd = os.pipe()
@@ -185,32 +217,31 @@ class XDisplay:
         self.name = f":{number}"
 
     def screenshot(self) -> np.ndarray:
-        # In a child process: FFmpeg's x11grab has crashed (SIGSEGV) inside a pytest process
-        # that had run aiortc/Chromium tests before; a crash there must not take the run down.
-        proc = subprocess.run(
-            [sys.executable, "-c", GRAB, self.name],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        assert proc.returncode == 0, f"screen grab failed: {proc.stderr.decode(errors='replace')[-500:]}"
-        return np.frombuffer(proc.stdout, np.uint8).reshape(SCREEN[1], SCREEN[0], 3)
+        """The root window as BGR, read with plain Xlib XGetImage (no shared memory, no grabs)."""
+        x11 = _xlib()
+        d = x11.XOpenDisplay(self.name.encode())
+        assert d, f"cannot open X display {self.name}"
+        try:
+            img = x11.XGetImage(d, x11.XDefaultRootWindow(d), 0, 0, SCREEN[0], SCREEN[1], 0xFFFFFFFF, 2)  # ZPixmap
+            assert img, "XGetImage failed"
+            try:
+                im = img.contents
+                assert im.bits_per_pixel == 32, im.bits_per_pixel  # Xvfb depth 24 stores 4 bytes a pixel
+                raw = np.ctypeslib.as_array(im.data, shape=(im.height * im.bytes_per_line,))
+                rows = raw.reshape(im.height, im.bytes_per_line)[:, : im.width * 4].reshape(im.height, im.width, 4)
+                return np.ascontiguousarray(rows[:, :, :3])  # BGRX little-endian -> BGR
+            finally:
+                x11.XDestroyImage(img)
+        finally:
+            x11.XCloseDisplay(d)
 
     def press(self, key: str, at: tuple[int, int]) -> None:
         """Move the pointer over the window (no window manager: focus follows it) and press a key."""
-        x11 = ctypes.cdll.LoadLibrary(ctypes.util.find_library("X11") or "libX11.so.6")
+        x11 = _xlib()
         lib = ctypes.util.find_library("Xtst")
         if lib is None:
             pytest.fail("libXtst is missing (apt-get install libxtst6): cannot press keys in the window")
         xtst = ctypes.cdll.LoadLibrary(lib)
-        x11.XOpenDisplay.restype = ctypes.c_void_p
-        x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
-        x11.XStringToKeysym.restype = ctypes.c_ulong
-        x11.XStringToKeysym.argtypes = [ctypes.c_char_p]
-        x11.XKeysymToKeycode.restype = ctypes.c_ubyte
-        x11.XKeysymToKeycode.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
-        x11.XFlush.argtypes = [ctypes.c_void_p]
-        x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
         xtst.XTestFakeKeyEvent.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_ulong]
         xtst.XTestFakeMotionEvent.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_ulong]
         d = x11.XOpenDisplay(self.name.encode())
@@ -256,7 +287,9 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
     original, stylized = expected_pictures(src, tiny_onnx, mix)
     _, next_preset = expected_pictures(src, tiny_onnx, "glacier:1")  # "n" after ember alone
     assert mad(stylized, next_preset) > 5, "the tiny model's styles should look different"
-    env = dict(headless_env(), DISPLAY=xdisplay.name)
+    # PYTHONFAULTHANDLER: if the window never shows, SIGABRT makes the preview print every
+    # thread's stack into its log, so a failure says where it stood.
+    env = dict(headless_env(), DISPLAY=xdisplay.name, PYTHONFAULTHANDLER="1")
     log_path = tmp_path / "preview.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -282,8 +315,11 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
             stderr=subprocess.STDOUT,
         )
     try:
-        score, where, screen = 0.0, (0, 0), None
+        # First let the window come up undisturbed: the preview logs its first frame.
         deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and "first frame shown" not in log_path.read_text():
+            time.sleep(0.2)
+        score, where, screen = 0.0, (0, 0), None
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
             screen = xdisplay.screenshot()
@@ -296,7 +332,13 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
         shot = ARTIFACTS / "preview.png"
         cv2.imwrite(str(shot), screen)
         print(f"preview screenshot: {shot}")
-        assert score > 0.9, f"no stylized picture on the screen (best match {score:.2f}), see {shot}"
+        if score <= 0.9 and proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)  # stacks of every thread into the log (faulthandler)
+            proc.wait(timeout=20)
+        assert score > 0.9, (
+            f"no stylized picture on the screen (best match {score:.2f}), see {shot}; preview log:\n"
+            + log_path.read_text()
+        )
 
         # The window shows the stylized picture, not the camera/file picture.
         x, y = where
