@@ -1,0 +1,333 @@
+"""The README's picture of the page: the real page, live, with a style mix, in headless Chromium.
+
+Copy-paste command (from the repository root)::
+
+    python -m bench.page_screenshot --model engines/models/default.onnx --video ../shared/data/video/vtest.avi \\
+        --mix "The Starry Night:1,The Great Wave:0.4" --out docs/screenshots/page.png
+
+What it does: the first ``--seconds`` of ``--video`` become a Y4M file in a temporary
+folder (scaled to fit 640x480, aspect kept, at the video's frame rate), which
+Chromium's fake camera plays in a loop. The server runs in this process
+(``streamer.app.create_app`` on 127.0.0.1, a free port, with the model's painting
+thumbnails); headless Chromium (Debian's ``/usr/bin/chromium``, driven by
+Playwright) opens the page at a 1280x820 viewport, presses "Start camera", picks
+640 × 480 in the Resolution select and moves the style sliders to the ``--mix``
+weights (every style not named goes to 0). Once the server has acknowledged those
+weights and ``--settle`` seconds of stylized frames with that mix have been shown,
+a full-page screenshot is written to ``--out`` (``--no-full-page``: the viewport only).
+Everything is closed afterwards.
+
+The video's credit is in ``docs/CREDITS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bench.page_screenshot")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
+DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "vtest.avi"
+DEFAULT_MIX = "The Starry Night:1,The Great Wave:0.4"
+CHROMIUM = "/usr/bin/chromium"
+CAMERA_BOX = (640, 480)  # the page opens the camera at 640x480
+RESOLUTION = "640x480"  # the processing resolution chosen in the page
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream=fps=30",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    # Plain IP host candidates, not mDNS (.local) names: the server only offers 127.0.0.1.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    # A headless page must keep presenting frames at full rate.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def parse_mix(text: str) -> list[tuple[str, float]]:
+    """``"The Starry Night:1,The Great Wave:0.4"`` -> ``[("The Starry Night", 1.0), ("The Great Wave", 0.4)]``.
+
+    Weights are slider positions, 0..1; at least one must be positive.
+    """
+    mix: list[tuple[str, float]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.rpartition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"each mix entry must look like 'STYLE NAME:WEIGHT', got {part.strip()!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"the weight of {name.strip()!r} must be a number, got {value.strip()!r}") from None
+        if not 0 <= weight <= 1 or math.isnan(weight):
+            raise ValueError(f"the weight of {name.strip()!r} must be within 0..1 (a slider position), got {weight}")
+        mix.append((name.strip(), weight))
+    if not mix:
+        raise ValueError("the mix names no style")
+    if not any(w > 0 for _, w in mix):
+        raise ValueError("give at least one style of the mix a positive weight")
+    return mix
+
+
+def fit_size(width: int, height: int, box: tuple[int, int] = CAMERA_BOX) -> tuple[int, int]:
+    """The largest even size with the video's aspect that fits inside ``box`` (never larger than the video)."""
+    scale = min(box[0] / width, box[1] / height, 1.0)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def write_camera_y4m(video: Path, path: Path, seconds: float) -> tuple[int, int, float, int]:
+    """The first ``seconds`` of ``video`` as a Y4M (I420) file for Chromium's fake camera.
+
+    Returns (width, height, fps, frames).
+    """
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise RuntimeError(f"cannot read the video {video}")
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not fps or math.isnan(fps) or not 1 <= fps <= 120:
+            fps = 30.0
+        rate = Fraction(fps).limit_denominator(1001)
+        w, h = fit_size(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        wanted = max(1, round(seconds * fps))
+        frames = 0
+        with open(path, "wb") as f:
+            f.write(f"YUV4MPEG2 W{w} H{h} F{rate.numerator}:{rate.denominator} Ip A1:1 C420jpeg\n".encode())
+            while frames < wanted:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if bgr.shape[1] != w or bgr.shape[0] != h:
+                    bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+                f.write(b"FRAME\n" + cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes())
+                frames += 1
+    finally:
+        cap.release()
+    if frames == 0:
+        raise RuntimeError(f"no frames could be decoded from {video}")
+    return w, h, float(fps), frames
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@asynccontextmanager
+async def local_server(model: Path, backend_name: str) -> AsyncIterator[tuple[str, str]]:
+    """The real app on 127.0.0.1 (a free port) serving ``model``; yields (url, backend name)."""
+    import aioice.ice
+    from aiohttp import web
+
+    from engines.runtime import load_backend
+    from streamer.app import create_app
+    from streamer.config import StreamerConfig
+
+    # Chromium runs on this machine: offer only loopback host candidates (aioice skips 127.0.0.1).
+    original = aioice.ice.get_host_addresses
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
+    runner: web.AppRunner | None = None
+    try:
+        backend = load_backend(model, backend=backend_name)
+        config = StreamerConfig(host="127.0.0.1", port=0, model_path=model, backend=backend_name)
+        runner = web.AppRunner(create_app(config, backend))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", backend.name
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        aioice.ice.get_host_addresses = original  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------------- page
+
+
+async def raise_if_alert(page: Any, what: str) -> None:
+    """Fail with the page's own error text if it shows one."""
+    alert = page.get_by_role("alert")
+    if await alert.is_visible():
+        raise RuntimeError(f"{what}: the page says: {await alert.text_content()}")
+
+
+async def resolve_mix(page: Any, mix: list[tuple[str, float]]) -> dict[str, float]:
+    """Every style of the page's model (in slider order) -> its slider position 0..1 (0 if not in ``mix``)."""
+    styles = [s["name"] for s in await page.evaluate("stylecast.state.info.styles")]
+    by_name = {s.casefold(): s for s in styles}
+    wanted = dict.fromkeys(styles, 0.0)
+    for name, weight in mix:
+        style = by_name.get(name.casefold())
+        if style is None:
+            raise ValueError(f"the model has no style {name!r}; its styles: {', '.join(styles)}")
+        wanted[style] = round(weight * 100) / 100
+    return wanted
+
+
+async def set_sliders(page: Any, wanted: dict[str, float]) -> None:
+    """Move each style's slider to its position, the way a user drags it."""
+    # Positive weights first: the page sends nothing while every slider is at 0.
+    for style in sorted(wanted, key=lambda s: wanted[s] <= 0):
+        value = round(wanted[style] * 100)
+        log.info("slider %-24s -> %3d%%", style, value)
+        await page.get_by_label(f"{style} weight", exact=True).fill(str(value))
+    await page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring in the picture
+
+
+async def frames_after(page: Any, count: int, timeout_s: float) -> None:
+    """Wait until ``count`` more stylized frames have been presented."""
+    n0 = await page.evaluate("stylecast.renderedFrames")
+    await page.wait_for_function(f"stylecast.renderedFrames >= {n0 + count}", timeout=timeout_s * 1000)
+
+
+async def take(args: argparse.Namespace, camera: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    mix = parse_mix(args.mix)
+    timeout_ms = args.timeout * 1000
+    async with local_server(args.model, args.backend) as (url, backend_name):
+        log.info("server at %s, backend %s", url, backend_name)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=args.chromium,
+                headless=True,
+                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
+            )
+            try:
+                context = await browser.new_context(viewport={"width": args.width, "height": args.height})
+                page = await context.new_page()
+                page.on("pageerror", lambda e: log.warning("page error: %s", e))
+                await page.goto(url)
+                await page.locator("#styles input[type=range]").first.wait_for(timeout=timeout_ms)
+                wanted = await resolve_mix(page, mix)
+
+                log.info("starting the camera")
+                await page.get_by_role("button", name="Start camera").click()
+                await page.wait_for_function(
+                    "stylecast.renderedFrames > 5 || !document.getElementById('message').hidden", timeout=timeout_ms
+                )
+                await raise_if_alert(page, "the stream did not start")
+
+                log.info("resolution %s", RESOLUTION)
+                await page.get_by_label("Resolution").select_option(RESOLUTION)
+                await page.wait_for_function(
+                    f"document.getElementById('stylized').videoWidth === {RESOLUTION.split('x')[0]}",
+                    timeout=timeout_ms,
+                )
+
+                await set_sliders(page, wanted)
+                weights = list(wanted.values())
+                await page.wait_for_function(
+                    "(want) => { const w = stylecast.lastAck && stylecast.lastAck.state.weights;"
+                    " return !!w && w.length === want.length && w.every((v, i) => Math.abs(v - want[i]) < 0.006); }",
+                    arg=weights,
+                    timeout=timeout_ms,
+                )
+                log.info("server acknowledged weights %s; letting the mix settle for %.1f s", weights, args.settle)
+                await asyncio.sleep(args.settle)
+                await frames_after(page, 5, args.timeout)
+                # The readout shows live numbers, not dashes.
+                await page.wait_for_function(
+                    "['fps', 'infer', 'server-fps', 'latency'].every("
+                    "(id) => document.getElementById(id).textContent !== '–')",
+                    timeout=timeout_ms,
+                )
+                await raise_if_alert(page, "while streaming")
+
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(args.out), full_page=args.full_page)
+                fps = await page.locator("#fps").text_content()
+                log.info("wrote %s (page fps %s, backend %s)", args.out, fps, backend_name)
+                await page.get_by_role("button", name="Stop").click()
+            finally:
+                await browser.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.page_screenshot",
+        description="Screenshot of the live page (headless Chromium, a video file as the camera) for the README.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="stylecast model (.onnx) the server runs")
+    p.add_argument("--backend", default="auto", help="inference backend for the in-process server")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video played by the fake camera")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of --video made into the camera clip")
+    p.add_argument(
+        "--mix",
+        default=DEFAULT_MIX,
+        help="slider positions 'STYLE:WEIGHT,STYLE:WEIGHT' (weights 0..1; styles not named go to 0)",
+    )
+    p.add_argument("--settle", type=float, default=2.0, help="seconds streamed with the mix before the screenshot")
+    p.add_argument("--width", type=int, default=1280, help="browser viewport width (CSS px)")
+    p.add_argument("--height", type=int, default=820, help="browser viewport height (CSS px)")
+    p.add_argument(
+        "--full-page",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the whole page (taller than the viewport when the mixer is); --no-full-page: the viewport only",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step of the page")
+    p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots" / "page.png", help="PNG to write")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("aiohttp.access", "aioice"):  # a line per request / per ICE check
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.model.is_file():
+        p.error(f"model not found: {args.model} (make one with python -m engines.ship, or pass --model PATH.onnx)")
+    if not args.video.is_file():
+        p.error(f"video not found: {args.video}")
+    if not Path(args.chromium).exists():
+        p.error(f"Chromium not found at {args.chromium} (apt-get install chromium)")
+    try:
+        parse_mix(args.mix)
+    except ValueError as e:
+        p.error(f"--mix: {e}")
+    if args.seconds <= 0 or args.settle < 0 or args.timeout <= 0:
+        p.error("--seconds and --timeout must be positive, --settle not negative")
+
+    with tempfile.TemporaryDirectory(prefix="stylecast-shot-") as tmp:
+        camera = Path(tmp) / "camera.y4m"
+        w, h, fps, frames = write_camera_y4m(args.video, camera, args.seconds)
+        log.info("camera clip: %d frames of %s at %dx%d, %.3g fps", frames, args.video, w, h, fps)
+        try:
+            asyncio.run(take(args, camera))
+        except (RuntimeError, ValueError) as e:
+            log.error("%s", e)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
