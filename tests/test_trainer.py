@@ -338,3 +338,34 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     )
     assert rc == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_checkpoint(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """A supervisor's kill (SIGTERM) saves like Ctrl-C: the run exits 0 with its step on disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    content, styles = data
+    out = tmp_path / "term.safetensors"
+    cmd = [
+        sys.executable, "-m", "trainer", "train", "--content", str(content), "--style", str(styles[0]),
+        "--out", str(out), "--steps", "100000", "--size", "32", "--batch", "1", "--width", "8",
+        "--half-width", "4", "--blocks", "1", "--sample-every", "1", "--save-every", "0", "--device", "cpu",
+    ]  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("term_samples_*.png")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted at step" in err
+    assert load_checkpoint(out).step >= 1

@@ -12,7 +12,9 @@ import json
 import logging
 import random
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -280,8 +282,15 @@ class Trainer:
         return path
 
     def run(self, progress: bool = True) -> Path:
-        """Train from the current step to ``config.steps``; Ctrl-C saves and returns."""
+        """Train from the current step to ``config.steps``; Ctrl-C or SIGTERM saves and returns."""
         from tqdm import tqdm
+
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt  # a supervisor's `kill` saves like Ctrl-C does
+
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _term)
 
         cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
@@ -306,6 +315,8 @@ class Trainer:
             log.warning("interrupted at step %d: saving %s", self.step, self.out)
         finally:
             bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         path = self.checkpoint()
         log.info("saved %s at step %d (%.1f min)", path, self.step, (time.monotonic() - started) / 60)
         return path
