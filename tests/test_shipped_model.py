@@ -1,0 +1,78 @@
+"""The default model shipped in engines/models: complete, consistent and credited."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODELS = Path(__file__).resolve().parents[1] / "engines" / "models"
+CKPT = MODELS / "default.safetensors"
+ONNX = MODELS / "default.onnx"
+
+
+def test_default_model_files_exist() -> None:
+    assert CKPT.is_file(), f"the default model is missing: {CKPT}"
+    assert ONNX.is_file(), f"the default ONNX is missing: {ONNX}"
+
+
+def test_checkpoint_describes_itself_and_its_training() -> None:
+    pytest.importorskip("torch")
+    from trainer.checkpoint import load_generator
+
+    g, ckpt = load_generator(CKPT)
+    assert len(ckpt.styles) >= 8
+    assert len(set(ckpt.style_names)) == len(ckpt.style_names)
+    # Anyone can retrain it: the command, the data and the step count are recorded.
+    assert "trainer" in ckpt.train["command"] and ckpt.train["content_dir"]
+    assert len(ckpt.train["data"]["content_files"]) >= 100
+    assert len(ckpt.train["styles"]) == len(ckpt.styles)
+    assert ckpt.step >= 500
+    # Serving files carry no discriminator or optimiser state.
+    assert ckpt.discriminator_state is None and not ckpt.optimizers
+
+
+def test_onnx_matches_the_checkpoint() -> None:
+    pytest.importorskip("torch")
+    from engines.export import read_onnx_info, verify_onnx
+    from engines.runtime.model import file_sha256
+    from trainer.checkpoint import load_generator
+
+    g, ckpt = load_generator(CKPT)
+    info = read_onnx_info(ONNX)
+    assert info.styles == ckpt.style_names
+    assert info.checkpoint_sha256 == file_sha256(CKPT)
+    verify_onnx(ONNX, g, sizes=((64, 96), (120, 160)))
+
+
+def test_styles_really_differ_on_a_photo_like_input() -> None:
+    from engines.runtime import load_backend
+
+    backend = load_backend(ONNX, "onnxruntime")
+    yy, xx = np.mgrid[0:96, 0:128]
+    frame = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)
+    eye = np.eye(len(backend.styles), dtype=np.float32)
+    outs = [backend.stylize(frame, eye[i]) for i in range(len(backend.styles))]
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            diff = np.abs(outs[i].astype(np.int16) - outs[j].astype(np.int16)).mean()
+            assert diff > 3.0, f"styles {i} and {j} render almost alike (mean diff {diff:.2f})"
+
+
+def test_every_style_has_a_thumbnail_and_a_credit() -> None:
+    from PIL import Image
+
+    from engines.export import read_onnx_info
+
+    styles = read_onnx_info(ONNX).styles
+    sources = read_onnx_info(ONNX).sources
+    credits = (MODELS / "CREDITS.md").read_text()
+    for i, (name, source) in enumerate(zip(styles, sources, strict=True)):
+        thumb = MODELS / "thumbnails" / f"{i}.jpg"
+        assert thumb.is_file(), f"no thumbnail for style {i} ({name})"
+        with Image.open(thumb) as im:
+            assert im.size[0] >= 64 and im.size[1] >= 64
+        assert name in credits and source in credits, f"style {name!r} ({source}) is not credited"
+    assert json.loads(json.dumps(styles)) == styles
