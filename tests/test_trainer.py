@@ -217,6 +217,7 @@ def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], 
     tr = Trainer(_config(data, out))
     tr.run(progress=False)
     g, ckpt = load_generator(out)
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by others, like any model file
     assert ckpt.style_names == ["style0", "style1"]
     assert ckpt.step == 2 and ckpt.train["size"] == 32
     # The data list: every content file used, relative to the content folder.
