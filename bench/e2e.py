@@ -42,27 +42,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+
 log = logging.getLogger("bench.e2e")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream=fps=30",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-sandbox",
-    "--disable-gpu",
-    # A hidden/occluded headless page must keep presenting frames at full rate.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
+CHROMIUM_ARGS = [*FAKE_CAMERA, *BASE_ARGS, *FULL_RATE]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

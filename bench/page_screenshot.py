@@ -34,33 +34,17 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+
 log = logging.getLogger("bench.page_screenshot")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "vtest.avi"
 DEFAULT_MIX = "The Starry Night:1,The Great Wave:0.4"
-CHROMIUM = "/usr/bin/chromium"
 CAMERA_BOX = (640, 480)  # the page opens the camera at 640x480
 RESOLUTION = "640x480"  # the processing resolution chosen in the page
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream=fps=30",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-sandbox",
-    "--disable-gpu",
-    # Plain IP host candidates, not mDNS (.local) names: the server only offers 127.0.0.1.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    # A headless page must keep presenting frames at full rate.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-]
+CHROMIUM_ARGS = [*FAKE_CAMERA, *BASE_ARGS, *FULL_RATE]
 
 
 # ----------------------------------------------------------------------------- inputs

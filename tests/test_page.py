@@ -21,26 +21,13 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from bench.chromium import BASE_ARGS, FAKE_CAMERA
 from engines.runtime import load_backend
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-BASE_ARGS = [
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-sandbox",
-    "--disable-gpu",
-    # Plain IP host candidates: with mDNS (.local) names, aioice resolves them through a
-    # lock it keeps per thread, bound to the first event loop; pytest gives each test a loop.
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
-FAKE_CAMERA = ["--use-fake-device-for-media-stream=fps=30", "--use-fake-ui-for-media-stream"]
 
 
 def write_y4m(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
