@@ -5,7 +5,7 @@
     python -m streamer --model my.onnx --backend openvino # another model / runtime
     python -m streamer --max-sessions 2 --transition-ms 500
     python -m streamer --default-resolution 640x480      # a fixed size instead of auto
-    python -m streamer --ice-server stun:stun.l.google.com:19302   # peers behind NAT
+    python -m streamer --ice-server stun:stun.example.org:3478   # peers behind NAT
 
 Open the URL in a browser (localhost, or https elsewhere: browsers only give the
 camera to secure origins), press "Start camera". ``/health`` and ``/metrics`` are
