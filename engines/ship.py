@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -28,16 +30,40 @@ from trainer.data import find_images
 
 log = logging.getLogger(__name__)
 THUMB = 160
+DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
 
 
-def find_painting(source: str, recorded: str | None, search: Sequence[Path]) -> Path:
+def find_painting(source: str, recorded: str | None, search: Sequence[Path]) -> Path | None:
     """The painting file for a style: the recorded path if it exists, else by name under ``search``."""
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     for folder in search:
         for hit in sorted(folder.rglob(source)):
             return hit
-    raise FileNotFoundError(f"painting {source!r} not found (recorded path {recorded!r}; searched {list(search)})")
+    return None
+
+
+def recorded_paintings(train: dict[str, Any]) -> dict[str, str]:
+    """Painting file name -> path as the training config recorded it (base run and add-style runs)."""
+    paths: dict[str, str] = {}
+    for entry in train.get("styles", []) or []:
+        paths[Path(entry[0]).name] = entry[0]
+    for added in train.get("add_style", []) or []:
+        paths[Path(added["style"]).name] = added["style"]
+    return paths
+
+
+def existing_thumbnails(model_dir: Path) -> dict[str, Path]:
+    """Style name -> thumbnail of an already shipped model folder (``<dir>/*.onnx`` + ``thumbnails/``)."""
+    from engines.runtime.model import read_model_info
+
+    found: dict[str, Path] = {}
+    for onnx_file in sorted(model_dir.glob("*.onnx")):
+        for i, name in enumerate(read_model_info(onnx_file).styles):
+            thumb = model_dir / "thumbnails" / f"{i}.jpg"
+            if thumb.is_file():
+                found.setdefault(name, thumb)
+    return found
 
 
 def thumbnail(painting: Path, out: Path) -> Path:
@@ -49,14 +75,27 @@ def thumbnail(painting: Path, out: Path) -> Path:
     return out
 
 
-def ship(checkpoint: Path, out_dir: Path, name: str, paintings: Sequence[Path] = ()) -> list[Path]:
-    """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths."""
+def ship(
+    checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    paintings: Sequence[Path] = (),
+    thumbnails_from: Sequence[Path] = (DEFAULT_MODELS,),
+) -> list[Path]:
+    """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths.
+
+    A style's thumbnail comes from its painting (the recorded path, or found by file name
+    under ``paintings``), else from a shipped model folder in ``thumbnails_from`` that has
+    a style of the same name (so a model extended with ``add-style`` keeps the default
+    model's thumbnails without its training data).
+    """
     ckpt = load_checkpoint(checkpoint)
     train = dict(ckpt.train)
-    if "data" not in train and Path(train.get("content_dir", "")).is_dir():
+    content_dir = train.get("content_dir")
+    if "data" not in train and content_dir and Path(content_dir).is_dir():
         # Checkpoints from before the trainer recorded its file list: list the recorded
         # folder with the trainer's own filter, and say when the list was made.
-        root = Path(train["content_dir"])
+        root = Path(content_dir)
         train["data"] = {
             "content_files": [str(p.relative_to(root)) for p in find_images(root)],
             "style_files": [path for path, _name in train.get("styles", [])],
@@ -74,14 +113,28 @@ def ship(checkpoint: Path, out_dir: Path, name: str, paintings: Sequence[Path] =
         ),
     )
     onnx_path = export_onnx(slim, out_dir / f"{name}.onnx")
-    recorded = {}
-    for entry in train.get("styles", []):
-        path, _name = entry
-        recorded[Path(path).name] = path
+    recorded = recorded_paintings(train)
+    known: dict[str, Path] = {}
+    for folder in thumbnails_from:
+        if folder.is_dir() and folder.resolve() != out_dir.resolve():
+            for style_name, thumb in existing_thumbnails(folder).items():
+                known.setdefault(style_name, thumb)
     written = [slim, onnx_path]
     for i, style in enumerate(ckpt.styles):
+        out = out_dir / "thumbnails" / f"{i}.jpg"
         painting = find_painting(style.source, recorded.get(style.source), paintings)
-        written.append(thumbnail(painting, out_dir / "thumbnails" / f"{i}.jpg"))
+        if painting is not None:
+            written.append(thumbnail(painting, out))
+        elif style.name in known:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(known[style.name], out)
+            written.append(out)
+            painting = known[style.name]
+        else:
+            raise FileNotFoundError(
+                f"painting {style.source!r} of style {style.name!r} not found (recorded path "
+                f"{recorded.get(style.source)!r}); pass the folder that holds it with --paintings"
+            )
         log.info("style %d %r: thumbnail from %s", i, style.name, painting)
     return written
 
