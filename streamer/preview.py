@@ -238,6 +238,7 @@ class PreviewWindow:
 
     def show(self, frame_bgr: np.ndarray, wait_ms: int = 1) -> bool:
         """Show one stylized frame and handle keys; False when the user quits."""
+        first = self._last_frame is None
         self._last_frame = frame_bgr
         self.overlay.tick()
         lines = [
@@ -252,6 +253,8 @@ class PreviewWindow:
             lines.append(self.note)
         cv2.imshow(WINDOW, draw_text(frame_bgr, lines))
         key = cv2.waitKey(max(1, wait_ms)) & 0xFF
+        if first:
+            log.info("first frame shown")
         if key in KEY_QUIT:
             return False
         if key == ord("n"):
@@ -302,8 +305,6 @@ def run_window(
                     if not window.show(stylizer(frame)):
                         break
                     shown += 1
-                    if shown == 1:
-                        log.info("first frame shown")
             finally:
                 reader.close()
         else:
@@ -320,8 +321,6 @@ def run_window(
                 if not window.show(out, wait_ms):
                     break
                 shown += 1
-                if shown == 1:
-                    log.info("first frame shown")
     finally:
         window.close()
     log.info("shown %d frames", shown)
