@@ -27,6 +27,7 @@ torch backend is chosen.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,15 @@ def _need(path: Path, what: str) -> str | None:
     return f"no checkpoint {path} (the torch backend runs the .safetensors checkpoint)"
 
 
+def _not_installed(module: str) -> str | None:
+    """None if ``module`` imports, else the reason a backend that needs it is unavailable."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        return f"{module} is not installed ({e})"
+    return None
+
+
 def _make(
     kind: str, model: Path, num_threads: int | None, engine_dir: Path | None, precision: str | None
 ) -> Callable[[], FrameBackend] | str:
@@ -104,11 +114,8 @@ def _make(
         device = kind.split("-")[1]
         if device == "cuda" and (reason := torch_backend.cuda_unavailable_reason()):
             return reason
-        if device == "cpu":
-            try:
-                import torch  # noqa: F401
-            except ImportError as e:
-                return f"torch is not installed ({e})"
+        if device == "cpu" and (reason := _not_installed("torch")):
+            return reason
         if reason := _need(ckpt, ".safetensors"):
             return reason
         prec = precision if device == "cuda" and precision in ("fp32", "fp16") else "fp32"
@@ -119,18 +126,14 @@ def _make(
         device = kind.split("-")[1]
         if device == "cuda" and (reason := onnxruntime_backend.cuda_unavailable_reason()):
             return reason
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as e:
-            return f"onnxruntime is not installed ({e})"
+        if reason := _not_installed("onnxruntime"):
+            return reason
         if reason := _need(onnx, ".onnx"):
             return reason
         return lambda: onnxruntime_backend.OnnxRuntimeBackend(onnx, device=device, num_threads=num_threads)
     if kind == "openvino-cpu":
-        try:
-            import openvino  # noqa: F401
-        except ImportError as e:
-            return f"openvino is not installed ({e})"
+        if reason := _not_installed("openvino"):
+            return reason
         if reason := _need(onnx, ".onnx"):
             return reason
         from engines.runtime import openvino_backend
