@@ -1,0 +1,13 @@
+"""Where the shipped default model lives (``engines/models/``), found from this file.
+
+The packages are installed side by side (editable or not), so ``engines/models``
+is always a sibling folder of this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "engines" / "models"
+DEFAULT_MODEL = MODELS_DIR / "default.onnx"  # what the server, the preview and the benches run
+DEFAULT_CHECKPOINT = MODELS_DIR / "default.safetensors"  # the same model as a torch checkpoint
