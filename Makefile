@@ -30,11 +30,11 @@ test: setup-dev
 	$(BIN)/python -m pytest -q -ra $(ARGS)
 
 lint: setup-dev
-	$(BIN)/ruff check trainer engines streamer bench tests
+	$(BIN)/ruff check common trainer engines streamer bench tests
 	$(BIN)/mypy
 
 bench: setup-dev
-	$(BIN)/python -m engines bench
+	$(BIN)/python -m bench.model_speed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

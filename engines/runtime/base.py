@@ -4,6 +4,7 @@ A backend is loaded once (weights read, memory allocated) and then called per
 frame from a worker thread, never from the event loop::
 
     backend.stylize(frame, weights) -> frame
+    backend.stylize_batch([frame, ...], weights_NxS) -> [frame, ...]   # one network call
 
 ``frame`` is an HxWx3 uint8 RGB array (C-contiguous), ``weights`` one
 non-negative float per style (any scale; they are normalised to sum 1 inside
@@ -12,6 +13,7 @@ the network). The result is an HxWx3 uint8 RGB array of the same size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +22,10 @@ import numpy as np
 
 class EngineError(RuntimeError):
     """A model or engine cannot be loaded or run (missing, corrupt, unsupported)."""
+
+
+class ModelFileError(EngineError):
+    """The model file itself is missing, corrupt or not a stylecast model: no backend can run it."""
 
 
 class InputError(ValueError):
@@ -47,17 +53,47 @@ class ShapeRange:
         )
 
 
+# Every backend ``load_backend`` can be asked for, fastest first (the order "auto" tries).
+# GPU backends before CPU ones; among CPU runtimes OpenVINO was the fastest for every net
+# measured on our machines, eager torch the slowest.
+AUTO_ORDER = (
+    "tensorrt",
+    "torch-cuda",
+    "onnxruntime-cuda",
+    "openvino-cpu",
+    "onnxruntime-cpu",
+    "torch-cpu",
+)
+ALIASES = {
+    "tensorrt-fp16": "tensorrt",
+    "openvino": "openvino-cpu",
+    "onnxruntime": "onnxruntime-cpu",
+    "torch": "torch-cpu",
+}
+BACKEND_CHOICES = ("auto", *AUTO_ORDER, *ALIASES)  # what a --backend option accepts
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What the streamer, the preview and the benches see of an engine."""
+    """What the streamer, the preview and the benches see of an engine: everything they use."""
 
     name: str  # e.g. "openvino-cpu", "onnxruntime-cpu", "tensorrt-fp16", "torch-cuda"
     styles: list[str]  # style names, index i <-> weights[i]
     shapes: ShapeRange  # the frame sizes it runs without resizing
+    precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"
+    reason: str  # why it runs: picked by load_backend("auto") and why, or requested explicitly
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8."""
+        ...
 
-    def close(self) -> None: ...
+    def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+        """Same-size frames and [N,S] (or one shared [S]) weights in one network call, results in order."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (sessions, device memory). Idempotent."""
+        ...
 
 
 def check_frame(frame: object) -> np.ndarray:

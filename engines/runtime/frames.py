@@ -42,17 +42,35 @@ def check_weights_batch(weights: object, n: int, num_styles: int) -> np.ndarray:
     return np.stack([check_weights(row, num_styles) for row in w])
 
 
+def target_size(h: int, w: int, shapes: ShapeRange) -> tuple[int, int]:
+    """The (H, W) a network with range ``shapes`` runs an h x w frame at.
+
+    Padded up to the multiple when that fits the range; otherwise scaled (keeping
+    the aspect) into the range, then rounded to the multiple.
+    """
+    m = shapes.multiple
+    ph, pw = h + (-h) % m, w + (-w) % m
+    if shapes.contains(ph, pw):
+        return ph, pw
+    (min_h, min_w), (max_h, max_w) = shapes.min_hw, shapes.max_hw
+    scale = min(max_h / h, max_w / w, max(min_h / h, min_w / w, 1.0))
+    th = min(max(int(round(h * scale / m)) * m, min_h + (-min_h) % m), max_h - max_h % m)
+    tw = min(max(int(round(w * scale / m)) * m, min_w + (-min_w) % m), max_w - max_w % m)
+    return th, tw
+
+
 class FrameBackend(ABC):
     """Base of every backend: the frame/weight contract of :class:`Backend`.
 
-    Subclasses set ``name``, ``styles``, ``shapes`` and implement :meth:`_run`
-    on a uint8 [N,H,W,3] batch whose H, W are already inside ``shapes``.
-    ``reason`` says why :func:`engines.runtime.load_backend` picked it.
+    Subclasses set ``name``, ``styles``, ``shapes``, ``precision`` and implement
+    :meth:`_run` on a uint8 [N,H,W,3] batch whose H, W are already inside
+    ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend` picked it.
     """
 
     name: str
     styles: list[str]
     shapes: ShapeRange
+    precision: str = "fp32"
     reason: str = "requested explicitly"
 
     @abstractmethod
@@ -87,17 +105,8 @@ class FrameBackend(ABC):
         return [self._unfit(o, h, w) for o in out]
 
     def _target_size(self, h: int, w: int) -> tuple[int, int]:
-        """The (H, W) the network runs at for an h x w frame."""
-        m = self.shapes.multiple
-        ph, pw = h + (-h) % m, w + (-w) % m
-        if self.shapes.contains(ph, pw):
-            return ph, pw
-        # Outside the range: scale (keeping the aspect) into it, then round to the multiple.
-        (min_h, min_w), (max_h, max_w) = self.shapes.min_hw, self.shapes.max_hw
-        scale = min(max_h / h, max_w / w, max(min_h / h, min_w / w, 1.0))
-        th = min(max(int(round(h * scale / m)) * m, min_h + (-min_h) % m), max_h - max_h % m)
-        tw = min(max(int(round(w * scale / m)) * m, min_w + (-min_w) % m), max_w - max_w % m)
-        return th, tw
+        """The (H, W) the network runs at for an h x w frame (backends with gaps in their range override)."""
+        return target_size(h, w, self.shapes)
 
     def _fit(self, frame: np.ndarray, th: int, tw: int) -> np.ndarray:
         h, w = frame.shape[:2]

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.runtime.base import EngineError
+from engines.runtime.base import ModelFileError
 
 META_PREFIX = "stylecast."
 _METADATA_PROPS = 14  # ModelProto.metadata_props
@@ -83,14 +83,14 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """All ``metadata_props`` of an ONNX file as a dict; ``EngineError`` if it is not ONNX."""
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"model file not found: {path}")
+        raise ModelFileError(f"model file not found: {path}")
     data = path.read_bytes()
     try:
         fields = _fields(data)
     except (ValueError, IndexError) as e:
-        raise EngineError(f"{path} is not a valid ONNX file (corrupt or truncated): {e}") from e
+        raise ModelFileError(f"{path} is not a valid ONNX file (corrupt or truncated): {e}") from e
     if not any(f == _GRAPH and w == 2 for f, w, _ in fields):
-        raise EngineError(f"{path} is not a valid ONNX file: it has no graph")
+        raise ModelFileError(f"{path} is not a valid ONNX file: it has no graph")
     meta: dict[str, str] = {}
     for field, wire, value in fields:
         if field == _METADATA_PROPS and wire == 2 and isinstance(value, bytes):
@@ -115,12 +115,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
             checkpoint_sha256=ours.get("checkpoint_sha256", ""),
         )
     except (KeyError, ValueError, TypeError) as e:
-        raise EngineError(
+        raise ModelFileError(
             f"{path} is not a stylecast model (missing or malformed metadata {e}); "
             "export it with: python -m engines export MODEL.safetensors --out MODEL.onnx"
         ) from e
     if not info.styles:
-        raise EngineError(f"{path} names no styles")
+        raise ModelFileError(f"{path} names no styles")
     return info
 
 

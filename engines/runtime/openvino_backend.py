@@ -4,6 +4,12 @@ Compiled with ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_NUM_THREADS`` (all
 cores by default) and ``INFERENCE_PRECISION_HINT=f32`` (parity with torch; a
 CPU with bf16 units would otherwise pick bf16 on its own).
 
+``engine_dir``: a folder built by ``python -m engines build --backend openvino``
+(an OpenVINO model cache for the build's frame sizes and its ``manifest.json``).
+Its manifest is checked against this model, OpenVINO version and CPU first (a
+mismatch is refused, naming the field); then compiles of those sizes load from
+the cache instead of compiling.
+
 Each calling thread gets its own ``InferRequest`` (``threading.local``): one
 compiled model, no lock on the hot path. Inputs are shared with OpenVINO
 (``share_inputs=True``, no copy); the output is copied once out of the
@@ -20,7 +26,6 @@ once per stream.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -30,23 +35,12 @@ import numpy as np
 
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend
+from engines.runtime.manifest import openvino_config, verified_manifest
 from engines.runtime.model import read_model_info
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 MAX_STATIC_SHAPES = 8  # compiled per-shape models kept (least recently used dropped)
-
-
-def openvino_config(num_threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """The CPU compile properties used for serving (also written into build manifests)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": int(num_threads or os.cpu_count() or 1),
-        "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-    }
 
 
 class OpenVinoBackend(FrameBackend):
@@ -58,8 +52,7 @@ class OpenVinoBackend(FrameBackend):
         num_threads: int | None = None,
         precision: str = "fp32",
         static_shapes: bool = True,
-        cache_dir: str | Path | None = None,
-        compiled_blob: str | Path | None = None,
+        engine_dir: str | Path | None = None,
     ) -> None:
         import openvino as ov
 
@@ -68,38 +61,29 @@ class OpenVinoBackend(FrameBackend):
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
         self.name = "openvino-cpu"
         self.config = openvino_config(num_threads, precision)
+        self.precision = precision
         self._core = ov.Core()
-        if cache_dir is not None:
-            # OpenVINO writes/reads compiled blobs here, keyed by model and properties.
-            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.engine_dir = Path(engine_dir) if engine_dir is not None else None
+        if self.engine_dir is not None:
+            manifest = verified_manifest(onnx_path, self.engine_dir)
+            if manifest.backend != "openvino" or manifest.precision != precision:
+                raise EngineError(
+                    f"{self.engine_dir} holds a {manifest.backend} {manifest.precision} engine, "
+                    f"not an openvino {precision} one"
+                )
+            # OpenVINO reads (and adds) compiled models here, keyed by model and properties.
+            self._core.set_property({"CACHE_DIR": str(self.engine_dir / manifest.artifact)})
         try:
             self._model = self._core.read_model(str(onnx_path))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise EngineError(f"OpenVINO cannot read {onnx_path}: {e}") from e
-        self.static_shapes = static_shapes and compiled_blob is None
+        self.static_shapes = static_shapes
         self._lock = threading.Lock()  # guards compiles and the per-shape cache
         self._compiled: OrderedDict[tuple[int, ...] | None, Any] = OrderedDict()
         self._local = threading.local()
-        if compiled_blob is not None:
-            # A blob exported by engines.build (its manifest was checked by the caller).
-            with open(compiled_blob, "rb") as f:
-                self._compiled[None] = self._core.import_model(f.read(), "CPU", self.config)
-        elif not static_shapes:
+        if not static_shapes:
             self._compiled[None] = self._compile(self._model)
         log.info("%s loaded %s (%s, static_shapes=%s)", self.name, onnx_path, self.config, static_shapes)
-
-    @classmethod
-    def from_build(
-        cls, onnx_path: str | Path, engine_dir: str | Path, num_threads: int | None = None, rebuild: bool = True
-    ) -> OpenVinoBackend:
-        """Load the compiled blob in ``engine_dir`` (built by ``engines.build``), building it if
-        missing and rebuilding it (or, with ``rebuild=False``, refusing it) if its manifest does
-        not match this model, precision, OpenVINO version or CPU."""
-        from engines.build import EngineSpec, ensure_engine
-
-        spec = EngineSpec(backend="openvino", precision="fp32", num_threads=num_threads)
-        manifest = ensure_engine(onnx_path, spec, engine_dir, rebuild=rebuild)
-        return cls(onnx_path, num_threads=num_threads, compiled_blob=Path(engine_dir) / manifest.artifact)
 
     def _compile(self, model: Any) -> Any:
         try:

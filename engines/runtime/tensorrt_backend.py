@@ -1,7 +1,9 @@
 """TensorRT backend (>= 10, name-based tensor API) for a plan built by ``engines.build``.
 
-Memory and streams come from ``cuda-python`` (``cuda.bindings.runtime``, or
-``cuda.cudart`` in older releases), not torch, so serving needs no torch:
+The runtime never builds: a plan is built once with ``python -m engines build``
+(minutes on a GPU), and this class refuses one whose manifest does not match the
+model, TensorRT version or GPU. Memory and streams come from ``cuda-python``
+(:mod:`engines.runtime.cuda`), not torch, so serving needs no torch:
 
 * at load: one CUDA stream; device buffers sized for the largest profile
   (``max_batch`` x max H x max W x 3 uint8 for ``image`` and ``stylized``,
@@ -25,28 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from engines.runtime import cuda
 from engines.runtime.base import EngineError, ShapeRange
-from engines.runtime.frames import FrameBackend
+from engines.runtime.frames import FrameBackend, target_size
+from engines.runtime.manifest import verified_manifest
 from engines.runtime.model import read_model_info
 
 log = logging.getLogger(__name__)
-
-
-def cudart_module() -> Any:
-    """cuda-python's runtime API module (new and old import paths)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.6
-    return cudart
-
-
-def _check(result: Any, what: str) -> Any:
-    """cuda-python calls return (err, *values); raise on err, return the values."""
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EngineError(f"CUDA {what} failed: {err}")
-    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
 
 
 def unavailable_reason() -> str | None:
@@ -59,47 +46,12 @@ def unavailable_reason() -> str | None:
     if major < 10:
         return f"TensorRT {trt.__version__} is too old (the name-based API needs >= 10)"
     try:
-        cudart = cudart_module()
+        count = cuda.gpu_count()
     except ImportError as e:
         return f"cuda-python is not installed ({e}); pip install cuda-python"
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count < 1:
-        return f"no CUDA GPU ({err})"
+    if count < 1:
+        return "no CUDA GPU (cudaGetDeviceCount found none)"
     return None
-
-
-class DeviceBuffer:
-    """A fixed-size CUDA device allocation with async copies on a stream."""
-
-    def __init__(self, nbytes: int, stream: Any = None) -> None:
-        self.cudart = cudart_module()
-        self.nbytes = nbytes
-        self.stream = stream
-        self.ptr: int = int(_check(self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
-
-    def upload(self, array: np.ndarray) -> None:
-        if array.nbytes > self.nbytes:
-            raise EngineError(f"{array.nbytes} bytes do not fit a {self.nbytes}-byte device buffer")
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        if self.stream is None:
-            _check(self.cudart.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes, kind), "cudaMemcpy")
-        else:
-            _check(
-                self.cudart.cudaMemcpyAsync(self.ptr, array.ctypes.data, array.nbytes, kind, self.stream),
-                "cudaMemcpyAsync H2D",
-            )
-
-    def download(self, array: np.ndarray) -> None:
-        kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(
-            self.cudart.cudaMemcpyAsync(array.ctypes.data, self.ptr, array.nbytes, kind, self.stream),
-            "cudaMemcpyAsync D2H",
-        )
-
-    def free(self) -> None:
-        if self.ptr:
-            self.cudart.cudaFree(self.ptr)
-            self.ptr = 0
 
 
 class TensorRTBackend(FrameBackend):
@@ -108,25 +60,12 @@ class TensorRTBackend(FrameBackend):
     def __init__(self, engine_dir: str | Path, onnx_path: str | Path) -> None:
         import tensorrt as trt
 
-        from engines.build import Manifest, check_manifest, wanted_manifest
-
         engine_dir = Path(engine_dir)
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
-        manifest = Manifest.read(engine_dir)
         # Refuse a plan that was built for another model, precision, TensorRT or GPU.
-        from engines.build import EngineSpec, ShapeProfile
-
-        spec = EngineSpec(
-            backend="tensorrt",
-            precision=manifest.precision,
-            shapes=tuple(
-                ShapeProfile(tuple(s["min_hw"]), tuple(s["opt_hw"]), tuple(s["max_hw"]))  # type: ignore[arg-type]
-                for s in manifest.shapes
-            ),
-            max_batch=manifest.max_batch,
-        )
-        check_manifest(manifest, wanted_manifest(Path(onnx_path), spec), engine_dir)
+        manifest = verified_manifest(onnx_path, engine_dir)
+        self.precision = manifest.precision
 
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -135,8 +74,8 @@ class TensorRTBackend(FrameBackend):
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise EngineError(f"TensorRT could not deserialize {engine_dir / manifest.artifact}")
-        self.cudart = cudart_module()
-        self._stream = _check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.cudart = cuda.cudart()
+        self._stream = cuda.check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         # TensorRT's Python API takes the raw cudaStream_t handle as an int.
         self._stream_handle = int(self._stream)
 
@@ -149,13 +88,13 @@ class TensorRTBackend(FrameBackend):
             ctx = self._engine.create_execution_context()
             ctx.set_optimization_profile_async(p, self._stream_handle)
             self._contexts.append(ctx)
-        _check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        cuda.check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
 
         max_b = max(b for _, _, b in self._profiles)
         max_px = max(h * w for _, (h, w), _ in self._profiles)
-        self._image = DeviceBuffer(max_b * max_px * 3, self._stream)
-        self._out = DeviceBuffer(max_b * max_px * 3, self._stream)
-        self._style = DeviceBuffer(max_b * len(self.styles) * 4, self._stream)
+        self._image = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
+        self._out = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
+        self._style = cuda.DeviceBuffer(max_b * len(self.styles) * 4, self._stream)
         self.max_batch = max_b
         # The union of the profile ranges (frames outside are resized into the nearest range).
         self.shapes = ShapeRange(
@@ -167,22 +106,6 @@ class TensorRTBackend(FrameBackend):
         self.name = f"tensorrt-{manifest.precision}"
         log.info("%s loaded %s (%d profiles)", self.name, engine_dir, len(self._profiles))
 
-    @classmethod
-    def from_onnx(
-        cls, onnx_path: str | Path, precision: str = "fp16", engine_dir: str | Path | None = None
-    ) -> TensorRTBackend:
-        """Build (or reuse, if its manifest matches) the plan for ``onnx_path`` and load it.
-
-        ``engine_dir`` defaults to ``<onnx folder>/<stem>.engines/tensorrt-<precision>``.
-        """
-        from engines.build import EngineSpec, ensure_engine
-
-        onnx_path = Path(onnx_path)
-        folder = Path(engine_dir) if engine_dir else onnx_path.parent / f"{onnx_path.stem}.engines"
-        folder = folder / f"tensorrt-{precision}"
-        ensure_engine(onnx_path, EngineSpec(backend="tensorrt", precision=precision), folder, rebuild=True)
-        return cls(folder, onnx_path)
-
     def _profile_for(self, h: int, w: int, n: int) -> int:
         for i, ((mn_h, mn_w), (mx_h, mx_w), mx_b) in enumerate(self._profiles):
             if mn_h <= h <= mx_h and mn_w <= w <= mx_w and n <= mx_b:
@@ -190,18 +113,13 @@ class TensorRTBackend(FrameBackend):
         raise EngineError(f"no optimisation profile holds {n}x{w}x{h}; ranges: {self._profiles}")
 
     def _target_size(self, h: int, w: int) -> tuple[int, int]:
-        # The union ShapeRange can contain sizes between two disjoint profiles;
-        # fall back to resizing into the first profile that holds the aspect-scaled frame.
-        th, tw = super()._target_size(h, w)
+        # The union ShapeRange can contain sizes between two disjoint profiles; those
+        # frames are resized into the first profile's range instead.
+        th, tw = target_size(h, w, self.shapes)
         if any(mn[0] <= th <= mx[0] and mn[1] <= tw <= mx[1] for mn, mx, _ in self._profiles):
             return th, tw
         (mn_h, mn_w), (mx_h, mx_w), _ = self._profiles[0]
-        saved = self.shapes
-        self.shapes = ShapeRange((mn_h, mn_w), (mx_h, mx_w), saved.multiple)
-        try:
-            return super()._target_size(h, w)
-        finally:
-            self.shapes = saved
+        return target_size(h, w, ShapeRange((mn_h, mn_w), (mx_h, mx_w), self.shapes.multiple))
 
     def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
         n, h, w, _ = images.shape
@@ -224,7 +142,7 @@ class TensorRTBackend(FrameBackend):
                 chunk = out[start : start + b]
                 self._out.download(chunk)
                 # The only sync point: the D2H copy must land before numpy reads `out`.
-                _check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+                cuda.check(self.cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return out
 
     def close(self) -> None:

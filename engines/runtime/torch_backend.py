@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.runtime.base import EngineError, ShapeRange
+from engines.runtime.base import EngineError, ModelFileError, ShapeRange
 from engines.runtime.frames import FrameBackend
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,14 @@ class TorchBackend(FrameBackend):
             torch.set_num_threads(num_threads)
         try:
             generator, ckpt = load_generator(checkpoint_path, device=device)
-        except FileNotFoundError as e:
-            raise EngineError(str(e)) from e
-        except CheckpointError as e:
-            raise EngineError(str(e)) from e
+        except (FileNotFoundError, CheckpointError) as e:
+            raise ModelFileError(str(e)) from e
         self._torch: Any = torch
         self._module = UInt8Generator(generator).eval()
         if device == "cuda":
             self._module = self._module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._device = torch.device(device)
-        self._precision = precision
+        self.precision = precision
         self._lock = threading.Lock()
         self.styles = ckpt.style_names
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=generator.config.stride)
@@ -100,7 +98,7 @@ class TorchBackend(FrameBackend):
         with self._lock, torch.inference_mode():
             img = torch.from_numpy(images).to(self._device, non_blocking=True)
             sty = torch.from_numpy(weights).to(self._device, non_blocking=True)
-            if self._precision == "fp16":
+            if self.precision == "fp16":
                 with torch.autocast("cuda", dtype=torch.float16):
                     out = self._module(img, sty)
             else:
