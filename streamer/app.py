@@ -44,15 +44,18 @@ class Server:
         self.worker = InferenceWorker(backend, max_batch=config.max_batch)
         self.sessions: dict[str, Session] = {}
         self.sessions_started = 0
+        self.registry = metrics.registry_for(
+            lambda: self.sessions.values(), self.worker, config.max_sessions, lambda: self.sessions_started
+        )
 
     @property
     def backend_info(self) -> dict[str, str]:
-        return {"name": self.backend.name, "reason": str(getattr(self.backend, "reason", ""))}
+        return {"name": self.backend.name, "precision": self.backend.precision, "reason": self.backend.reason}
 
     def thumbnail(self, index: int) -> Path | None:
         """The thumbnail file of style ``index``: ``<i>.jpg`` or ``<style name>.jpg``, if present."""
         folder = self.config.thumbnails
-        if folder is None or not 0 <= index < len(self.styles):
+        if not 0 <= index < len(self.styles):
             return None
         for name in (f"{index}.jpg", f"{self.styles[index]}.jpg"):
             path = folder / name
@@ -133,7 +136,7 @@ class Server:
                 "status": "ok",
                 "backend": self.backend_info,
                 "model": {
-                    "path": str(self.config.model_path) if self.config.model_path else None,
+                    "path": str(self.config.model_path),
                     "styles": self.styles,
                 },
                 "sessions": len(self.sessions),
@@ -142,8 +145,7 @@ class Server:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = metrics.render(self.sessions.values(), self.worker, self.config.max_sessions, self.sessions_started)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+        return web.Response(body=metrics.render(self.registry), headers={"Content-Type": metrics.CONTENT_TYPE})
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,28 +1,32 @@
-"""The server's configuration: one typed, frozen dataclass, filled in by ``streamer.__main__``."""
+"""The server's configuration: one typed, frozen dataclass; ``python -m streamer`` builds its options from it.
+
+Every field with a help text is a command-line option (``common.cli``), so each
+default is written here once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-# Where the shipped default model lives (the lead's ``engines/models/``).
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "default.onnx"
+from common.cli import opt
+from common.paths import DEFAULT_MODEL
+from common.sizes import format_size, parse_size
+from engines.runtime.base import BACKEND_CHOICES
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The resolution choice that lets each session pick among ``resolutions`` by measured speed
 # (streamer.autores); accepted wherever a WIDTHxHEIGHT choice is, except in ``resolutions``.
 AUTO_RESOLUTION = "auto"
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"640x480"`` -> ``(640, 480)`` (width, height); ``ValueError`` with the reason otherwise."""
-    try:
-        w_text, h_text = text.lower().split("x")
-        w, h = int(w_text), int(h_text)
-    except (ValueError, AttributeError):
-        raise ValueError(f"resolution must look like 640x480 (WIDTHxHEIGHT), got {text!r}") from None
-    if not (16 <= w <= 4096 and 16 <= h <= 4096):
-        raise ValueError(f"resolution must be between 16x16 and 4096x4096, got {text!r}")
-    return w, h
+def canonical_size(text: str) -> str:
+    """``" 640X480"`` -> ``"640x480"`` (``ValueError`` with the reason if it is no size)."""
+    return format_size(parse_size(text))
+
+
+def size_or_auto(text: str) -> str:
+    return AUTO_RESOLUTION if text.strip().lower() == AUTO_RESOLUTION else canonical_size(text)
 
 
 @dataclass(frozen=True)
@@ -32,34 +36,62 @@ class StreamerConfig:
     Every field has a default, so ``StreamerConfig()`` is a working local server.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8080  # TCP port; 0 picks a free one
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = opt(8080, "TCP port to listen on; 0 picks a free one")
     # The model the backend was loaded from: reported on /health; its folder holds thumbnails/.
-    # None: not known (the backend was built by the caller); /health then says null.
-    model_path: Path | None = None
-    backend: str = "auto"  # what was asked for (load_backend's argument); the backend's name says what runs
-    max_sessions: int = 4  # concurrent peers; a further offer is refused with 503
-    # Processing resolutions the page may choose (WIDTHxHEIGHT). Frames are scaled down,
-    # aspect kept, to fit inside the chosen box; never scaled up.
-    resolutions: tuple[str, ...] = ("320x240", "640x480", "1280x720")
-    # One of resolutions, or "auto": the largest of them this machine stylizes at the camera's rate.
-    default_resolution: str = AUTO_RESOLUTION
-    # Auto: the fraction of the camera's frame interval the worker may spend on a frame; the
-    # rest is for decoding, encoding and (on the same machine) the browser.
-    auto_budget: float = 0.7
-    transition_ms: int = 300  # default time a weight/strength change takes to blend in (ms)
+    model_path: Path = opt(
+        DEFAULT_MODEL, "stylecast model (.onnx, or a .safetensors checkpoint for --backend torch)", flag="--model"
+    )
+    backend: str = opt(
+        "auto",
+        "inference runtime: " + ", ".join(BACKEND_CHOICES) + "; auto picks the fastest available and says why "
+        "(on /health and in the page)",
+        choices=BACKEND_CHOICES,
+        metavar="NAME",
+    )
+    num_threads: int | None = opt(None, "CPU threads for inference (default: all cores)", flag="--threads")
+    max_sessions: int = opt(4, "peers served at once; further offers get HTTP 503 with the reason")
+    # Processing resolutions the page may choose. Frames are scaled down, aspect kept, to fit
+    # inside the chosen box; never scaled up.
+    resolutions: tuple[str, ...] = opt(
+        ("320x240", "640x480", "1280x720"),
+        "processing resolutions the page offers (WIDTHxHEIGHT, pixels); frames are scaled down to fit",
+        parse=canonical_size,
+        metavar="WxH",
+    )
+    default_resolution: str = opt(
+        AUTO_RESOLUTION,
+        "processing resolution a session starts at (WIDTHxHEIGHT), or auto: the largest of --resolutions "
+        "this machine stylizes at the camera's frame rate, chosen per session from measured frame times",
+        parse=size_or_auto,
+        metavar="WxH|auto",
+    )
+    auto_budget: float = opt(
+        0.7,
+        "auto resolution: fraction (0..1] of the camera's frame interval a frame's processing may take; "
+        "the rest is for video decoding, encoding and the browser",
+    )
+    transition_ms: int = opt(
+        300, "milliseconds a style or strength change takes to blend in (a client may ask for 0..5000)"
+    )
     max_transition_ms: int = 5000  # the largest transition a client may ask for (ms)
-    max_message_bytes: int = 4096  # data-channel messages longer than this get an error reply
+    max_message_bytes: int = opt(4096, "longest control message accepted, in bytes")
     stats_interval_s: float = 1.0  # how often each session gets a stats message (s)
     # A peer that has not connected this long after its offer was answered is closed, so
     # abandoned offers do not hold one of the max_sessions places (s).
     connect_timeout_s: float = 30.0
-    max_batch: int = 4  # most frames (from different sessions) in one network call
+    max_batch: int = opt(4, "most frames (from different peers) in one network call")
     static_dir: Path = STATIC_DIR  # the page (index.html, app.js, ...)
     thumbnails_dir: Path | None = None  # painting thumbnails; default: <model dir>/thumbnails
     # STUN/TURN URLs offered to aiortc. Empty: host candidates only (local network,
     # loopback), which also keeps aiortc from contacting a public STUN server.
-    ice_servers: tuple[str, ...] = field(default_factory=tuple)
+    ice_servers: tuple[str, ...] = opt(
+        (),
+        "STUN/TURN server URL offered to WebRTC (repeatable); none by default (host candidates only)",
+        flag="--ice-server",
+        action="append",
+        metavar="URL",
+    )
 
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
@@ -67,7 +99,7 @@ class StreamerConfig:
         if not self.resolutions:
             raise ValueError("resolutions must not be empty")
         for r in self.resolutions:
-            parse_resolution(r)
+            parse_size(r)
         if self.default_resolution != AUTO_RESOLUTION and self.default_resolution not in self.resolutions:
             raise ValueError(
                 f"default_resolution {self.default_resolution!r} is neither {AUTO_RESOLUTION!r} "
@@ -87,12 +119,15 @@ class StreamerConfig:
             raise ValueError(f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
 
     @property
-    def thumbnails(self) -> Path | None:
-        """The folder painting thumbnails are served from, if any."""
-        if self.thumbnails_dir is not None:
-            return self.thumbnails_dir
-        if self.model_path is not None:
-            return Path(self.model_path).parent / "thumbnails"
-        return None
+    def boxes(self) -> list[tuple[int, int]]:
+        """``resolutions`` as (width, height) boxes."""
+        return [parse_size(r) for r in self.resolutions]
+
+    @property
+    def thumbnails(self) -> Path:
+        """The folder painting thumbnails are served from (it may not exist)."""
+        return self.thumbnails_dir if self.thumbnails_dir is not None else Path(self.model_path).parent / "thumbnails"

@@ -1,62 +1,101 @@
-"""Prometheus text exposition (format 0.0.4) of the server's counters, without a client library."""
+"""``/metrics``: the server's counters in Prometheus' text format, through ``prometheus_client``.
+
+Each app has its own :class:`~prometheus_client.CollectorRegistry` (no module-level
+state): :func:`registry_for` registers one collector that reads the live sessions
+and the inference worker at scrape time, so a session's series appear while it
+exists and go with it. Names (``stylecast_*``): per session (label ``session``,
+the random id the peer got in its answer) frames in, out, dropped and failed and
+the fps sent back; the inference-time histogram; sessions now, allowed and started.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from streamer.session import Session
 from streamer.worker import InferenceWorker
 
+__all__ = ["CONTENT_TYPE", "registry_for", "render"]
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+# Text format 0.0.4, which every Prometheus reads (our names are plain ASCII, so the
+# rendering is the same as 1.0.0's; the library's default header names 1.0.0).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (name without _total, kind, help, value of one session)
+PER_SESSION: tuple[tuple[str, str, str, Callable[[Session], float]], ...] = (
+    ("stylecast_frames_in", "counter", "Frames received from the peer.", lambda s: s.frames_in),
+    ("stylecast_frames_out", "counter", "Frames sent back to the peer.", lambda s: s.frames_out),
+    (
+        "stylecast_frames_dropped",
+        "counter",
+        "Frames replaced by a newer one before inference (newest-frame-only).",
+        lambda s: s.frames_dropped,
+    ),
+    (
+        "stylecast_frames_failed",
+        "counter",
+        "Frames whose inference failed (sent unstylized).",
+        lambda s: s.track.stats.frames_failed if s.track else 0,
+    ),
+    ("stylecast_fps_out", "gauge", "End-to-end frames per second sent back, last stats interval.", lambda s: s.fps_out),
+)
 
 
-def render(sessions: Iterable[Session], worker: InferenceWorker, max_sessions: int, sessions_started: int) -> str:
-    """The /metrics page: per-session frame counters and fps, inference time, session counts."""
-    sessions = list(sessions)
-    lines: list[str] = []
+class _ServerCollector(Collector):
+    """Reads the sessions, the worker and the session counts each time /metrics is asked for."""
 
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
+    def __init__(
+        self,
+        sessions: Callable[[], Iterable[Session]],
+        worker: InferenceWorker,
+        max_sessions: int,
+        sessions_started: Callable[[], int],
+    ) -> None:
+        self.sessions, self.worker = sessions, worker
+        self.max_sessions, self.sessions_started = max_sessions, sessions_started
 
-    per_session = [
-        ("stylecast_frames_in_total", "counter", "Frames received from the peer.", lambda s: s.frames_in),
-        ("stylecast_frames_out_total", "counter", "Frames sent back to the peer.", lambda s: s.frames_out),
-        (
-            "stylecast_frames_dropped_total",
-            "counter",
-            "Frames replaced by a newer one before inference (newest-frame-only).",
-            lambda s: s.frames_dropped,
-        ),
-        (
-            "stylecast_frames_failed_total",
-            "counter",
-            "Frames whose inference failed (sent unstylized).",
-            lambda s: s.track.stats.frames_failed if s.track else 0,
-        ),
-        ("stylecast_fps_out", "gauge", "End-to-end frames per second sent back, last stats interval.", None),
-    ]
-    for name, kind, help_text, get in per_session:
-        family(name, kind, help_text)
-        for s in sessions:
-            value = s.fps_out if get is None else get(s)
-            lines.append(f'{name}{{session="{_esc(s.id)}"}} {value:g}')
+    def collect(self) -> Iterator[Any]:
+        sessions = list(self.sessions())
+        for name, kind, help_text, value in PER_SESSION:
+            family: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(name, help_text, labels=["session"])
+                if kind == "counter"
+                else GaugeMetricFamily(name, help_text, labels=["session"])
+            )
+            for s in sessions:
+                family.add_metric([s.id], float(value(s)))
+            yield family
+        for metric in self.worker.infer_ms.collect():
+            # The same series as before the client library: buckets, sum and count (no _created).
+            metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
+            yield metric
+        yield CounterMetricFamily(
+            "stylecast_inference_frames", "Frames stylized by the inference worker.", value=self.worker.frames
+        )
+        yield GaugeMetricFamily("stylecast_sessions", "Peers connected now.", value=len(sessions))
+        yield GaugeMetricFamily("stylecast_max_sessions", "Peers allowed at once (--max-sessions).", self.max_sessions)
+        yield CounterMetricFamily(
+            "stylecast_sessions_started", "Offers answered since the server started.", value=self.sessions_started()
+        )
 
-    family("stylecast_inference_ms", "histogram", "Milliseconds per network call (a batched call counts once).")
-    buckets, total, count = worker.infer_ms.snapshot()
-    for le, c in buckets:
-        lines.append(f'stylecast_inference_ms_bucket{{le="{le}"}} {c}')
-    lines.append(f"stylecast_inference_ms_sum {total:.3f}")
-    lines.append(f"stylecast_inference_ms_count {count}")
-    family("stylecast_inference_frames_total", "counter", "Frames stylized by the inference worker.")
-    lines.append(f"stylecast_inference_frames_total {worker.frames}")
 
-    family("stylecast_sessions", "gauge", "Peers connected now.")
-    lines.append(f"stylecast_sessions {len(sessions)}")
-    family("stylecast_max_sessions", "gauge", "Peers allowed at once (--max-sessions).")
-    lines.append(f"stylecast_max_sessions {max_sessions}")
-    family("stylecast_sessions_started_total", "counter", "Offers answered since the server started.")
-    lines.append(f"stylecast_sessions_started_total {sessions_started}")
-    return "\n".join(lines) + "\n"
+def registry_for(
+    sessions: Callable[[], Iterable[Session]],
+    worker: InferenceWorker,
+    max_sessions: int,
+    sessions_started: Callable[[], int],
+) -> CollectorRegistry:
+    """A registry of one app's metrics (``auto_describe`` off: the collector is read only when scraped)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServerCollector(sessions, worker, max_sessions, sessions_started))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The /metrics page (Prometheus text format 0.0.4)."""
+    return generate_latest(registry)

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from streamer.config import AUTO_RESOLUTION, parse_resolution
+from common.mix import style_index
+from common.sizes import parse_size
+from streamer.config import AUTO_RESOLUTION
 
 
 class ControlError(ValueError):
@@ -137,7 +139,7 @@ class Mixer:
     @property
     def resolution(self) -> tuple[int, int] | None:
         """The processing box (width, height) the client chose; None on ``"auto"``."""
-        return None if self.auto else parse_resolution(self._resolution)
+        return None if self.auto else parse_size(self._resolution)
 
     def step(self, now: float | None = None) -> tuple[np.ndarray, float]:
         """The mix for the frame being made now: (normalised float32 weights [S], strength 0..1)."""
@@ -233,14 +235,10 @@ class Mixer:
         return w
 
     def _style_index(self, key: str) -> int:
-        if key in self.styles:
-            return self.styles.index(key)
-        if key.isdigit():
-            idx = int(key)
-            if idx < len(self.styles):
-                return idx
-            raise ControlError(f"style index {idx} out of range: the model has {len(self.styles)} styles")
-        raise ControlError(f"unknown style {key!r}; the styles are {', '.join(self.styles)}")
+        try:
+            return style_index(key, self.styles)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
 
 
 def _number(value: Any, what: str, lo: float, hi: float | None) -> float:

@@ -36,22 +36,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.runtime.base import Backend, EngineError, InputError
-from streamer.video import (
-    FrameStylizer,
-    VideoError,
-    capture_fps,
-    default_presets,
-    open_capture,
-    parse_mix,
-    parse_size,
-    stylize_file,
-)
+from common.mix import parse_mix
+from common.paths import DEFAULT_MODEL
+from common.sizes import parse_size
+from engines.runtime.base import BACKEND_CHOICES, Backend, EngineError, InputError
+from streamer.video import FrameStylizer, VideoError, capture_fps, default_presets, open_capture, stylize_file
 
 log = logging.getLogger("streamer.preview")
 
 WINDOW = "stylecast preview"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "engines" / "models" / "default.onnx"
 KEY_QUIT = {ord("q"), ord("Q"), 27}  # 27 = Esc
 
 
@@ -391,8 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="auto",
-        help="inference backend (default: auto): auto, openvino-cpu, onnxruntime-cpu, onnxruntime-cuda, torch-cuda, "
-        "tensorrt-fp16, ... (auto picks the fastest available and says why)",
+        choices=BACKEND_CHOICES,
+        metavar="NAME",
+        help=f"inference backend (default: auto): {', '.join(BACKEND_CHOICES)} "
+        "(auto picks the fastest available and says why)",
     )
     p.add_argument("--loop", action="store_true", help="replay a --video file from the start when it ends")
     p.add_argument(
@@ -444,8 +439,9 @@ def _run(args: argparse.Namespace) -> int:
     size = parse_size(args.size) if args.size else None
     backend = load_model(args.model, args.backend)
     try:
-        weights = parse_mix(args.mix, backend.styles) if args.mix else np.eye(len(backend.styles))[0]
-        stylizer = FrameStylizer(backend, np.asarray(weights, np.float32), args.strength, size)
+        first_style = np.eye(len(backend.styles), dtype=np.float32)[0]
+        weights = np.asarray(parse_mix(args.mix, backend.styles), np.float32) if args.mix else first_style
+        stylizer = FrameStylizer(backend, weights, args.strength, size)
         is_camera = args.video is None
         cap = open_capture(args.camera, args.video)
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
 from streamer.autores import AutoResolution
-from streamer.config import StreamerConfig, parse_resolution
+from streamer.config import StreamerConfig
 from streamer.mixer import ControlError, Mixer, Preset
 from streamer.track import LatestFrame, StylizedTrack
 from streamer.worker import InferenceWorker
@@ -69,7 +68,7 @@ class Session:
             max_transition_ms=config.max_transition_ms,
         )
         # Chooses the processing size while the client asks for "auto"; fed by the track.
-        self.auto = AutoResolution([parse_resolution(r) for r in config.resolutions], budget=config.auto_budget)
+        self.auto = AutoResolution(config.boxes, budget=config.auto_budget)
         self.created = time.monotonic()
         self.source: LatestFrame | None = None
         self.track: StylizedTrack | None = None
@@ -104,9 +103,11 @@ class Session:
         if self.track is None:
             raise OfferError("the offer has no video track: add the camera track before creating the offer")
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._expiry_task = asyncio.get_running_loop().create_task(
-            self.expire_unless_connected(self.config.connect_timeout_s)
-        )
+        loop = asyncio.get_running_loop()
+        self._expiry_task = loop.create_task(self.expire_unless_connected(self.config.connect_timeout_s))
+        # Runs whether or not the peer opens a control channel: it also rolls the per-interval
+        # stats over (fps for /metrics), sending them only where a channel is open.
+        self._stats_task = loop.create_task(self._stats_loop(), name="stylecast-stats")
         return self.pc.localDescription
 
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -124,8 +125,6 @@ class Session:
             return
         self.channel = channel
         channel.on("message", self._on_message)
-        if self._stats_task is None:
-            self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop(), name="stylecast-stats")
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -216,13 +215,10 @@ class Session:
         self.fps_in = (self.frames_in - in0) / dt
         self.fps_out = (self.frames_out - out0) / dt
         ts = self.track.stats if self.track else None
-        infer = statistics.fmean(ts.infer_ms) if ts and ts.infer_ms else None
-        stages = {k: round(statistics.fmean(v), 2) for k, v in ts.stages_ms.items() if v} if ts else {}
-        lag = statistics.fmean(ts.lag_s) * 1000 if ts and ts.lag_s else None
-        if ts:
-            ts.infer_ms.clear()
-            ts.stages_ms.clear()
-            ts.lag_s.clear()
+        infer = ts.infer_ms.take() if ts else None
+        stages = {k: round(m, 2) for k, mean in ts.stages_ms.items() if (m := mean.take()) is not None} if ts else {}
+        lag_s = ts.lag_s.take() if ts else None
+        lag = lag_s * 1000 if lag_s is not None else None
         w, h = self.mixer.resolution or self.auto.size
         return {
             "type": "stats",

@@ -27,14 +27,11 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.autores import AutoResolution
-from streamer.config import parse_resolution
 from streamer.mixer import Mixer
 from streamer.worker import InferenceWorker, Result
 
 log = logging.getLogger(__name__)
 
-# The worker's per-frame stages that make up a frame's cost for auto resolution (ms each).
-COST_STAGES = ("to_rgb", "resize", "infer", "blend", "to_frame")
 INTERVAL_SMOOTHING = 0.1  # EMA weight of one new frame interval
 MAX_INTERVAL_S = 1.0  # a longer gap between frames is a pause (or a pts wrap), not the frame rate
 
@@ -121,17 +118,39 @@ class LatestFrame:
 
 
 @dataclass
+class Mean:
+    """A running mean: constant memory however long nobody reads it."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def take(self) -> float | None:
+        """The mean since the last take (None if nothing was added), and start over."""
+        mean = self.total / self.count if self.count else None
+        self.total, self.count = 0.0, 0
+        return mean
+
+
+@dataclass
 class TrackStats:
-    """What the outgoing track did; read by the session's stats message and /metrics."""
+    """What the outgoing track did; read by the session's stats message and /metrics.
+
+    The means cover the frames since the session last read them (its stats loop,
+    about once a second); they are running sums, so their size never grows.
+    """
 
     frames_out: int = 0  # frames handed to the sender (stylized or, on error, the original)
     frames_failed: int = 0  # frames whose inference failed (sent unstylized)
     error: str | None = None  # the last inference error; None once a frame succeeds again
-    infer_ms: list[float] = field(default_factory=list)  # since the last stats message
-    stages_ms: dict[str, list[float]] = field(default_factory=dict)
-    # How far the frame sent trails the newest frame received (s, from pts), since the last
-    # stats message: one inference or so when frames are dropped as they should be.
-    lag_s: list[float] = field(default_factory=list)
+    infer_ms: Mean = field(default_factory=Mean)
+    stages_ms: dict[str, Mean] = field(default_factory=dict)  # stage name -> mean ms
+    # How far the frame sent trails the newest frame received (s, from pts): one inference
+    # or so when frames are dropped as they should be.
+    lag_s: Mean = field(default_factory=Mean)
     resolution: str | None = None  # size of the last frame sent, WxH
     last_pts: int | None = None  # pts of the last frame sent
 
@@ -141,14 +160,12 @@ class StylizedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(
-        self, source: LatestFrame, mixer: Mixer, worker: InferenceWorker, auto: AutoResolution | None = None
-    ) -> None:
+    def __init__(self, source: LatestFrame, mixer: Mixer, worker: InferenceWorker, auto: AutoResolution) -> None:
         super().__init__()
         self.source = source
         self.mixer = mixer
         self.worker = worker
-        self.auto = auto if auto is not None else AutoResolution([parse_resolution(r) for r in mixer.resolutions])
+        self.auto = auto
         self.stats = TrackStats()
         self._was_auto = False
 
@@ -166,9 +183,9 @@ class StylizedTrack(MediaStreamTrack):
 
     def _measured(self, result: Result) -> None:
         """Feed auto resolution one frame's cost (frames that skipped the network say nothing)."""
-        if not self._was_auto or "infer" not in result.stages_ms:
+        if not self._was_auto or result.stages.infer is None:
             return
-        cost_ms = sum(result.stages_ms.get(k, 0.0) for k in COST_STAGES)
+        cost_ms = result.stages.total_ms()
         before = self.auto.size
         after = self.auto.update(
             cost_ms, self.source.interval_ms, time.monotonic(), (result.frame.width, result.frame.height)
@@ -197,9 +214,10 @@ class StylizedTrack(MediaStreamTrack):
         s = self.stats
         s.frames_out += 1
         s.error = None
-        s.infer_ms.append(result.infer_ms)
-        for k, v in result.stages_ms.items():
-            s.stages_ms.setdefault(k, []).append(v)
+        if result.stages.infer is not None:
+            s.infer_ms.add(result.stages.infer)
+        for k, v in result.stages.as_dict().items():
+            s.stages_ms.setdefault(k, Mean()).add(v)
         s.resolution = f"{result.frame.width}x{result.frame.height}"
         s.last_pts = result.frame.pts
         try:
@@ -210,7 +228,7 @@ class StylizedTrack(MediaStreamTrack):
         if newest is not None and frame.pts is not None and frame.time_base is not None:
             ticks = newest - frame.pts
             if 0 <= ticks < 2**31:  # RTP timestamps wrap at 2**32; skip the one frame across a wrap
-                s.lag_s.append(float(ticks * frame.time_base))
+                s.lag_s.add(float(ticks * frame.time_base))
         return result.frame
 
     def _failed(self, frame: av.VideoFrame, e: Exception) -> av.VideoFrame:

@@ -4,7 +4,7 @@ Frames here are OpenCV BGR ``HxWx3 uint8`` arrays; the backend sees RGB. A
 :class:`FrameStylizer` holds the current mix (style weights, strength, processing
 size) and turns one camera/file frame into one stylized frame::
 
-    stylizer = FrameStylizer(backend, weights=parse_mix("0:0.5,moss:0.5", backend.styles))
+    stylizer = FrameStylizer(backend, weights=np.array(parse_mix("0:0.5,moss:0.5", backend.styles)))
     out_bgr = stylizer(frame_bgr)
 
 :func:`stylize_file` runs a whole file (or camera) through it into an H.264 MP4
@@ -14,7 +14,6 @@ with a progress bar, without any window.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,50 +33,7 @@ class VideoError(RuntimeError):
     """A camera, input file or output file cannot be used; the message says why and what to do."""
 
 
-# ----------------------------------------------------------------------------- parsing
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"640x480"`` -> ``(640, 480)`` (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size must look like 640x480 (WIDTHxHEIGHT), got {text!r}") from None
-    if w < 16 or h < 16 or w > 4096 or h > 4096:
-        raise ValueError(f"size must be between 16x16 and 4096x4096, got {text!r}")
-    return w, h
-
-
-def parse_mix(text: str, styles: list[str]) -> np.ndarray:
-    """A style mix from the command line -> one weight per style (float32).
-
-    ``"0:0.5,3:0.5"`` (indices), ``"ember:1,moss:0.3"`` (names), ``"moss"`` (one style,
-    weight 1). Styles not named get weight 0.
-    """
-    weights = np.zeros(len(styles), dtype=np.float32)
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        key, _, value = part.partition(":")
-        key = key.strip()
-        if key.isdigit():
-            idx = int(key)
-            if idx >= len(styles):
-                raise ValueError(f"style index {idx} out of range: the model has {len(styles)} styles")
-        elif key in styles:
-            idx = styles.index(key)
-        else:
-            raise ValueError(f"unknown style {key!r}: the model's styles are {', '.join(styles)}")
-        try:
-            w = float(value) if value.strip() else 1.0
-        except ValueError:
-            raise ValueError(f"weight for {key!r} must be a number, got {value!r}") from None
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"weight for {key!r} must be a non-negative number, got {value!r}")
-        weights[idx] = w
-    if weights.sum() <= 0:
-        raise ValueError(f"the mix {text!r} gives no style a positive weight")
-    return weights
+# ----------------------------------------------------------------------------- presets
 
 
 def default_presets(styles: list[str]) -> list[tuple[str, np.ndarray]]:

@@ -5,10 +5,10 @@ taking the next newest frame), so the queue never holds more than one job per
 session and latency stays bounded by one inference per session ahead of you.
 
 The thread takes a job, then whatever other jobs are already waiting (up to
-``max_batch``), and runs frames of the same size in one network call when the
-backend has ``stylize_batch`` (each frame with its own session's weights). If
-a batched call fails, its frames are retried one by one so that the error
-lands only on the session whose frame caused it.
+``max_batch``), and runs frames of the same size in one ``stylize_batch`` call
+(each frame with its own session's weights). If a batched call fails, its
+frames are retried one by one so that the error lands only on the session whose
+frame caused it.
 
 Per frame, in the thread (no per-pixel Python):
 ``av.VideoFrame`` -> rgb24 ndarray (one conversion) -> ``cv2.resize`` to the
@@ -24,13 +24,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import av
 import cv2
 import numpy as np
+from prometheus_client import Histogram
 
+from common.sizes import fit_size
 from engines.runtime.base import Backend
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,23 @@ log = logging.getLogger(__name__)
 INFER_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
-def fit_size(width: int, height: int, box: tuple[int, int], multiple: int = 4) -> tuple[int, int]:
-    """The processing size of a ``width`` x ``height`` frame for a ``box`` (w, h) limit.
+@dataclass
+class Stages:
+    """Where one frame's time went on the worker thread, in milliseconds."""
 
-    Scaled down (aspect kept) to fit inside the box, to multiples of ``multiple``
-    (the network's stride, so the backend needs no padding); never scaled up: a
-    frame that already fits keeps its size.
-    """
-    bw, bh = box
-    if width <= bw and height <= bh:
-        return width, height
-    scale = min(bw / width, bh / height)
-    w = max(multiple, int(width * scale) // multiple * multiple)
-    h = max(multiple, int(height * scale) // multiple * multiple)
-    return w, h
+    to_rgb: float = 0.0  # av.VideoFrame -> rgb24 ndarray
+    resize: float = 0.0  # to the processing size
+    infer: float | None = None  # the network call it was part of (a batch counts whole); None: no call
+    blend: float = 0.0  # strength < 1: stylized over the original
+    to_frame: float = 0.0  # ndarray -> av.VideoFrame
+
+    def total_ms(self) -> float:
+        """The frame's whole cost on the worker (what auto resolution budgets)."""
+        return self.to_rgb + self.resize + (self.infer or 0.0) + self.blend + self.to_frame
+
+    def as_dict(self) -> dict[str, float]:
+        """The stages that happened, by name (no ``infer`` when the network was skipped)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -60,9 +64,8 @@ class Result:
     """One stylized frame and what it cost."""
 
     frame: av.VideoFrame
-    infer_ms: float  # the network call this frame was part of (a batch counts whole)
-    batch: int  # frames in that call
-    stages_ms: dict[str, float] = field(default_factory=dict)  # to_rgb, resize, infer, blend, to_frame
+    batch: int  # frames in the network call it was part of (0: no call, strength 0)
+    stages: Stages
 
 
 @dataclass
@@ -73,33 +76,8 @@ class _Job:
     strength: float
     future: concurrent.futures.Future[Result]
     rgb: np.ndarray | None = None
-    stages: dict[str, float] = field(default_factory=dict)
-
-
-class Histogram:
-    """A thread-safe cumulative histogram (Prometheus style) of milliseconds."""
-
-    def __init__(self, buckets: Sequence[float] = INFER_BUCKETS_MS) -> None:
-        self.buckets = tuple(buckets)
-        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-        with self._lock:
-            self._counts[i] += 1
-            self._sum += value
-
-    def snapshot(self) -> tuple[list[tuple[str, int]], float, int]:
-        """([(le, cumulative count)], sum, count), ``le`` as Prometheus writes it."""
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        out, acc = [], 0
-        for b, c in zip([*map(str, self.buckets), "+Inf"], counts, strict=True):
-            acc += c
-            out.append((b, acc))
-        return out, total, acc
+    batch: int = 0
+    stages: Stages = field(default_factory=Stages)
 
 
 class InferenceWorker:
@@ -108,10 +86,14 @@ class InferenceWorker:
     def __init__(self, backend: Backend, max_batch: int = 4) -> None:
         self.backend = backend
         self.max_batch = max_batch
-        self.infer_ms = Histogram()
-        self.batches = 0  # network calls made
+        # Not registered anywhere: the app's /metrics collector reports it (one registry per app).
+        self.infer_ms = Histogram(
+            "stylecast_inference_ms",
+            "Milliseconds per network call (a batched call counts once).",
+            buckets=INFER_BUCKETS_MS,
+            registry=None,
+        )
         self.frames = 0  # frames stylized
-        self._can_batch = max_batch > 1 and callable(getattr(backend, "stylize_batch", None))
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -218,16 +200,16 @@ class InferenceWorker:
             rgb = cv2.resize(rgb, (pw, ph), interpolation=cv2.INTER_AREA)
         t2 = time.perf_counter()
         j.rgb = rgb
-        j.stages["to_rgb"] = (t1 - t0) * 1000
-        j.stages["resize"] = (t2 - t1) * 1000
+        j.stages.to_rgb = (t1 - t0) * 1000
+        j.stages.resize = (t2 - t1) * 1000
 
     def _infer(self, group: list[_Job]) -> list[np.ndarray | BaseException]:
-        frames = [j.rgb for j in group]
-        if len(group) > 1 and self._can_batch:
+        frames = [j.rgb for j in group if j.rgb is not None]  # all prepared: _run passes only those
+        if len(group) > 1:
             t0 = time.perf_counter()
             try:
                 weights = np.stack([j.weights for j in group])
-                outs = self.backend.stylize_batch(frames, weights)  # type: ignore[attr-defined]
+                outs = self.backend.stylize_batch(frames, weights)
                 self._record(group, (time.perf_counter() - t0) * 1000)
                 return list(outs)
             except Exception:
@@ -245,12 +227,11 @@ class InferenceWorker:
         return results
 
     def _record(self, group: list[_Job], ms: float) -> None:
-        self.batches += 1
         self.frames += len(group)
         self.infer_ms.observe(ms)
         for j in group:
-            j.stages["infer"] = ms
-            j.stages["batch"] = len(group)
+            j.stages.infer = ms
+            j.batch = len(group)
 
     def _finish(self, j: _Job, out: np.ndarray) -> Result:
         t0 = time.perf_counter()
@@ -263,7 +244,6 @@ class InferenceWorker:
         frame.pts = j.frame.pts
         frame.time_base = j.frame.time_base
         t2 = time.perf_counter()
-        j.stages["blend"] = (t1 - t0) * 1000
-        j.stages["to_frame"] = (t2 - t1) * 1000
-        batch = int(j.stages.pop("batch", 1))
-        return Result(frame, j.stages.get("infer", 0.0), batch, dict(j.stages))
+        j.stages.blend = (t1 - t0) * 1000
+        j.stages.to_frame = (t2 - t1) * 1000
+        return Result(frame, j.batch, j.stages)

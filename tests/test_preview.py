@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import pytest
 
+from common.mix import parse_mix
 from engines.runtime import load_backend
-from streamer.video import FrameStylizer, parse_mix
+from streamer.video import FrameStylizer
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
 SIZE = (160, 120)  # processing size in the tests (width, height)
 
 
@@ -60,7 +60,7 @@ def expected_pictures(video: Path, model: Path, mix: str) -> tuple[np.ndarray, n
     """(input resized, stylized) for the first frame, computed in-process with the same backend."""
     backend = load_backend(model)
     try:
-        stylizer = FrameStylizer(backend, parse_mix(mix, backend.styles), 1.0, SIZE)
+        stylizer = FrameStylizer(backend, np.array(parse_mix(mix, backend.styles), np.float32), 1.0, SIZE)
         frame = first_frame(video)
         return cv2.resize(frame, SIZE, interpolation=cv2.INTER_AREA), stylizer(frame)
     finally:
@@ -135,7 +135,7 @@ def test_no_display_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
 
 def test_missing_inputs_are_clear_errors(tmp_path: Path, tiny_onnx: Path) -> None:
     env = headless_env()
-    proc = run_cli(["--output", "o.mp4", "--model", str(tmp_path / "nope.onnx")], env)
+    proc = run_cli(["--output", str(tmp_path / "o.mp4"), "--model", str(tmp_path / "nope.onnx")], env)
     assert proc.returncode == 2
     assert "model file not found" in proc.stderr
     missing_video = run_cli(
@@ -145,7 +145,16 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path, tiny_onnx: Path) -> Non
     assert missing_video.returncode == 2
     assert "video file not found" in missing_video.stderr
     bad_mix = run_cli(
-        ["--video", str(tmp_path / "x.mp4"), "--output", "o.mp4", "--model", str(tiny_onnx), "--mix", "nope"],
+        [
+            "--video",
+            str(tmp_path / "x.mp4"),
+            "--output",
+            str(tmp_path / "o.mp4"),
+            "--model",
+            str(tiny_onnx),
+            "--mix",
+            "nope",
+        ],
         env,
     )
     assert bad_mix.returncode == 2
@@ -328,8 +337,7 @@ def test_window_shows_stylized_frames_and_keys_work(tmp_path: Path, tiny_onnx: P
                 break
         assert proc.poll() is None, f"the preview exited early:\n{log_path.read_text()}"
         assert screen is not None
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "preview.png"
+        shot = tmp_path / "preview.png"
         cv2.imwrite(str(shot), screen)
         print(f"preview screenshot: {shot}")
         if score <= 0.9 and proc.poll() is None:
