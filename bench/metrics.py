@@ -41,10 +41,8 @@ import cv2
 import numpy as np
 import torch
 
+from trainer.losses import CONTENT_LAYER, STYLE_LAYERS
 from trainer.vgg import VGG19Features, gram
-
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
-CONTENT_LAYER = "relu4_1"
 
 EDGE_SIGMA = 2.0  # Gaussian blur before Canny, px
 EDGE_THRESHOLDS = (40, 100)  # Canny hysteresis thresholds on the 0-255 grey image

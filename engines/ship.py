@@ -24,23 +24,14 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from common.paths import MODELS_DIR
 from engines.export import export_onnx
+from engines.runtime.model import read_model_info
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from trainer.data import find_images
+from trainer.data import find_images, find_painting
 
 log = logging.getLogger(__name__)
 THUMB = 160
-DEFAULT_MODELS = Path(__file__).resolve().parent / "models"
-
-
-def find_painting(source: str, recorded: str | None, search: Sequence[Path]) -> Path | None:
-    """The painting file for a style: the recorded path if it exists, else by name under ``search``."""
-    if recorded and Path(recorded).is_file():
-        return Path(recorded)
-    for folder in search:
-        for hit in sorted(folder.rglob(source)):
-            return hit
-    return None
 
 
 def recorded_paintings(train: dict[str, Any]) -> dict[str, str]:
@@ -55,8 +46,6 @@ def recorded_paintings(train: dict[str, Any]) -> dict[str, str]:
 
 def existing_thumbnails(model_dir: Path) -> dict[str, Path]:
     """Style name -> thumbnail of an already shipped model folder (``<dir>/*.onnx`` + ``thumbnails/``)."""
-    from engines.runtime.model import read_model_info
-
     found: dict[str, Path] = {}
     for onnx_file in sorted(model_dir.glob("*.onnx")):
         for i, name in enumerate(read_model_info(onnx_file).styles):
@@ -80,7 +69,7 @@ def ship(
     out_dir: Path,
     name: str,
     paintings: Sequence[Path] = (),
-    thumbnails_from: Sequence[Path] = (DEFAULT_MODELS,),
+    thumbnails_from: Sequence[Path] = (MODELS_DIR,),
 ) -> list[Path]:
     """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths.
 
@@ -122,7 +111,7 @@ def ship(
     written = [slim, onnx_path]
     for i, style in enumerate(ckpt.styles):
         out = out_dir / "thumbnails" / f"{i}.jpg"
-        painting = find_painting(style.source, recorded.get(style.source), paintings)
+        painting = find_painting(style.source, paintings, recorded.get(style.source))
         if painting is not None:
             written.append(thumbnail(painting, out))
         elif style.name in known:
@@ -143,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engines.ship", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("checkpoint", type=Path, help="a trained checkpoint (.safetensors)")
-    p.add_argument("--out", type=Path, default=Path("engines/models"), help="folder to write the model files to")
+    p.add_argument(
+        "--out", type=Path, default=MODELS_DIR, help="folder to write the model files to (default: %(default)s)"
+    )
     p.add_argument("--name", default="default", help="file stem of the shipped model")
     p.add_argument("--paintings", type=Path, action="append", default=[],
                    help="folder to search for paintings whose recorded path no longer exists (repeatable)")  # fmt: skip

@@ -24,7 +24,7 @@ from trainer.models import (  # noqa: E402
     check_style,
     one_hot,
 )
-from trainer.train import AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style, parse_mix  # noqa: E402
+from trainer.train import AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style  # noqa: E402
 
 TINY = {"width": 8, "half_width": 4, "num_blocks": 1, "disc_width": 8}
 
@@ -127,11 +127,6 @@ def test_bad_style_inputs_give_clear_errors() -> None:
         check_style(torch.zeros(3), 3)
     with pytest.raises(ValueError, match="need 3 values"):
         check_style(torch.ones(2), 3)
-    with pytest.raises(ValueError, match="unknown style"):
-        parse_mix("nope:1", ["a", "b"])
-    with pytest.raises(ValueError, match="non-negative"):
-        parse_mix("0:-1,1:2", ["a", "b"])
-    assert parse_mix("a:3,1:1", ["a", "b"]).tolist() == [0.75, 0.25]
 
 
 def test_discriminator_has_a_head_per_style() -> None:

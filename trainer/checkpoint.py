@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trainer.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from trainer.models import DiscriminatorConfig, Generator, GeneratorConfig
 
 FORMAT = "stylecast-generator"
 FORMAT_VERSION = 1
@@ -200,12 +200,3 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the stored config: {e}") from e
     return model.to(device).eval(), ckpt
-
-
-def build_discriminator(ckpt: Checkpoint) -> Discriminator | None:
-    """The discriminator stored in a training checkpoint, or None."""
-    if ckpt.discriminator_config is None or ckpt.discriminator_state is None:
-        return None
-    disc = Discriminator(ckpt.discriminator_config)
-    disc.load_state_dict(ckpt.discriminator_state)
-    return disc

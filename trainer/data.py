@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def find_images(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"content folder not found: {root}")
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def find_painting(source: str, search: Sequence[Path], recorded: str | None = None) -> Path | None:
+    """A style's painting file: the ``recorded`` path if it still exists, else the first file
+    named ``source`` anywhere under the ``search`` folders (sorted), else None."""
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    for folder in search:
+        hits = sorted(p for p in Path(folder).rglob(source) if p.is_file())
+        if hits:
+            return hits[0]
+    return None
 
 
 def load_rgb(path: Path, short_side: int | None = None) -> Image.Image:

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
+from common.cli import opt
+from common.mix import parse_mix
 from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoint
-from trainer.data import ContentImages, StyleImage, to_tensor
+from trainer.data import ContentImages, StyleImage, parse_style_arg, to_tensor
 from trainer.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, temporal_loss, total_variation
 from trainer.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, one_hot
 from trainer.vgg import VGG19Features
@@ -35,38 +37,53 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LossWeights:
-    content: float = 1.0
-    style: float = 10.0
-    tv: float = 0.3
-    temporal: float = 10.0
-    adversarial: float = 0.1
+    content: float = opt(1.0, "VGG relu4_1 content loss weight", flag="--content-weight")
+    style: float = opt(10.0, "Gram style loss weight (4 VGG layers)", flag="--style-weight")
+    tv: float = opt(0.3, "total-variation weight (smoothness)", flag="--tv-weight")
+    temporal: float = opt(
+        10.0,
+        "stability weight: shifted/noisy input must give the shifted output (0 disables; video flickers)",
+        flag="--temporal-weight",
+    )
+    adversarial: float = opt(
+        0.1, "PatchGAN hinge loss weight (0 trains without the discriminator)", flag="--adversarial-weight"
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs; stored in the checkpoint it writes."""
+    """Everything a training run needs; stored in the checkpoint it writes. Fields with help are CLI options."""
 
-    content_dir: str
-    styles: tuple[tuple[str, str | None], ...]  # (painting path, display name or None)
-    out: str
-    steps: int = 2000
-    size: int = 192  # square crop side, px (multiple of 4)
-    batch: int = 4
-    lr: float = 2e-3
-    style_lr_mult: float = 10.0  # the per-style rows learn this much faster, so styles separate early
-    lr_d: float = 2e-4
-    device: str = "auto"
-    seed: int = 0
+    content_dir: str = opt(
+        help="folder of photos (searched recursively: jpg, png, webp)", flag="--content", metavar="DIR"
+    )
+    styles: tuple[tuple[str, str | None], ...] = opt(  # (painting path, display name or None)
+        help="a style painting, repeat for each style; '=NAME' sets its display name",
+        flag="--style",
+        action="append",
+        parse=parse_style_arg,
+        metavar="PATH[=NAME]",
+    )
+    out: str = opt(help="checkpoint to write (.safetensors); samples are written beside it", metavar="PATH")
+    steps: int = opt(2000, "optimisation steps in total")
+    size: int = opt(192, "training crop side in pixels (multiple of 4)")
+    batch: int = opt(4, "crops per step")
+    lr: float = opt(2e-3, "generator Adam learning rate")
+    # The per-style rows learn this much faster, so styles separate early.
+    style_lr_mult: float = opt(10.0, "learning-rate multiplier of the per-style normalisation rows")
+    lr_d: float = opt(2e-4, "discriminator Adam learning rate")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", metavar="DEVICE")
+    seed: int = opt(0, "random seed")
     losses: LossWeights = field(default_factory=LossWeights)
-    adversarial_start: int = 200  # steps of perceptual-only warm-up before the critic joins
-    style_size: int = 384  # paintings are kept at this short side, px
-    sample_every: int = 200  # steps between sample sheets (0: never)
-    save_every: int = 200  # steps between checkpoints (0: only at the end)
-    tensorboard: str | None = None  # log folder, or None
-    resume: bool = False
-    width: int = GeneratorConfig.width
-    half_width: int = GeneratorConfig.half_width
-    num_blocks: int = GeneratorConfig.num_blocks
+    adversarial_start: int = opt(200, "steps of perceptual-only warm-up before the adversarial term joins")
+    style_size: int = opt(384, "paintings are scaled to this short side, px")
+    sample_every: int = opt(200, "steps between sample sheets (0: none)")
+    save_every: int = opt(200, "steps between checkpoints (0: at the end)")
+    tensorboard: str | None = opt(None, "also write TensorBoard logs to DIR", metavar="DIR")
+    resume: bool = opt(False, "continue from --out (weights, optimisers, step)")
+    width: int = opt(GeneratorConfig.width, "generator channels at 1/4 scale")
+    half_width: int = opt(GeneratorConfig.half_width, "generator channels at 1/2 scale")
+    num_blocks: int = opt(GeneratorConfig.num_blocks, "residual blocks at 1/4 scale", flag="--blocks")
     disc_width: int = DiscriminatorConfig.width
     command: str = ""  # the command line that started the run, for the record
 
@@ -329,21 +346,21 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
 @dataclass(frozen=True)
 class AddStyleConfig:
-    """Learn one new painting into an existing model, everything else frozen."""
+    """Learn one new painting into an existing model, everything else frozen. Fields with help are CLI options."""
 
-    base: str
-    style: str
-    name: str | None
-    content_dir: str
-    out: str
-    steps: int = 300
-    size: int = 192
-    batch: int = 4
-    lr: float = 1e-2
-    device: str = "auto"
-    seed: int = 0
+    style: str  # the new painting's path (the CLI's --style PATH[=NAME] sets it and name)
+    base: str = opt(help="the existing model (.safetensors)", flag="base")
+    content_dir: str = opt(help="folder of photos", flag="--content", metavar="DIR")
+    out: str = opt(help="the extended model to write", metavar="PATH")
+    name: str | None = None  # display name of the new style (default: from the file name)
+    steps: int = opt(300, "optimisation steps")
+    size: int = opt(TrainConfig.size, "crop side in pixels (multiple of 4)")
+    batch: int = opt(TrainConfig.batch, "crops per step")
+    lr: float = opt(1e-2, "Adam learning rate of the new style's rows")
+    device: str = opt(TrainConfig.device, "auto, cpu, cuda or cuda:N", metavar="DEVICE")
+    seed: int = opt(TrainConfig.seed, "random seed")
     losses: LossWeights = field(default_factory=LossWeights)
-    style_size: int = 384
+    style_size: int = TrainConfig.style_size
     command: str = ""
 
 
@@ -428,35 +445,6 @@ def add_style(config: AddStyleConfig, progress: bool = True) -> Path:
     )
 
 
-def parse_mix(spec: str, style_names: list[str]) -> torch.Tensor:
-    """'0:0.5,3:0.5' or 'Starry Night:0.7,1:0.3' -> weights [S] (validated)."""
-    weights = torch.zeros(len(style_names))
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        key, _, value = part.rpartition(":")
-        if not key:
-            raise ValueError(f"mix entry {part!r} must look like INDEX:WEIGHT or NAME:WEIGHT")
-        key = key.strip()
-        if key.isdigit():
-            i = int(key)
-            if not 0 <= i < len(style_names):
-                raise ValueError(f"style index {i} out of range 0..{len(style_names) - 1}")
-        elif key in style_names:
-            i = style_names.index(key)
-        else:
-            raise ValueError(f"unknown style {key!r}; the model has {style_names}")
-        try:
-            weights[i] = float(value)
-        except ValueError as e:
-            raise ValueError(f"weight {value!r} for style {key!r} is not a number") from e
-    if (weights < 0).any():
-        raise ValueError("mix weights must be non-negative")
-    if weights.sum() <= 0:
-        raise ValueError("mix weights must not all be zero")
-    return weights / weights.sum()
-
-
 def render_sample(model_path: str, content: list[str], out: str, mix: str | None, size: int = 256) -> Path:
     """`python -m trainer sample`: a grid of every style (and a mix) on the given photos."""
     from trainer.checkpoint import load_generator
@@ -468,7 +456,7 @@ def render_sample(model_path: str, content: list[str], out: str, mix: str | None
         if not Path(path).is_file():
             raise FileNotFoundError(f"content image not found: {path}")
         imgs.append(center_crop(to_tensor(load_rgb(Path(path), short_side=size * 2)), size // 4 * 4))
-    weights = parse_mix(mix, ckpt.style_names) if mix else None
+    weights = torch.tensor(parse_mix(mix, ckpt.style_names)) if mix else None
     sheet = sample_sheet(G, imgs, ckpt.style_names, weights, tile=size)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
