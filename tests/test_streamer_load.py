@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import local_server, run_load
+from bench.load import run_load
+from bench.loopback import local_server
 
 pytestmark = pytest.mark.timeout(120)
 
 
 async def test_concurrent_peers_all_get_frames_and_memory_stays_steady(tiny_onnx: Path) -> None:
-    async with local_server(tiny_onnx, "onnxruntime", max_sessions=3) as url:
-        result = await run_load(url, peers=3, seconds=5, size=(160, 120), warmup=1.5)
+    async with local_server(tiny_onnx, "onnxruntime", max_sessions=3) as srv:
+        result = await run_load(srv.url, peers=3, seconds=5, size=(160, 120), warmup=1.5)
     rows = result["rows"]
     assert len(rows) == 3
     for r in rows:

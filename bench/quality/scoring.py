@@ -1,0 +1,150 @@
+"""Scoring: every model's outputs on the photos (style, content, edges) and on the video (warping error)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from bench.metrics import (
+    STYLE_LAYERS,
+    FlowPair,
+    VggMetrics,
+    VggStats,
+    content_distance,
+    edge_f1,
+    style_distance_layers,
+    warp_error,
+)
+from bench.peer import PEER_STYLES
+from bench.quality.models import Model, Stylize
+
+
+@dataclass
+class Painting:
+    """One reference style: the name, the painting's file name, its path and VGG Grams."""
+
+    name: str
+    source: str
+    path: Path
+    grams: dict[str, Any]
+
+
+@dataclass
+class PhotoScores:
+    """Scores of one model's outputs on P photos for W style-weight vectors."""
+
+    style: np.ndarray  # [P,W,K] style distance of output w to each of the K paintings
+    style_layers: np.ndarray  # [P,W,K,4] the same per VGG layer
+    content: np.ndarray  # [P,W]
+    edge: np.ndarray  # [P,W]
+
+    def take(self, cols: list[int]) -> PhotoScores:
+        """Only the weight vectors ``cols`` (in that order)."""
+        return PhotoScores(self.style[:, cols], self.style_layers[:, cols], self.content[:, cols], self.edge[:, cols])
+
+    def stack(self, other: PhotoScores) -> PhotoScores:
+        """More photos, same weight vectors."""
+        return PhotoScores(*(np.concatenate([a, b]) for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[np.ndarray, ...]:
+        return self.style, self.style_layers, self.content, self.edge
+
+
+@dataclass
+class Result:
+    """One model's scores, column j being the style it uses for painting j."""
+
+    model: Model
+    weights: list[np.ndarray]  # [K] style-weight vectors, one per painting
+    photo: PhotoScores  # W == K, in painting order
+    mix: np.ndarray | None = None  # weights of the mix (video only)
+    warp: list[float] = field(default_factory=list)  # [K] mean warping error per painting
+    warp_mix: float | None = None
+    contrast: list[float] = field(default_factory=list)  # [K] mean per-frame grey std of the output video
+
+    def style_distance(self) -> np.ndarray:
+        """[P,K]: output for painting j vs painting j."""
+        k = len(self.weights)
+        return np.stack([self.photo.style[:, j, j] for j in range(k)], axis=1)
+
+
+def score_photos(
+    model: Model,
+    photos: list[np.ndarray],
+    weights: list[np.ndarray],
+    paintings: list[Painting],
+    input_stats: list[VggStats],
+    vgg: VggMetrics,
+    bar: tqdm,
+) -> PhotoScores:
+    """Stylize every photo with every weight vector; score against every painting and the input."""
+    p, w, k = len(photos), len(weights), len(paintings)
+    scores = PhotoScores(
+        np.zeros((p, w, k)), np.zeros((p, w, k, len(STYLE_LAYERS))), np.zeros((p, w)), np.zeros((p, w))
+    )
+    for pi, img in enumerate(photos):
+        for wi, weight in enumerate(weights):
+            out = model.stylize(img, weight)
+            st = vgg.stats(out)
+            for ki, painting in enumerate(paintings):
+                per_layer = style_distance_layers(st.grams, painting.grams)
+                scores.style_layers[pi, wi, ki] = [per_layer[name] for name in STYLE_LAYERS]
+                scores.style[pi, wi, ki] = float(np.mean(scores.style_layers[pi, wi, ki]))
+            scores.content[pi, wi] = content_distance(st.content, input_stats[pi].content)
+            scores.edge[pi, wi] = edge_f1(out, img)
+            bar.update(1)
+    return scores
+
+
+def score_peer(
+    peer: Model,
+    photos: list[np.ndarray],
+    n_screen: int,
+    paintings: list[Painting],
+    input_stats: list[VggStats],
+    vgg: VggMetrics,
+    bar: tqdm,
+) -> tuple[Result, PhotoScores]:
+    """The peer's best case for each painting, and the screening scores of all its styles.
+
+    All 26 peer styles are tried on the first ``n_screen`` photos; for painting j
+    the style with the lowest mean style distance there is its match, which is
+    then also run on the remaining photos.
+    """
+    all_styles = [peer.one_hot(i) for i in range(PEER_STYLES)]
+    screen = score_photos(peer, photos[:n_screen], all_styles, paintings, input_stats[:n_screen], vgg, bar)
+    mean_style = screen.style.mean(0)  # [26,K]
+    match = [int(np.argmin(mean_style[:, j])) for j in range(len(paintings))]
+    distinct = sorted(set(match))
+    bar.total -= (len(photos) - n_screen) * (len(paintings) - len(distinct))  # shared matches run once
+    rest = score_photos(
+        peer, photos[n_screen:], [all_styles[i] for i in distinct], paintings, input_stats[n_screen:], vgg, bar
+    )
+    photo = screen.take(match).stack(rest.take([distinct.index(i) for i in match]))
+    return Result(peer, [all_styles[i] for i in match], photo), screen
+
+
+def video_scores(
+    stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair], bar: tqdm
+) -> tuple[float, float]:
+    """(mean warping error over consecutive pairs, mean grey-level std of the frames), both 0-255.
+
+    ``stylize=None`` scores the input frames themselves. The contrast is there to
+    read the warping error by: a flat, washed-out output has little to flicker.
+    """
+    errors: list[float] = []
+    contrast: list[float] = []
+    prev: np.ndarray | None = None
+    for t, frame in enumerate(frames):
+        cur = frame if stylize is None or weights is None else stylize(frame, weights)
+        contrast.append(float(cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY).std()))
+        if prev is not None:
+            errors.append(warp_error(prev, cur, pairs[t - 1]))
+        prev = cur
+        bar.update(1)
+    return float(np.mean(errors)), float(np.mean(contrast))
