@@ -1,33 +1,31 @@
 """The page in a real headless Chromium against the real server and runtime.
 
-The server runs in-process (aiohttp ``AppRunner`` on 127.0.0.1, a random port) with
-``create_app(config, load_backend(tiny_onnx))``; Chromium (Debian's package, driven
-by Playwright) gets a fake camera that plays a still picture from a Y4M file made
+The server runs in-process (``bench.loopback.serve``: the app on 127.0.0.1, a random
+port) with ``create_app(config, load_backend(tiny_onnx))``; Chromium (Debian's package,
+driven by Playwright) gets a fake camera that plays a still picture from a Y4M file made
 here, so every frame has the same content and a change in the stylized picture is
 the mixer's doing, not the camera's. The tests click and drag the real controls;
-``window.stylecast`` only reads counters and samples pixels.
+``window.stylecast`` (the page's ``?hook=1`` extra) only reads counters and samples pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
 
 from bench.chromium import BASE_ARGS, FAKE_CAMERA
+from bench.loopback import LocalServer, serve
 from engines.runtime import load_backend
+from streamer.config import StreamerConfig
 
 pytestmark = pytest.mark.browser
-
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
 
 
 def write_y4m(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
@@ -50,48 +48,20 @@ def write_y4m(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -
 # ----------------------------------------------------------------------------- server
 
 
-@dataclass
-class Server:
-    url: str
-    backend_name: str
-    runner: web.AppRunner
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+StartServer = Callable[..., Awaitable[LocalServer]]
 
 
 @pytest.fixture
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice skips 127.0.0.1 on purpose; here the browser is local, so offer only loopback."""
-    import aioice.ice
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
-StartServer = Callable[..., Awaitable[Server]]
-
-
-@pytest.fixture
-async def start_server(tiny_onnx: Path, loopback_ice: None) -> AsyncIterator[StartServer]:
+async def start_server(tiny_onnx: Path) -> AsyncIterator[StartServer]:
     """Starts the real app (config fields may be overridden); everything is cleaned up after."""
-    from streamer.app import create_app
-    from streamer.config import StreamerConfig
+    async with contextlib.AsyncExitStack() as stack:
 
-    started: list[Server] = []
+        async def start(**config: Any) -> LocalServer:
+            backend = load_backend(tiny_onnx)
+            stack.callback(backend.close)
+            return await stack.enter_async_context(serve(StreamerConfig(model_path=tiny_onnx, **config), backend))
 
-    async def start(**config: Any) -> Server:
-        backend = load_backend(tiny_onnx)
-        app = create_app(StreamerConfig(**config), backend)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        server = Server(f"http://127.0.0.1:{runner.addresses[0][1]}", backend.name, runner)
-        started.append(server)
-        return server
-
-    yield start
-    for s in started:
-        await s.runner.cleanup()
+        yield start
 
 
 # ----------------------------------------------------------------------------- browser
@@ -144,7 +114,7 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     server = await start_server()
     camera = write_y4m(tmp_path / "camera.y4m")
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await page.goto(f"{server.url}/?res=320x240")
+    await page.goto(f"{server.url}/?hook=1&res=320x240")
 
     # The mixer is built from /api/info: one slider per style, strength, presets.
     ember = page.get_by_label("ember weight")
@@ -199,7 +169,7 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     # The readout shows live numbers and the backend.
     await page.wait_for_function("document.getElementById('fps').textContent !== '–'", timeout=10_000)
     assert float(await page.locator("#fps").text_content()) > 0
-    assert server.backend_name in (await page.locator("#backend").text_content())
+    assert server.backend.name in (await page.locator("#backend").text_content())
     await page.wait_for_function("stylecast.rttMs !== null", timeout=10_000)
 
     # Snapshot saves a PNG of the stylized video.
@@ -225,8 +195,7 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     assert (await label.text_content()) in ("Auto · 320 × 240", "Auto · 640 × 480")
     await frames_after(page, 10)  # the stream goes on
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "page.png"
+    shot = tmp_path / "page.png"
     await page.screenshot(path=str(shot))
     print(f"page screenshot: {shot}")
 
@@ -240,8 +209,13 @@ async def test_page_says_when_the_server_is_unreachable(
 ) -> None:
     server = await start_server()
     page = await launch(*FAKE_CAMERA)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     await page.goto(server.url)
     await page.get_by_label("ember weight").wait_for()
+    # The production page carries no test or bench code: neither extra is loaded, no hook is set.
+    assert await page.evaluate("typeof window.stylecast") == "undefined"
+    assert not [u for u in requested if u.endswith(("/hook.js", "/bench.js"))], requested
     await server.stop()
     await page.get_by_role("button", name="Start camera").click()
     text = await alert_text(page)
@@ -255,13 +229,13 @@ async def test_page_says_when_the_server_is_full(
     server = await start_server(max_sessions=1)
     camera = write_y4m(tmp_path / "camera.y4m")
     first = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await first.goto(f"{server.url}/?res=320x240")
+    await first.goto(f"{server.url}/?hook=1&res=320x240")
     await first.get_by_role("button", name="Start camera").click()
     await first.wait_for_function("stylecast.state.connected || !document.getElementById('message').hidden")
     assert await first.get_by_role("alert").is_hidden(), await first.get_by_role("alert").text_content()
 
     second = await first.context.new_page()
-    await second.goto(f"{server.url}/?res=320x240")
+    await second.goto(f"{server.url}/?hook=1&res=320x240")
     await second.get_by_role("button", name="Start camera").click()
     text = await alert_text(second)
     assert text.startswith("The server is busy:"), text

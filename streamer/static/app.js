@@ -4,17 +4,17 @@
 //   ?codec=vp8|h264   video codec put first in the offer (default: vp8)
 //   ?res=320x240      initial processing resolution (or auto: the server picks the largest
 //                     size it stylizes at the camera's frame rate)
-//   ?bench=1          latency bench: the page draws the camera into a canvas, stamps
-//                     performance.now() as a block barcode in the top-left corner, sends the
-//                     canvas, and reads the stamp back from the stylized video
-//                     (glass-to-glass latency, see bench/e2e.py)
+//   ?bench=1          loads bench.js: the latency bench's stamped canvas is sent instead of the
+//                     camera (glass-to-glass latency, see bench/e2e.py)
+//   ?hook=1           loads hook.js: window.stylecast for tests and tools (state, last messages,
+//                     frame counters, picture sampling); they still drive the real controls
 //
-// A small test hook lives on window.stylecast (state, last messages, frame counters,
-// picture sampling); the tests still drive the real controls.
+// Neither extra is loaded otherwise. They see the page through what this module exports:
+// `state`, `events` (an EventTarget: "info", "ack", "stats", "pong", "alert", "connected",
+// "snapshot"), `ui`, `framesDecoded()`, `setSendSource()` and `sendSourceInUse()`.
 
 const params = new URLSearchParams(location.search);
 const CODEC = (params.get("codec") || "vp8").toLowerCase();
-const BENCH = params.get("bench") === "1";
 const SEND_INTERVAL_MS = 50; // slider messages are throttled to one per 50 ms
 const PING_INTERVAL_MS = 1000;
 const ICE_GATHER_TIMEOUT_MS = 3000;
@@ -22,7 +22,7 @@ const AUTO = "auto";
 const CAMERA_SIZE = [640, 480]; // what the camera is opened at; Auto chooses among sizes up to this
 
 const $ = (id) => document.getElementById(id);
-const ui = {
+export const ui = {
   status: $("status"),
   message: $("message"),
   stylized: $("stylized"),
@@ -42,37 +42,36 @@ const ui = {
   serverFps: $("server-fps"),
   infer: $("infer"),
   backend: $("backend"),
-  work: $("work"),
   download: $("download"),
 };
 
-// ---------------------------------------------------------------- state + test hook
+// ---------------------------------------------------------------- state and extension points
 
-const state = {
+export const state = {
   info: null, // /api/info
   weights: [], // one 0..1 value per style, as the sliders show them
   strength: 1,
   resolution: null,
   preset: null,
   connected: false,
+  session: null, // the server's id for this connection
+  rttMs: null, // round trip of the last data-channel ping
 };
 
-const hook = {
-  state,
-  lastAck: null,
-  lastStats: null,
-  lastError: null,
-  acks: 0,
-  statsLog: [], // the server's stats messages, newest last (bounded)
-  renderedFrames: 0, // stylized frames presented (requestVideoFrameCallback)
-  rttMs: null,
-  lastSnapshot: null,
-  framesDecoded, // async () -> inbound framesDecoded from getStats
-  sample, // (which, w, h) -> mean RGB over a w x h grid of the picture
-  compare, // () -> mean abs difference between the original and stylized pictures
-  bench: null,
-};
-window.stylecast = hook;
+// What happens on the page, for extras that observe it (hook.js); nothing here depends on listeners.
+export const events = new EventTarget();
+const emit = (type, detail) => events.dispatchEvent(new CustomEvent(type, { detail }));
+
+// Where the sent video comes from: the camera track, unless an extra (bench.js) supplies another.
+// A source is { track(cameraVideo, [w, h]) -> Promise<MediaStreamTrack>, resize(w, h), stop(),
+// latencyText() -> [text, title] | null }.
+let sendSource = null;
+export function setSendSource(source) {
+  sendSource = source;
+}
+export function sendSourceInUse() {
+  return sendSource;
+}
 
 let pc = null;
 let dc = null;
@@ -99,7 +98,7 @@ function showMessage(text, kind = "error") {
   ui.message.textContent = text;
   ui.message.dataset.kind = kind;
   ui.message.hidden = false;
-  if (kind === "error") hook.lastError = text;
+  if (kind === "error") emit("alert", text);
   else messageTimer = setTimeout(clearMessage, 6000);
 }
 
@@ -140,12 +139,20 @@ async function loadInfo() {
   const info = await resp.json();
   state.info = info;
   buildControls(info);
-  ui.backend.textContent = info.backend ? info.backend.name : "–";
-  if (info.backend && info.backend.reason) ui.backend.title = info.backend.reason;
+  if (info.backend) showBackend(info.backend.name, info.backend.reason, info.backend.precision);
+  else ui.backend.textContent = "–";
+  emit("info", info);
   return info;
 }
 
 class ServerError extends Error {}
+
+// The readout's backend: its name (and precision, where the server says), why in the tooltip.
+function showBackend(name, reason, precision) {
+  const prec = precision || (state.info && state.info.backend && state.info.backend.precision);
+  ui.backend.textContent = prec && !name.endsWith(prec) ? `${name} · ${prec}` : name;
+  if (reason) ui.backend.title = reason;
+}
 
 function buildControls(info) {
   // Resolutions
@@ -315,8 +322,7 @@ function onControlMessage(ev) {
     return;
   }
   if (msg.type === "ack") {
-    hook.lastAck = msg;
-    hook.acks += 1;
+    emit("ack", msg);
     const s = msg.state || {};
     // The server is the source of truth for presets; while the user drags, keep the sliders.
     if (s.preset && s.weights) {
@@ -333,15 +339,13 @@ function onControlMessage(ev) {
     }
     if (s.auto_resolution) showAutoSize(s.auto_resolution);
   } else if (msg.type === "stats") {
-    hook.lastStats = msg;
-    hook.statsLog.push({ t: performance.now(), ...msg });
-    if (hook.statsLog.length > 600) hook.statsLog.shift();
+    emit("stats", msg);
     const f = (x) => (typeof x === "number" ? x.toFixed(1) : "–");
     ui.serverFps.textContent = `${f(msg.fps_in)} → ${f(msg.fps_out)}`;
     ui.serverFps.title = `frames in → out per second; ${msg.dropped ?? 0} dropped`;
     ui.infer.textContent = typeof msg.infer_ms === "number" ? `${msg.infer_ms.toFixed(1)} ms` : "–";
     if (msg.resolution) showAutoSize(msg.resolution); // the size actually sent
-    if (msg.backend) ui.backend.textContent = msg.backend;
+    if (msg.backend) showBackend(msg.backend, state.info && state.info.backend && state.info.backend.reason);
     if (msg.error) {
       showMessage(`The server reports a problem: ${msg.error}`);
       ui.message.dataset.source = "stats";
@@ -349,22 +353,22 @@ function onControlMessage(ev) {
       clearMessage();
     }
   } else if (msg.type === "pong") {
-    hook.rttMs = performance.now() - msg.t;
+    state.rttMs = performance.now() - msg.t;
+    emit("pong", state.rttMs);
     showLatency();
   } else if (msg.type === "error") {
     showMessage(`The server rejected a setting: ${msg.message}`, "info");
   }
 }
 
-// The readout's latency: glass-to-glass in bench mode (measured from the stamp), else the
+// The readout's latency: what the send source measures (the bench's glass-to-glass), else the
 // data channel's round trip (network and server queueing, without video coding).
 function showLatency() {
-  if (hook.bench && hook.bench.latencies.length) {
-    const l = hook.bench.latencies.slice(-30).sort((a, b) => a - b);
-    ui.latency.textContent = `${Math.round(l[l.length >> 1])} ms g2g`;
-    ui.latency.title = "glass to glass: stamp drawn into the sent frame, read back from the stylized one";
-  } else if (hook.rttMs != null) {
-    ui.latency.textContent = `${hook.rttMs.toFixed(0)} ms rtt`;
+  const measured = sendSource && sendSource.latencyText();
+  if (measured) {
+    [ui.latency.textContent, ui.latency.title] = measured;
+  } else if (state.rttMs != null) {
+    ui.latency.textContent = `${state.rttMs.toFixed(0)} ms rtt`;
     ui.latency.title = "round trip of a data-channel ping to the server";
   } else {
     ui.latency.textContent = "–";
@@ -391,7 +395,7 @@ async function start() {
     ui.original.srcObject = camera;
     await fitCamera();
     setStatus("Connecting…");
-    await connect(BENCH ? await benchSendTrack() : camera.getVideoTracks()[0]);
+    await connect(sendSource ? await sendSource.track(ui.original, cameraSize()) : camera.getVideoTracks()[0]);
   } catch (err) {
     const text = err instanceof ServerError || err.cameraText ? err.message : `Could not start: ${err.message}`;
     showMessage(text);
@@ -423,7 +427,7 @@ async function fitCamera() {
   } catch {
     // Keep whatever the camera gives: the server scales to the chosen resolution anyway.
   }
-  if (BENCH && hook.bench) hook.bench.resize(w, h);
+  if (sendSource) sendSource.resize(w, h);
 }
 
 async function connect(track) {
@@ -495,7 +499,8 @@ async function connect(track) {
   if (resp.status === 503) throw new ServerError(`The server is busy: ${why}. Try again in a moment.`);
   if (!resp.ok) throw new ServerError(`The server refused the connection: ${why}`);
   await pc.setRemoteDescription({ sdp: body.sdp, type: body.type });
-  hook.session = body.session;
+  state.session = body.session;
+  emit("connected", body.session);
   startStatsLoop();
   ui.stop.disabled = false;
 }
@@ -559,11 +564,12 @@ function startStatsLoop() {
       ui.message.dataset.source = "watchdog";
     }
     if (n != null) last = { n, t: now };
-    if (BENCH) showLatency();
+    if (sendSource) showLatency();
   }, 1000);
 }
 
-async function framesDecoded() {
+// Inbound video frames decoded so far (getStats), or null before a connection.
+export async function framesDecoded() {
   if (!pc) return null;
   const report = await pc.getStats();
   let n = null;
@@ -588,7 +594,7 @@ function teardown() {
   pc = dc = null;
   if (camera) camera.getTracks().forEach((t) => t.stop());
   camera = null;
-  if (hook.bench) hook.bench.stopSending();
+  if (sendSource) sendSource.stop();
   ui.original.srcObject = null;
   ui.stylized.srcObject = null;
   ui.placeholder.hidden = false;
@@ -608,19 +614,7 @@ ui.start.addEventListener("click", start);
 ui.stop.addEventListener("click", stop);
 window.addEventListener("pagehide", teardown);
 
-// ---------------------------------------------------------------- frames, snapshot, sampling
-
-function countFrames() {
-  const v = ui.stylized;
-  if (!v.requestVideoFrameCallback) return;
-  const tick = (now, meta) => {
-    hook.renderedFrames += 1;
-    if (hook.bench) hook.bench.onStylizedFrame(now, meta);
-    v.requestVideoFrameCallback(tick);
-  };
-  v.requestVideoFrameCallback(tick);
-}
-countFrames();
+// ---------------------------------------------------------------- snapshot
 
 ui.snapshot.addEventListener("click", () => {
   const v = ui.stylized;
@@ -636,192 +630,21 @@ ui.snapshot.addEventListener("click", () => {
     ui.download.href = url;
     ui.download.download = `stylecast-${stamp}.png`;
     ui.download.click();
-    hook.lastSnapshot = { width: c.width, height: c.height, bytes: blob.size };
+    emit("snapshot", { width: c.width, height: c.height, bytes: blob.size });
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }, "image/png");
 });
 
-// Mean RGB of each cell of a w x h grid over the picture of one <video> ("original"|"stylized").
-function sample(which = "stylized", w = 8, h = 6) {
-  const v = which === "original" ? ui.original : ui.stylized;
-  if (!v.videoWidth) return null;
-  const c = ui.work;
-  c.width = w;
-  c.height = h;
-  const ctx = c.getContext("2d", { willReadFrequently: true });
-  ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(v, 0, 0, w, h);
-  const d = ctx.getImageData(0, 0, w, h).data;
-  const out = [];
-  for (let i = 0; i < d.length; i += 4) out.push(d[i], d[i + 1], d[i + 2]);
-  return out;
-}
-
-// Mean absolute difference (0..255) between the original and the stylized pictures.
-function compare() {
-  const a = sample("original", 32, 24);
-  const b = sample("stylized", 32, 24);
-  if (!a || !b) return null;
-  let s = 0;
-  for (let i = 0; i < a.length; i++) s += Math.abs(a[i] - b[i]);
-  return s / a.length;
-}
-
-// ---------------------------------------------------------------- bench mode (glass-to-glass latency)
-
-// The stamp: 16 bits of round(performance.now()) mod 65536 plus a 4-bit checksum, drawn as a
-// grid of large black/white cells in the top-left corner with white/black reference cells, so
-// a bit is read as "closer to the white reference or to the black one" (stylization changes
-// colours, and may even swap light and dark).
-const GRID_COLS = 6;
-const GRID_ROWS = 4;
-const GRID_W = 0.6; // fraction of the picture width the barcode covers
-const GRID_H = 0.4;
-const REF_WHITE = [0, 22];
-const REF_BLACK = [1, 23];
-
-function stampBits(value) {
-  const v = value & 0xffff;
-  const check = ((v & 0xf) + ((v >> 4) & 0xf) + ((v >> 8) & 0xf) + ((v >> 12) & 0xf)) & 0xf;
-  const bits = [];
-  for (let i = 0; i < 16; i++) bits.push((v >> i) & 1);
-  for (let i = 0; i < 4; i++) bits.push((check >> i) & 1);
-  return bits; // 20 bits in cells 2..21
-}
-
-function drawStamp(ctx, W, H, value) {
-  const bits = stampBits(value);
-  const cw = (W * GRID_W) / GRID_COLS;
-  const ch = (H * GRID_H) / GRID_ROWS;
-  for (let cell = 0; cell < GRID_COLS * GRID_ROWS; cell++) {
-    let white;
-    if (REF_WHITE.includes(cell)) white = true;
-    else if (REF_BLACK.includes(cell)) white = false;
-    else white = bits[cell - 2] === 1;
-    ctx.fillStyle = white ? "#fff" : "#000";
-    const x = (cell % GRID_COLS) * cw;
-    const y = Math.floor(cell / GRID_COLS) * ch;
-    ctx.fillRect(Math.floor(x), Math.floor(y), Math.ceil(cw), Math.ceil(ch));
-  }
-}
-
-function readStamp(ctx, W, H) {
-  const cw = (W * GRID_W) / GRID_COLS;
-  const ch = (H * GRID_H) / GRID_ROWS;
-  const data = ctx.getImageData(0, 0, Math.ceil(W * GRID_W), Math.ceil(H * GRID_H));
-  const stride = data.width;
-  const mean = (cell) => {
-    // Average the middle half of the cell (edges blur in the codec and the network).
-    const x0 = Math.floor((cell % GRID_COLS) * cw + cw * 0.25);
-    const y0 = Math.floor(Math.floor(cell / GRID_COLS) * ch + ch * 0.25);
-    const x1 = Math.max(x0 + 1, Math.floor(x0 + cw * 0.5));
-    const y1 = Math.max(y0 + 1, Math.floor(y0 + ch * 0.5));
-    const m = [0, 0, 0];
-    let n = 0;
-    for (let y = y0; y < y1; y++) {
-      for (let x = x0; x < x1; x++) {
-        const i = (y * stride + x) * 4;
-        m[0] += data.data[i];
-        m[1] += data.data[i + 1];
-        m[2] += data.data[i + 2];
-        n++;
-      }
-    }
-    return m.map((c) => c / n);
-  };
-  const avg = (cells) => {
-    const ms = cells.map(mean);
-    return [0, 1, 2].map((k) => ms.reduce((s, m) => s + m[k], 0) / ms.length);
-  };
-  const white = avg(REF_WHITE);
-  const black = avg(REF_BLACK);
-  const dist = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
-  if (dist(white, black) < 30) return null; // no readable contrast
-  const bits = [];
-  for (let cell = 2; cell < 22; cell++) {
-    const m = mean(cell);
-    bits.push(dist(m, white) < dist(m, black) ? 1 : 0);
-  }
-  let v = 0;
-  for (let i = 0; i < 16; i++) v |= bits[i] << i;
-  let check = 0;
-  for (let i = 0; i < 4; i++) check |= bits[16 + i] << i;
-  const expect = ((v & 0xf) + ((v >> 4) & 0xf) + ((v >> 8) & 0xf) + ((v >> 12) & 0xf)) & 0xf;
-  return check === expect ? v : null;
-}
-
-async function benchSendTrack() {
-  const send = document.createElement("canvas");
-  const read = document.createElement("canvas");
-  const sctx = send.getContext("2d", { alpha: false });
-  const rctx = read.getContext("2d", { willReadFrequently: true, alpha: false });
-  const [w0, h0] = cameraSize();
-  send.width = w0;
-  send.height = h0;
-  const out = send.captureStream(0);
-  const track = out.getVideoTracks()[0];
-  let running = true;
-
-  const bench = {
-    latencies: [], // ms, glass-to-glass per read frame
-    frameTimes: [], // performance.now() of each presented stylized frame
-    sent: 0,
-    unreadable: 0,
-    resize(w, h) {
-      send.width = w;
-      send.height = h;
-    },
-    reset() {
-      this.latencies = [];
-      this.frameTimes = [];
-      this.sent = 0;
-      this.unreadable = 0;
-      this.resetAt = performance.now();
-    },
-    stopSending() {
-      running = false;
-    },
-    onStylizedFrame(now, meta) {
-      const shown = meta && meta.expectedDisplayTime ? meta.expectedDisplayTime : now;
-      this.frameTimes.push(shown);
-      const v = ui.stylized;
-      if (!v.videoWidth) return;
-      // Read at a fixed small size: cheap getImageData, independent of the stream size.
-      read.width = 192;
-      read.height = 144;
-      rctx.drawImage(v, 0, 0, read.width, read.height);
-      const stamp = readStamp(rctx, read.width, read.height);
-      if (stamp == null) {
-        this.unreadable += 1;
-        return;
-      }
-      const lat = (((Math.round(shown) & 0xffff) - stamp) + 0x10000) & 0xffff;
-      this.latencies.push(lat);
-    },
-  };
-  bench.reset();
-  hook.bench = bench;
-
-  // Draw every camera frame into the canvas, stamp it, and push it as one video frame.
-  const cam = ui.original;
-  const draw = () => {
-    if (!running) return;
-    if (cam.videoWidth) {
-      sctx.drawImage(cam, 0, 0, send.width, send.height);
-      drawStamp(sctx, send.width, send.height, Math.round(performance.now()));
-      track.requestFrame();
-      bench.sent += 1;
-    }
-    cam.requestVideoFrameCallback(draw);
-  };
-  await cam.play().catch(() => {});
-  cam.requestVideoFrameCallback(draw);
-  return track;
-}
-
 // ---------------------------------------------------------------- boot
 
-loadInfo().catch((err) => {
+// The extras are loaded only when asked for, before the server info (so they see all of it).
+async function boot() {
+  if (params.get("hook") === "1") await import("./hook.js");
+  if (params.get("bench") === "1") (await import("./bench.js")).install();
+  await loadInfo();
+}
+
+boot().catch((err) => {
   showMessage(err.message);
   setStatus("Server unreachable", "error");
 });
