@@ -117,4 +117,27 @@ def test_export_refuses_bad_checkpoint(tmp_path: Path) -> None:
         export_onnx(bad, tmp_path / "bad.onnx")
     with pytest.raises(FileNotFoundError):
         export_onnx(tmp_path / "missing.safetensors", tmp_path / "x.onnx")
-    assert not list(tmp_path.glob("*.onnx*"))  # nothing half-written left behind
+
+
+def test_a_failed_export_leaves_nothing_half_written(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check fails after the whole file was written: the temp file goes, the old model stays."""
+    import engines.export
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the model being served")
+    seen: list[Path] = []
+
+    def parity_fails(path: str | Path, generator: object) -> None:
+        seen.append(Path(path))
+        assert onnx.load(str(path)).graph.node, "the temp file holds the whole exported model"
+        raise AssertionError("ONNX Runtime vs torch: max |diff| 9 levels (allowed 1)")
+
+    monkeypatch.setattr(engines.export, "verify_onnx", parity_fails)
+    with pytest.raises(AssertionError, match="max \\|diff\\| 9"):
+        export_onnx(tiny_checkpoint, out)
+    assert seen and seen[0].parent == tmp_path and seen[0] != out  # the check ran on a temp file beside it
+    assert not seen[0].exists()  # ... which is gone
+    assert out.read_bytes() == b"the model being served"  # the model in use was never touched
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
 from engines.runtime import load_backend  # noqa: E402
+from engines.runtime.model import file_sha256, read_model_info  # noqa: E402
 from engines.ship import ship  # noqa: E402
 from trainer.checkpoint import load_checkpoint  # noqa: E402
 
@@ -26,7 +27,8 @@ def _paintings(folder: Path) -> Path:
 
 
 def test_ship_writes_weights_onnx_and_thumbnails(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    paint = _paintings(tmp_path / "paintings" / "nested")
+    # The paintings sit one folder below the one given: found by file name, recursively.
+    _paintings(tmp_path / "paintings" / "nested")
     out = tmp_path / "model"
     written = ship(tiny_checkpoint, out, "default", paintings=[tmp_path / "paintings"], thumbnails_from=())
     assert {p.name for p in written} >= {"default.safetensors", "default.onnx", "0.jpg", "1.jpg", "2.jpg"}
@@ -40,7 +42,9 @@ def test_ship_writes_weights_onnx_and_thumbnails(tmp_path: Path, tiny_checkpoint
         assert g > 150 and r < 50 and b < 50
     backend = load_backend(out / "default.onnx", "onnxruntime")
     assert backend.styles == ["ember", "glacier", "moss"]
-    assert paint.is_dir()
+    # The ONNX is the slim checkpoint's export (its recorded sha256), and the slim file keeps the styles' sources.
+    assert read_model_info(out / "default.onnx").checkpoint_sha256 == file_sha256(out / "default.safetensors")
+    assert [s.source for s in ckpt.styles] == ["ember.png", "glacier.png", "moss.png"]
 
 
 def test_ship_reuses_a_shipped_models_thumbnails(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -61,18 +60,30 @@ def test_styles_really_differ_on_a_photo_like_input() -> None:
             assert diff > 3.0, f"styles {i} and {j} render almost alike (mean diff {diff:.2f})"
 
 
-def test_every_style_has_a_thumbnail_and_a_credit() -> None:
+def credit_rows(text: str) -> dict[int, list[str]]:
+    """The credits table: style index -> its cells (``| # | style name | painting | painter | file | from |``)."""
+    rows: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    return rows
+
+
+def test_every_style_has_a_thumbnail_and_its_own_credit_row() -> None:
     from PIL import Image
 
-    from engines.export import read_onnx_info
+    from engines.runtime.model import read_model_info
 
-    styles = read_onnx_info(ONNX).styles
-    sources = read_onnx_info(ONNX).sources
-    credits = (MODELS / "CREDITS.md").read_text()
-    for i, (name, source) in enumerate(zip(styles, sources, strict=True)):
+    info = read_model_info(ONNX)
+    rows = credit_rows((MODELS / "CREDITS.md").read_text())
+    # One row per style, each naming that style and its painting's file: a credit in the
+    # wrong row, a missing row or a row for a style the model does not have all fail.
+    assert sorted(rows) == list(range(len(info.styles))), sorted(rows)
+    for i, (name, source) in enumerate(zip(info.styles, info.sources, strict=True)):
+        assert rows[i][1] == name, f"credits row {i} names {rows[i][1]!r}, the model's style {i} is {name!r}"
+        assert rows[i][4] == f"`{source}`", f"credits row {i} names {rows[i][4]}, style {name!r} came from {source}"
         thumb = MODELS / "thumbnails" / f"{i}.jpg"
         assert thumb.is_file(), f"no thumbnail for style {i} ({name})"
         with Image.open(thumb) as im:
             assert im.size[0] >= 64 and im.size[1] >= 64
-        assert name in credits and source in credits, f"style {name!r} ({source}) is not credited"
-    assert json.loads(json.dumps(styles)) == styles
