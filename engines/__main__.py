@@ -11,7 +11,10 @@
     # ONNX -> OpenVINO model cache for this CPU (those sizes start without a compile), same manifest scheme
     python -m engines build engines/models/default.onnx --backend openvino --precision fp32
 
-    # which backend would serve this model here, and why
+    # INT8 model beside it, written only if it passes the quality gate on held-out photos
+    python -m engines quantize engines/models/default.onnx --calib photos/ --paintings paintings/
+
+    # which backend and precision would serve this model here, and why
     python -m engines info engines/models/default.onnx
 
 The speed benchmark beside the published peer is ``python -m bench.model_speed``.
@@ -28,6 +31,7 @@ from pathlib import Path
 from common.cli import add_options, from_args
 from engines.runtime.base import BACKEND_CHOICES, EngineError, InputError
 from engines.runtime.manifest import EngineSpec, default_engine_dir
+from engines.runtime.precision import PRECISIONS, PSNR_FLOOR
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -52,6 +56,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from engines.quantize import format_gates, quantize
+
+    out, gates = quantize(
+        args.onnx,
+        args.calib,
+        args.out,
+        method=args.method,
+        calib_photos=args.calib_photos,
+        holdout_photos=args.holdout,
+        size=args.size,
+        psnr_floor=args.psnr_floor,
+        max_loss=args.max_loss,
+        paintings=tuple(args.paintings),
+        threads=args.threads,
+    )
+    print(format_gates(gates))
+    if out is None:
+        print("no quantized model passed the gate: nothing written", file=sys.stderr)
+        return 3
+    print(f"wrote {out} ({next(g for g in gates if g.passed).method})")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from engines.runtime import load_backend, read_model_info
 
@@ -59,9 +87,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = read_model_info(args.model)
         print(f"styles ({len(info.styles)}): {', '.join(info.styles)}")
         print(f"generator: {info.generator}")
-    backend = load_backend(args.model, args.backend, num_threads=args.threads)
+    backend = load_backend(args.model, args.backend, num_threads=args.threads, precision=args.precision)
     print(f"backend: {backend.name} ({backend.precision})")
     print(f"reason: {backend.reason}")
+    print(f"precision: {backend.precision_reason}")
     backend.close()
     return 0
 
@@ -100,10 +129,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="build even if a matching engine is cached")
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser(
+        "quantize", help="ONNX -> INT8 ONNX (post-training static), written only if it passes the quality gate"
+    )
+    p.add_argument("onnx", type=Path, help="exported stylecast model (.onnx)")
+    p.add_argument("--calib", type=Path, required=True, help="folder of photos: most calibrate, a held-out part judges")
+    p.add_argument("--out", type=Path, help="the INT8 model (default: <stem>.int8.onnx beside the model)")
+    p.add_argument(
+        "--method",
+        choices=("auto", "onnxruntime", "nncf"),
+        default="auto",
+        help="quantizer (default: every one installed, the better kept)",
+    )
+    p.add_argument("--calib-photos", type=int, default=32, help="photos to calibrate on (default: 32)")
+    p.add_argument("--holdout", type=int, default=6, help="photos held out for the gate (default: 6)")
+    p.add_argument(
+        "--size", default="320x240", help="frame size for calibration and the gate, WIDTHxHEIGHT (default: 320x240)"
+    )
+    p.add_argument(
+        "--psnr-floor",
+        type=float,
+        default=PSNR_FLOOR["int8"],
+        help="dB vs float32 on every held-out image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=0.05,
+        help="how much worse (relative) than float32 the style and content distance may be (default: 0.05)",
+    )
+    p.add_argument(
+        "--paintings",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder holding the style paintings, for the style distance (default: the model's thumbnails)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("info", help="model styles and the backend load_backend would pick here, with the reason")
     p.add_argument("model", type=Path, help=".onnx or .safetensors")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto (default) or a backend name")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", *PRECISIONS),
+        help="auto (default: the fastest that passes its parity gate here) or fp32, bf16, fp16, int8",
+    )
     p.set_defaults(func=cmd_info)
 
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ Model facts travel in the ONNX ``metadata_props`` (all values are strings)::
     stylecast.format_version     ONNX contract version (this module's FORMAT_VERSION)
     stylecast.stride             "4": H and W must be multiples of it
     stylecast.checkpoint_sha256  sha256 of the checkpoint file it came from
+    stylecast.quantized          "int8" in a model made by ``python -m engines quantize`` (absent otherwise)
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
         format_version=int(meta["format_version"]),
         stride=int(meta["stride"]),
         checkpoint_sha256=meta["checkpoint_sha256"],
+        quantized=meta.get("quantized", ""),
     )
 
 

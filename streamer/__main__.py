@@ -64,11 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streamer.app import create_app
 
     try:
-        backend = load_backend(config.model_path, backend=config.backend, num_threads=config.num_threads)
+        backend = load_backend(
+            config.model_path, backend=config.backend, num_threads=config.num_threads, precision=config.precision
+        )
     except EngineError as e:
         log.error("cannot load %s on backend %r: %s", config.model_path, config.backend, e)
         return 2
-    log.info("backend %s (%s): %s", backend.name, backend.precision, backend.reason)
+    log.info("backend %s: %s", backend.name, backend.reason)
+    log.info("precision %s", backend.precision_reason)
     log.info("model %s: %d styles (%s)", config.model_path, len(backend.styles), ", ".join(backend.styles))
     try:
         web.run_app(

@@ -50,7 +50,8 @@ class Server:
 
     @property
     def backend_info(self) -> dict[str, str]:
-        return {"name": self.backend.name, "precision": self.backend.precision, "reason": self.backend.reason}
+        b = self.backend
+        return {"name": b.name, "precision": b.precision, "reason": b.reason, "precision_reason": b.precision_reason}
 
     def thumbnail(self, index: int) -> Path | None:
         """The thumbnail file of style ``index``: ``<i>.jpg`` or ``<style name>.jpg``, if present."""

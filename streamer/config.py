@@ -13,6 +13,7 @@ from common.cli import opt
 from common.paths import DEFAULT_MODEL
 from common.sizes import format_size, parse_size
 from engines.runtime.base import BACKEND_CHOICES
+from engines.runtime.precision import PRECISIONS
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The resolution choice that lets each session pick among ``resolutions`` by measured speed
@@ -49,6 +50,12 @@ class StreamerConfig:
         choices=BACKEND_CHOICES,
         metavar="NAME",
     )
+    precision: str = opt(
+        "auto",
+        "arithmetic: auto (the fastest that passes its parity gate on this machine, e.g. bf16 on CPUs with "
+        "AMX or AVX512-BF16, and says why), fp32, bf16, fp16 or int8",
+        choices=("auto", *PRECISIONS),
+    )
     num_threads: int | None = opt(None, "CPU threads for inference (default: all cores)", flag="--threads")
     max_sessions: int = opt(4, "peers served at once; further offers get HTTP 503 with the reason")
     # Processing resolutions the page may choose. Frames are scaled down, aspect kept, to fit
@@ -66,8 +73,10 @@ class StreamerConfig:
         parse=size_or_auto,
         metavar="WxH|auto",
     )
+    # 0.8: on 2 cores with the browser on them too, 640x480 at 0.7-0.75 of the interval still ran
+    # at 29 fps (python -m bench.e2e); 0.7 stepped such a session down to 320x240.
     auto_budget: float = opt(
-        0.7,
+        0.8,
         "auto resolution: fraction (0..1] of the camera's frame interval a frame's processing may take; "
         "the rest is for video decoding, encoding and the browser",
     )

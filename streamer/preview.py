@@ -40,6 +40,7 @@ from common.mix import parse_mix
 from common.paths import DEFAULT_MODEL
 from common.sizes import parse_size
 from engines.runtime.base import BACKEND_CHOICES, Backend, EngineError, InputError
+from engines.runtime.precision import PRECISIONS
 from streamer.video import FrameStylizer, VideoError, capture_fps, default_presets, open_capture, stylize_file
 
 log = logging.getLogger("streamer.preview")
@@ -234,9 +235,10 @@ class PreviewWindow:
         first = self._last_frame is None
         self._last_frame = frame_bgr
         self.overlay.tick()
+        backend = self.stylizer.backend
         lines = [
             f"{self.overlay.fps:5.1f} fps  infer {self.stylizer.last_infer_ms:5.1f} ms",
-            f"{self.stylizer.backend.name}  {frame_bgr.shape[1]}x{frame_bgr.shape[0]}",
+            f"{backend.name} {backend.precision}  {frame_bgr.shape[1]}x{frame_bgr.shape[0]}",
         ]
         if self.preset_name:
             lines.append(f"preset: {self.preset_name}")
@@ -320,8 +322,8 @@ def run_window(
     return shown
 
 
-def load_model(model: str | None, backend: str) -> Backend:
-    """Load the given model (default: the shipped one) on the chosen backend."""
+def load_model(model: str | None, backend: str, precision: str = "auto") -> Backend:
+    """Load the given model (default: the shipped one) on the chosen backend and precision."""
     path = Path(model) if model else DEFAULT_MODEL
     if not path.is_file():
         if model:
@@ -332,9 +334,10 @@ def load_model(model: str | None, backend: str) -> Backend:
     from engines.runtime import load_backend
 
     try:
-        loaded = load_backend(path, backend=backend)
+        loaded = load_backend(path, backend=backend, precision=precision)
     except EngineError as e:
         raise PreviewError(f"cannot load {path} on backend {backend!r}: {e}") from e
+    log.info("backend %s, precision %s", loaded.name, loaded.precision_reason)
     return loaded
 
 
@@ -389,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"inference backend (default: auto): {', '.join(BACKEND_CHOICES)} "
         "(auto picks the fastest available and says why)",
     )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", *PRECISIONS),
+        help="arithmetic (default: auto, the fastest that passes its parity gate here, e.g. bf16 on CPUs with "
+        "AMX or AVX512-BF16): auto, fp32, bf16, fp16, int8",
+    )
     p.add_argument("--loop", action="store_true", help="replay a --video file from the start when it ends")
     p.add_argument(
         "--max-frames",
@@ -437,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
             "(xvfb-run python -m streamer.preview ...)."
         )
     size = parse_size(args.size) if args.size else None
-    backend = load_model(args.model, args.backend)
+    backend = load_model(args.model, args.backend, args.precision)
     try:
         first_style = np.eye(len(backend.styles), dtype=np.float32)[0]
         weights = np.asarray(parse_mix(args.mix, backend.styles), np.float32) if args.mix else first_style

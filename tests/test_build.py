@@ -93,7 +93,7 @@ def test_openvino_backend_serves_from_the_build(tiny_onnx: Path, tmp_path: Path)
     out = tmp_path / "ov"
     build_engine(tiny_onnx, EngineSpec(backend="openvino", precision="fp32", shapes=SMALL, num_threads=1), out)
     built = snapshot(out)
-    served = load_backend(tiny_onnx, "openvino-cpu", num_threads=1, engine_dir=out)
+    served = load_backend(tiny_onnx, "openvino-cpu", num_threads=1, engine_dir=out, precision="fp32")
     assert served.engine_dir == out  # type: ignore[attr-defined]
     plain = OpenVinoBackend(tiny_onnx, num_threads=1)
     frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -108,12 +108,13 @@ def test_openvino_backend_serves_from_the_build(tiny_onnx: Path, tmp_path: Path)
     with pytest.raises(ManifestMismatch, match="onnx_sha256"):
         OpenVinoBackend(other, num_threads=1, engine_dir=out)
     # ... and "auto" goes on to the next backend, saying why (decided by the error's type).
-    fallback = load_backend(other, num_threads=1, engine_dir=out)
+    fallback = load_backend(other, num_threads=1, engine_dir=out, precision="fp32")
     assert fallback.name == "onnxruntime-cpu"
     assert "openvino-cpu: failed to load (cached engine" in fallback.reason and "onnx_sha256" in fallback.reason
     # Without an engine folder (none at the default place either) it compiles as before.
     assert not default_engine_dir(tiny_onnx, "openvino", "fp32").exists()
-    assert load_backend(tiny_onnx, "openvino-cpu", num_threads=1).engine_dir is None  # type: ignore[attr-defined]
+    plain_again = load_backend(tiny_onnx, "openvino-cpu", num_threads=1, precision="fp32")
+    assert plain_again.engine_dir is None  # type: ignore[attr-defined]
 
 
 def test_bad_manifest_is_a_clear_error(tmp_path: Path) -> None:
@@ -173,8 +174,9 @@ def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # By default into the folder load_backend looks in.
     assert built["backend"] == "openvino" and built["folder"] == str(tmp_path / "m.engines" / "openvino-fp32")
     assert built["shapes"] == [{"min_hw": [48, 64], "opt_hw": [48, 64], "max_hw": [48, 64]}]
-    res = run("info", str(tmp_path / "m.onnx"), "--backend", "openvino")
+    res = run("info", str(tmp_path / "m.onnx"), "--backend", "openvino", "--precision", "fp32")
     assert res.returncode == 0 and "backend: openvino-cpu (fp32)" in res.stdout and "reason: " in res.stdout
+    assert "precision: fp32 requested explicitly" in res.stdout
     res = run("info", str(tmp_path / "missing.onnx"))
     assert res.returncode == 2 and "model file not found" in res.stderr
     res = run("build", "--help")
@@ -183,18 +185,23 @@ def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert "(default: 4)" in words and "(default: 320x240:640x480:1280x720)" in words  # from EngineSpec
 
 
-def test_bench_runs_and_writes_json(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tmp_path: Path) -> None:
     from bench.model_speed import format_table, run_bench
     from bench.results import write_json
+    from common.cpu import cpu_bf16_flag
 
     result = run_bench(
-        tiny_onnx, sizes=((48, 64),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False
+        tiny_onnx, sizes=((64, 48),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False
     )
     ours = [r for r in result["rows"] if r["model"] == "ours"]
-    assert [(r["backend"], r["size"]) for r in ours] == [("openvino-cpu", "64x48")]
-    assert ours[0]["median_ms"] > 0
-    assert "no-such" in result["skipped"]
+    want = ["fp32", "bf16"] if cpu_bf16_flag() else ["fp32"]  # every precision the backend runs here
+    assert [(r["backend"], r["precision"], r["size"]) for r in ours] == [("openvino-cpu", p, "64x48") for p in want]
+    assert all(r["median_ms"] > 0 for r in ours)
+    assert "ours no-such fp32" in result["skipped"]
+    assert result["cpu"]["model"] and isinstance(result["cpu"]["flags"], list)
+    best = result["best"][0]
+    assert best["size"] == "64x48" and best["ours_ms"] == min(r["median_ms"] for r in ours)
     table = format_table(result)
-    assert "| openvino-cpu | 64x48 |" in table
+    assert "| ours | openvino-cpu | fp32 | 64x48 |" in table and "CPU: " in table
     path = write_json(result, tmp_path / "speed.json")
     assert json.loads(path.read_text())["rows"] == result["rows"]

@@ -169,7 +169,9 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     # The readout shows live numbers and the backend.
     await page.wait_for_function("document.getElementById('fps').textContent !== '–'", timeout=10_000)
     assert float(await page.locator("#fps").text_content()) > 0
-    assert server.backend.name in (await page.locator("#backend").text_content())
+    readout = await page.locator("#backend").text_content()
+    assert readout == f"{server.backend.name} · {server.backend.precision}", readout
+    assert server.backend.precision_reason in (await page.locator("#backend").get_attribute("title"))
     await page.wait_for_function("stylecast.rttMs !== null", timeout=10_000)
 
     # Snapshot saves a PNG of the stylized video.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.cpu import cpu_bf16_flag, cpu_info
 from engines.export import compare_uint8
 from engines.runtime import AUTO_ORDER, Backend, EngineError, InputError, ModelFileError, load_backend
 from engines.runtime.frames import pad_to_multiple
+from engines.runtime.precision import PSNR_FLOOR, probe_inputs, psnr
 
 torch = pytest.importorskip("torch")
 
@@ -51,8 +54,10 @@ def test_auto_picks_fastest_available_and_says_why(tiny_onnx: Path) -> None:
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("hw", [(48, 64), (96, 72)])
 def test_cpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name: str, hw: tuple[int, int]) -> None:
-    backend = load_backend(tiny_onnx, name, num_threads=1)
+    """fp32: at most 1 uint8 level off, on at most 1 % of the values."""
+    backend = load_backend(tiny_onnx, name, num_threads=1, precision="fp32")
     assert backend.name == name and backend.reason == f"{name} requested explicitly"
+    assert backend.precision == "fp32" and backend.precision_reason == "fp32 requested explicitly"
     images = frames(2, *hw)
     weights = np.array([[0, 1, 0], [0.5, 0.0, 2.0]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
@@ -62,6 +67,65 @@ def test_cpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
     single = backend.stylize(images[1], weights[1])
     compare_uint8(single, want[1], f"{name} single", *TOLERANCE["fp32"])
     backend.close()
+
+
+def test_bf16_stays_above_its_psnr_floor(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
+    """bf16 (OpenVINO on a CPU with bf16 units): PSNR against the float32 reference above the floor."""
+    if not cpu_bf16_flag():
+        pytest.skip(f"this CPU ({cpu_info()[0]}) has neither amx_bf16 nor avx512_bf16: bf16 would be emulated")
+    backend = load_backend(tiny_onnx, "openvino-cpu", num_threads=1, precision="bf16")
+    assert backend.precision == "bf16" and backend.config["INFERENCE_PRECISION_HINT"] == "bf16"  # type: ignore[attr-defined]
+    images, weights = probe_inputs(3)
+    want = reference(tiny_checkpoint, np.stack(images), weights)
+    for got, ref in zip(backend.stylize_batch(images, weights), want, strict=True):
+        db = psnr(got, ref)
+        assert db >= PSNR_FLOOR["bf16"], f"bf16 PSNR {db:.1f} dB, floor {PSNR_FLOOR['bf16']}"
+        assert db < float("inf")  # it really ran in bf16: not bit-identical to float32
+
+
+def test_auto_precision_is_measured_here_and_says_why(tiny_onnx: Path) -> None:
+    backend = load_backend(tiny_onnx, "openvino-cpu", num_threads=1)
+    if cpu_bf16_flag():
+        assert backend.precision in ("bf16", "fp32")
+        # Both were gated and timed on this machine; the reason gives the numbers.
+        assert "the fastest that keeps the picture here" in backend.precision_reason
+        assert re.search(r"PSNR \d+\.\d dB vs fp32", backend.precision_reason), backend.precision_reason
+    else:
+        assert backend.precision == "fp32"
+        assert "bf16: this CPU has neither amx_bf16 nor avx512_bf16" in backend.precision_reason
+    assert "int8: no tiny.int8.onnx beside the model" in backend.precision_reason
+
+
+def test_a_precision_below_its_floor_or_unbuildable_is_skipped(tiny_onnx: Path, tmp_path: Path) -> None:
+    """The gate can fail: a candidate whose picture differs (here: a model with other weights
+    standing for a bad quantization) and one that cannot be built are skipped, with the reason."""
+    from engines.export import export_onnx
+    from engines.runtime.openvino_backend import OpenVinoBackend
+    from engines.runtime.precision import Candidate, choose
+    from trainer.checkpoint import Checkpoint, Style, save_checkpoint
+    from trainer.models import Generator, GeneratorConfig
+
+    other, other_ckpt = tmp_path / "other.onnx", tmp_path / "other.safetensors"
+    torch.manual_seed(7)
+    g = Generator(GeneratorConfig(num_styles=3, width=16, half_width=8, num_blocks=2))
+    save_checkpoint(
+        other_ckpt, Checkpoint(g.config, [Style(n, f"{n}.png") for n in "abc"], generator_state=g.state_dict())
+    )
+    export_onnx(other_ckpt, other, check=False)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    chosen = choose(
+        [
+            Candidate("int8", lambda: OpenVinoBackend(other, num_threads=1)),
+            Candidate("bf16", lambda: OpenVinoBackend(broken, num_threads=1)),
+            Candidate("fp32", lambda: OpenVinoBackend(tiny_onnx, num_threads=1)),
+        ]
+    )
+    assert chosen.precision == "fp32"
+    assert re.search(
+        r"int8: PSNR \d+\.\d dB vs fp32 on the probe, \d+\.\d dB below its floor 30", chosen.precision_reason
+    )
+    assert "bf16: cannot be built here" in chosen.precision_reason
 
 
 @pytest.mark.gpu
@@ -93,7 +157,7 @@ def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path
 
     build_engine(tiny_onnx, EngineSpec(precision=precision, timing_cache=tmp_path / "timing.cache"), tmp_path / "trt")
     backend = load_backend(tiny_onnx, "tensorrt", precision=precision, engine_dir=tmp_path / "trt")
-    assert backend.name == f"tensorrt-{precision}"
+    assert backend.name == f"tensorrt-{precision}" and backend.precision == precision
     images, weights = frames(2, 240, 320), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
     for g, w in zip(backend.stylize_batch(list(images), weights), want, strict=True):
@@ -104,7 +168,7 @@ def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path
 
 @pytest.mark.parametrize("name", ["openvino-cpu", "onnxruntime-cpu"])
 def test_odd_sizes_are_padded_and_cropped(tiny_onnx: Path, tiny_checkpoint: Path, name: str) -> None:
-    backend = load_backend(tiny_onnx, name, num_threads=1)
+    backend = load_backend(tiny_onnx, name, num_threads=1, precision="fp32")
     frame = frames(1, 61, 83, seed=3)[0]
     weights = np.array([1, 2, 3], np.float32)
     out = backend.stylize(frame, weights)

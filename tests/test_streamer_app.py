@@ -455,6 +455,9 @@ async def test_info_health_metrics_and_thumbnails(
         health = await r.json()
     assert health["status"] == "ok" and health["sessions"] == 1 and health["max_sessions"] == 4
     assert health["backend"]["name"] == backend.name
+    # The precision and why it was chosen are named wherever the backend is.
+    assert health["backend"]["precision"] == backend.precision
+    assert health["backend"]["precision_reason"] == backend.precision_reason
     assert health["model"]["styles"] == ["ember", "glacier", "moss"] and health["model"]["path"].endswith(".onnx")
 
     async with http.get(f"{run.url}/metrics") as r:

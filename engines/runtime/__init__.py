@@ -35,8 +35,10 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from common.cpu import cpu_bf16_flag
 from engines.runtime.base import (
     ALIASES,
     AUTO_ORDER,
@@ -52,6 +54,7 @@ from engines.runtime.base import (
 from engines.runtime.frames import FrameBackend
 from engines.runtime.manifest import MANIFEST, Manifest, default_engine_dir
 from engines.runtime.model import ModelInfo, read_model_info
+from engines.runtime.precision import AUTO, PRECISIONS, Candidate, choose
 
 __all__ = [
     "ALIASES",
@@ -106,26 +109,63 @@ def _built(folder: Path, backend: str) -> bool:
         return True  # let the backend say what is wrong with it
 
 
+def int8_sibling(onnx: Path) -> Path:
+    """Where ``python -m engines quantize`` puts a model's INT8 version: ``<stem>.int8.onnx`` beside it."""
+    return onnx.with_name(onnx.stem + ".int8.onnx")
+
+
+def _chooser(
+    precision: str | None,
+    candidates: list[Candidate],
+    what: str,
+    hint: str = "",
+    reference: Callable[[], FrameBackend] | None = None,
+    unavailable: tuple[str, ...] = (),
+) -> Callable[[], FrameBackend] | str:
+    """The chooser over ``candidates`` (only the one asked for, if a precision was), or why there is none."""
+    if precision in (None, AUTO):
+        if not candidates:
+            return f"{what}: nothing to run" + (f" ({hint})" if hint else "")
+        return partial(choose, candidates, reference if len(candidates) > 1 else None, unavailable=unavailable)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    chosen = [c for c in candidates if c.precision == precision]
+    if not chosen:
+        return f"{what} cannot run at {precision} here" + (f" ({hint})" if hint else "")
+    return partial(choose, chosen[:1], explicit=True)
+
+
 def _make(
     kind: str, model: Path, num_threads: int | None, engine_dir: Path | None, precision: str | None
 ) -> Callable[[], FrameBackend] | str:
-    """A constructor for ``kind`` on ``model``, or the reason it is unavailable."""
+    """A constructor for ``kind`` on ``model`` at ``precision`` ("auto": the chooser's), or why not."""
     onnx, ckpt = _sibling(model, ".onnx"), _sibling(model, ".safetensors")
+    # A quantized file given as the model is the int8 candidate itself; else its int8 sibling, if made.
+    quantized = onnx.is_file() and bool(read_model_info(onnx).quantized)
+    int8 = onnx if quantized else int8_sibling(onnx)
+    no_int8 = f"no {int8.name} beside the model (python -m engines quantize {onnx.name} --calib PHOTOS makes one)"
     if kind == "tensorrt":
-        from engines.runtime import tensorrt_backend
+        from engines.runtime import onnxruntime_backend, tensorrt_backend
 
         if reason := tensorrt_backend.unavailable_reason():
             return reason
         if reason := _need(onnx, ".onnx"):
             return reason
-        prec = precision or "fp16"
+        folders = [engine_dir] if engine_dir else [default_engine_dir(onnx, "tensorrt", p) for p in PRECISIONS]
+        trt = [
+            Candidate(Manifest.read(f).precision, partial(tensorrt_backend.TensorRTBackend, f, onnx), f"plan in {f}")
+            for f in folders
+            if _built(f, "tensorrt")
+        ]
+        prec = precision if precision not in (None, AUTO) else "fp16"
         folder = engine_dir or default_engine_dir(onnx, "tensorrt", prec)
-        if not _built(folder, "tensorrt"):
-            return (
-                f"no TensorRT plan in {folder} (build it once: python -m engines build {onnx} "
-                f"--backend tensorrt --precision {prec} --out {folder})"
-            )
-        return lambda: tensorrt_backend.TensorRTBackend(folder, onnx)
+        build = f"no TensorRT plan in {folder} (build it once: python -m engines build {onnx} --backend tensorrt "
+        build += f"--precision {prec} --out {folder})"
+        if not trt:
+            return build
+        # Plans have no float32 run of their own to compare with: ONNX Runtime on the CPU is the reference.
+        reference = partial(onnxruntime_backend.OnnxRuntimeBackend, onnx, num_threads=num_threads)
+        return _chooser(precision, trt, "TensorRT", build, reference)
     if kind in ("torch-cuda", "torch-cpu"):
         from engines.runtime import torch_backend
 
@@ -136,8 +176,9 @@ def _make(
             return reason
         if reason := _need(ckpt, ".safetensors"):
             return reason
-        prec = precision if device == "cuda" and precision in ("fp32", "fp16") else "fp32"
-        return lambda: torch_backend.TorchBackend(ckpt, device=device, precision=prec, num_threads=num_threads)
+        run = partial(torch_backend.TorchBackend, ckpt, device=device, num_threads=num_threads)
+        cands = [Candidate(p, partial(run, precision=p)) for p in (("fp16", "fp32") if device == "cuda" else ("fp32",))]
+        return _chooser(precision, cands, f"torch on {device}")
     if kind in ("onnxruntime-cuda", "onnxruntime-cpu"):
         from engines.runtime import onnxruntime_backend
 
@@ -148,7 +189,13 @@ def _make(
             return reason
         if reason := _need(onnx, ".onnx"):
             return reason
-        return lambda: onnxruntime_backend.OnnxRuntimeBackend(onnx, device=device, num_threads=num_threads)
+        ort = partial(onnxruntime_backend.OnnxRuntimeBackend, device=device, num_threads=num_threads)
+        cands = []
+        if int8.is_file():
+            cands.append(Candidate("int8", partial(ort, int8), f"quantized model {int8.name}"))
+        if not quantized:
+            cands.append(Candidate("fp32", partial(ort, onnx)))
+        return _chooser(precision, cands, "ONNX Runtime", no_int8, unavailable=() if int8.is_file() else (no_int8,))
     if kind == "openvino-cpu":
         if reason := _not_installed("openvino"):
             return reason
@@ -156,9 +203,30 @@ def _make(
             return reason
         from engines.runtime import openvino_backend
 
-        folder = engine_dir or default_engine_dir(onnx, "openvino", "fp32")
-        cache = folder if _built(folder, "openvino") else None
-        return lambda: openvino_backend.OpenVinoBackend(onnx, num_threads=num_threads, engine_dir=cache)
+        def ov(path: Path, prec: str) -> Callable[[], FrameBackend]:
+            # A model cache built for this precision (python -m engines build) serves where there is one.
+            folder = engine_dir or default_engine_dir(path, "openvino", prec)
+            cache = folder if _built(folder, "openvino") and Manifest.read(folder).precision == prec else None
+            return partial(
+                openvino_backend.OpenVinoBackend, path, num_threads=num_threads, precision=prec, engine_dir=cache
+            )
+
+        cands = []
+        unavailable: list[str] = []
+        if int8.is_file():
+            cands.append(Candidate("int8", ov(int8, "int8"), f"quantized model {int8.name}"))
+        else:
+            unavailable.append(f"int8: {no_int8}")
+        if not quantized:
+            flag = cpu_bf16_flag()
+            if flag or precision == "bf16":  # without bf16 units it is emulated: slower, never picked by auto
+                cands.append(Candidate("bf16", ov(onnx, "bf16"), f"the CPU has {flag}" if flag else "emulated"))
+            else:
+                unavailable.append("bf16: this CPU has neither amx_bf16 nor avx512_bf16")
+            if precision == "fp16":  # measured no faster than fp32 on these CPUs: only when asked for
+                cands.append(Candidate("fp16", ov(onnx, "fp16")))
+            cands.append(Candidate("fp32", ov(onnx, "fp32")))
+        return _chooser(precision, cands, "OpenVINO", no_int8, unavailable=tuple(unavailable))
     raise ValueError(f"unknown backend {kind!r}; choose from {', '.join(BACKEND_CHOICES)}")
 
 
@@ -168,7 +236,7 @@ def load_backend(
     *,
     num_threads: int | None = None,
     engine_dir: str | Path | None = None,
-    precision: str | None = None,
+    precision: str = AUTO,
 ) -> FrameBackend:
     """Load ``model`` (``.onnx``, or a ``.safetensors`` checkpoint) on a backend.
 
@@ -177,8 +245,9 @@ def load_backend(
     the ``.safetensors`` beside a given ``.onnx``; a missing sibling is reported.
     ``num_threads``: CPU threads (default all cores). ``engine_dir``: a folder
     written by ``python -m engines build`` (default: the build's default folder
-    beside the model). ``precision``: TensorRT/torch-cuda precision (``fp16``
-    default for TensorRT, ``fp32`` for torch).
+    beside the model). ``precision``: ``"auto"`` (the fastest that passes its
+    parity gate here, see :mod:`engines.runtime.precision`) or one of
+    ``fp32``, ``bf16``, ``fp16``, ``int8``, used as asked.
 
     Returns the backend with ``.reason`` set. Raises :class:`ModelFileError` if
     the model file is missing or corrupt, :class:`EngineError` if no (requested)
@@ -214,6 +283,6 @@ def load_backend(
             chosen.reason = f"picked {chosen.name} (fastest available)" + (f"; not available: {why}" if why else "")
         else:
             chosen.reason = f"{chosen.name} requested explicitly"
-        log.info("backend: %s", chosen.reason)
+        log.info("backend: %s; precision %s", chosen.reason, chosen.precision_reason)
         return chosen
     raise EngineError(f"no backend can run {model}: " + "; ".join(skipped))

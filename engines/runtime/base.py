@@ -82,6 +82,7 @@ class Backend(Protocol):
     shapes: ShapeRange  # the frame sizes it runs without resizing
     precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"
     reason: str  # why it runs: picked by load_backend("auto") and why, or requested explicitly
+    precision_reason: str  # why at that precision: measured fastest that passed its parity gate, or asked for
 
     def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8."""

@@ -64,7 +64,8 @@ class FrameBackend(ABC):
 
     Subclasses set ``name``, ``styles``, ``shapes``, ``precision`` and implement
     :meth:`_run` on a uint8 [N,H,W,3] batch whose H, W are already inside
-    ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend` picked it.
+    ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend` picked it,
+    ``precision_reason`` why it runs at ``precision`` (:mod:`engines.runtime.precision`).
     """
 
     name: str
@@ -72,6 +73,7 @@ class FrameBackend(ABC):
     shapes: ShapeRange
     precision: str = "fp32"
     reason: str = "requested explicitly"
+    precision_reason: str = "fp32: the only precision this backend runs"
 
     @abstractmethod
     def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import opt
+from common.cpu import cpu_bf16_flag
 from common.sizes import parse_size
 from engines.runtime.base import EngineError
 from engines.runtime.model import file_sha256
@@ -32,7 +33,7 @@ from engines.runtime.model import file_sha256
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # 2: OpenVINO engines are a warmed model cache (folder "cache"), with shapes
 BACKENDS = ("tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # Fields that must match between a cached manifest and the wanted build, in the
 # order they are compared (the first mismatch is reported).
 KEY_FIELDS = (
@@ -103,7 +104,7 @@ class EngineSpec:
     backend: str = opt("tensorrt", "engine to build", choices=BACKENDS)
     precision: str = opt(
         "fp16",
-        "TensorRT: fp16, fp32 or int8 (needs --calibration-dir); OpenVINO: fp32 or fp16 inference",
+        "TensorRT: fp16, fp32 or int8 (needs --calibration-dir); OpenVINO: fp32, bf16 or fp16 inference",
         choices=PRECISIONS,
     )
     shapes: tuple[ShapeProfile, ...] = opt(
@@ -129,7 +130,11 @@ class EngineSpec:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend == "openvino" and self.precision == "int8":
-            raise ValueError("OpenVINO builds here are fp32/fp16 only (int8 needs NNCF quantization)")
+            raise ValueError(
+                "OpenVINO builds are fp32, bf16 or fp16; an int8 model comes from python -m engines quantize"
+            )
+        if self.backend == "tensorrt" and self.precision == "bf16":
+            raise ValueError("TensorRT builds here are fp16, fp32 or int8")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if not self.shapes:
@@ -161,13 +166,21 @@ def default_engine_dir(onnx_path: str | Path, backend: str, precision: str) -> P
 
 
 def openvino_config(num_threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """The CPU compile properties used for serving (also written into build manifests)."""
-    if precision not in OPENVINO_PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(OPENVINO_PRECISIONS)}, got {precision!r}")
+    """The CPU compile properties used for serving (also written into build manifests).
+
+    ``int8`` is a quantized model: its int8 layers run as quantized, the rest (instance
+    norms, the uint8 conversions) in bf16 where the CPU has bf16 units, else in f32.
+    """
+    if precision == "int8":
+        hint = "bf16" if cpu_bf16_flag() else "f32"
+    elif precision in OPENVINO_PRECISIONS:
+        hint = OPENVINO_PRECISIONS[precision]
+    else:
+        raise ValueError(f"precision must be one of {sorted(OPENVINO_PRECISIONS)} or int8, got {precision!r}")
     return {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": int(num_threads or os.cpu_count() or 1),
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+        "INFERENCE_PRECISION_HINT": hint,
     }
 
 

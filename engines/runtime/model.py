@@ -33,6 +33,7 @@ class ModelInfo:
     format_version: int
     stride: int
     checkpoint_sha256: str
+    quantized: str = ""  # "int8" for a model from `python -m engines quantize`, else ""
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -113,6 +114,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
             format_version=int(ours["format_version"]),
             stride=int(ours.get("stride", "4")),
             checkpoint_sha256=ours.get("checkpoint_sha256", ""),
+            quantized=ours.get("quantized", ""),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(

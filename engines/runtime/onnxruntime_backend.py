@@ -69,6 +69,7 @@ class OnnxRuntimeBackend(FrameBackend):
         if device == "cuda" and CUDA_PROVIDER not in self._session.get_providers():
             raise EngineError("ONNX Runtime fell back to CPU: the CUDA provider failed to load (CUDA/cuDNN libs?)")
         self.name = f"onnxruntime-{device}"
+        self.precision = "int8" if self.info.quantized else "fp32"
         self.num_threads = opts.intra_op_num_threads
         log.info("%s loaded %s (%d threads)", self.name, onnx_path, self.num_threads)
 

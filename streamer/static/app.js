@@ -139,7 +139,7 @@ async function loadInfo() {
   const info = await resp.json();
   state.info = info;
   buildControls(info);
-  if (info.backend) showBackend(info.backend.name, info.backend.reason, info.backend.precision);
+  if (info.backend) showBackend(info.backend.name);
   else ui.backend.textContent = "–";
   emit("info", info);
   return info;
@@ -147,11 +147,11 @@ async function loadInfo() {
 
 class ServerError extends Error {}
 
-// The readout's backend: its name (and precision, where the server says), why in the tooltip.
-function showBackend(name, reason, precision) {
-  const prec = precision || (state.info && state.info.backend && state.info.backend.precision);
-  ui.backend.textContent = prec && !name.endsWith(prec) ? `${name} · ${prec}` : name;
-  if (reason) ui.backend.title = reason;
+// The readout's backend: its name and precision ("openvino-cpu · bf16"); why each, in the tooltip.
+function showBackend(name) {
+  const b = (state.info && state.info.backend) || {};
+  ui.backend.textContent = b.precision && !name.endsWith(b.precision) ? `${name} · ${b.precision}` : name;
+  ui.backend.title = [b.reason, b.precision_reason && `precision ${b.precision_reason}`].filter(Boolean).join("\n");
 }
 
 function buildControls(info) {
@@ -345,7 +345,7 @@ function onControlMessage(ev) {
     ui.serverFps.title = `frames in → out per second; ${msg.dropped ?? 0} dropped`;
     ui.infer.textContent = typeof msg.infer_ms === "number" ? `${msg.infer_ms.toFixed(1)} ms` : "–";
     if (msg.resolution) showAutoSize(msg.resolution); // the size actually sent
-    if (msg.backend) showBackend(msg.backend, state.info && state.info.backend && state.info.backend.reason);
+    if (msg.backend) showBackend(msg.backend);
     if (msg.error) {
       showMessage(`The server reports a problem: ${msg.error}`);
       ui.message.dataset.source = "stats";
