@@ -9,7 +9,10 @@ writes into ``--out``:
 - ``<name>.onnx``: exported and checked against torch (``engines.export``);
 - ``thumbnails/<i>.jpg``: a 160x160 thumbnail of style i's painting, found at
   the path recorded in the checkpoint's training config or, failing that, by
-  its file name under ``--paintings`` folders.
+  its file name under ``--paintings`` folders;
+- ``<name>.int8.onnx``: the INT8 model (``engines.quantize``, calibrated on
+  ``--calib`` photos or the checkpoint's content folder), only if it passes its
+  quality gate; ``load_backend`` runs it where it measures faster.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from PIL import Image, ImageOps
 
 from common.paths import MODELS_DIR
 from engines.export import export_onnx
+from engines.runtime.base import EngineError
 from engines.runtime.model import read_model_info
 from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import find_images, find_painting
@@ -70,6 +74,8 @@ def ship(
     name: str,
     paintings: Sequence[Path] = (),
     thumbnails_from: Sequence[Path] = (MODELS_DIR,),
+    calib: Path | None = None,
+    int8: bool = True,
 ) -> list[Path]:
     """Write the serving files for ``checkpoint`` into ``out_dir``; returns their paths.
 
@@ -77,6 +83,10 @@ def ship(
     under ``paintings``), else from a shipped model folder in ``thumbnails_from`` that has
     a style of the same name (so a model extended with ``add-style`` keeps the default
     model's thumbnails without its training data).
+
+    With ``int8`` (and photos: ``calib``, else the folder the checkpoint was trained on),
+    ``<name>.int8.onnx`` is made by ``engines.quantize`` and kept only if it passes its
+    quality gate; a stale one from an earlier model is removed either way.
     """
     ckpt = load_checkpoint(checkpoint)
     train = dict(ckpt.train)
@@ -125,6 +135,21 @@ def ship(
                 f"{recorded.get(style.source)!r}); pass the folder that holds it with --paintings"
             )
         log.info("style %d %r: thumbnail from %s", i, style.name, painting)
+    stale = out_dir / f"{name}.int8.onnx"
+    stale.unlink(missing_ok=True)  # it belongs to the model that was here before
+    photos = calib or (Path(content_dir) if content_dir and Path(content_dir).is_dir() else None)
+    if int8 and photos is None:
+        log.warning("no INT8 model: no photos to calibrate on (pass --calib DIR)")
+    elif int8 and photos is not None:
+        from engines.quantize import format_gates, quantize
+
+        search = [*paintings, *{Path(p).parent for p in recorded.values() if Path(p).is_file()}]
+        made, gates = quantize(onnx_path, photos, stale, paintings=tuple(search))
+        log.info("INT8 quality gate:\n%s", format_gates(gates))
+        if made is not None:
+            written.append(made)
+        else:
+            log.warning("no INT8 model: none passed the quality gate (see the table above)")
     return written
 
 
@@ -138,12 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", default="default", help="file stem of the shipped model")
     p.add_argument("--paintings", type=Path, action="append", default=[],
                    help="folder to search for paintings whose recorded path no longer exists (repeatable)")  # fmt: skip
+    p.add_argument("--calib", type=Path, help="photos for the INT8 model (default: the checkpoint's content folder)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="also make <name>.int8.onnx, kept only if it passes its gate (default: on)")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        for path in ship(args.checkpoint, args.out, args.name, args.paintings):
+        for path in ship(args.checkpoint, args.out, args.name, args.paintings, calib=args.calib, int8=args.int8):
             print(path)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

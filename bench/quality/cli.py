@@ -71,7 +71,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.data import PAINTINGS, PHOTOS, VIDEO
-from bench.metrics import FlowEstimator, FlowPair, VggMetrics, style_distance
+from bench.metrics import FlowEstimator, FlowPair
 from bench.peer import PEER_STYLES, peer_model_path
 from bench.quality.inputs import painting_crops, painting_path, parse_indices, read_video, select_photos
 from bench.quality.models import Model, load_model, load_peer
@@ -79,6 +79,7 @@ from bench.quality.report import DEFINITIONS, Row, check_targets, markdown_table
 from bench.quality.scoring import Painting, PhotoScores, Result, score_peer, score_photos, video_scores
 from bench.results import write_json
 from common.paths import DEFAULT_CHECKPOINT
+from trainer.metrics import VggMetrics, style_distance
 
 log = logging.getLogger("bench.quality")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.metrics import STYLE_LAYERS
 from bench.quality.scoring import Painting, Result
+from trainer.losses import STYLE_LAYERS
 
 TARGET_WARP_GAIN = 0.30  # spec: warping error at least 30% lower than the peer's
 

@@ -10,18 +10,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bench.metrics import (
-    STYLE_LAYERS,
-    FlowPair,
-    VggMetrics,
-    VggStats,
-    content_distance,
-    edge_f1,
-    style_distance_layers,
-    warp_error,
-)
+from bench.metrics import FlowPair, edge_f1, warp_error
 from bench.peer import PEER_STYLES
 from bench.quality.models import Model, Stylize
+from trainer.losses import STYLE_LAYERS
+from trainer.metrics import VggMetrics, VggStats, content_distance, style_distance_layers
 
 
 @dataclass

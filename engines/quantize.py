@@ -1,0 +1,379 @@
+"""Post-training static INT8 quantization of an exported model, shipped only if it keeps the picture.
+
+    python -m engines quantize engines/models/default.onnx --calib photos/ --out engines/models/default.int8.onnx
+
+The photos are split: most calibrate (the activation ranges of every quantized
+layer, each photo with one style or an even mix), a held-out part (every
+``len/holdout``-th photo) judges. Two quantizers are tried where installed and
+the better one is kept:
+
+* ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8
+  activations, MinMax ranges);
+* NNCF (``pip install nncf``), OpenVINO's own quantizer, on the ONNX graph.
+
+Only the convolutions are quantized: the uint8 input and output conversions, the
+style-affine MatMul and the instance norms stay in float, where rounding them
+would shift colours (the norms' statistics) or mix styles wrongly.
+
+The quality gate, on the held-out photos, every style and two mixes: PSNR against
+the float32 output at least ``--psnr-floor`` dB on every image, and the quality bench's style
+and content distance (``trainer.metrics``) at most ``--max-loss`` (5 %) worse than
+float32's. A model that misses is not written, and the command says by how much.
+The speed (OpenVINO, int8 vs the best float precision here, interleaved) is
+reported beside it; ``load_backend`` uses an INT8 model only where it measures
+faster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+from PIL import Image, ImageOps
+
+from common.cpu import cpu_bf16_flag
+from common.sizes import format_size, parse_size
+from engines.runtime.base import EngineError
+from engines.runtime.model import META_PREFIX, read_model_info
+from engines.runtime.precision import PSNR_FLOOR, psnr
+from trainer.data import find_images, find_painting, load_rgb
+
+log = logging.getLogger(__name__)
+
+METHODS = ("onnxruntime", "nncf")
+MAX_QUALITY_LOSS = 0.05  # int8 style/content distance may be this much (relative) worse than fp32's
+
+
+class QuantizeError(EngineError):
+    """Quantization could not be done (no photos, no quantizer) or its result missed the gate."""
+
+
+@dataclass
+class Gate:
+    """How one quantized model measured against float32 on the held-out photos."""
+
+    method: str
+    psnr_min_db: float
+    psnr_mean_db: float
+    style_fp32: float
+    style_int8: float
+    content_fp32: float
+    content_int8: float
+    ms_int8: float = float("nan")  # OpenVINO, one frame at the speed size
+    ms_float: float = float("nan")  # OpenVINO at the best float precision here
+    float_precision: str = "fp32"
+    misses: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.misses
+
+    def judge(self, psnr_floor: float, max_loss: float) -> None:
+        self.misses = []
+        if self.psnr_min_db < psnr_floor:
+            self.misses.append(
+                f"PSNR {self.psnr_min_db:.1f} dB on the worst held-out image, {psnr_floor - self.psnr_min_db:.1f} dB "
+                f"below the floor {psnr_floor:g}"
+            )
+        for what, f32, i8 in (
+            ("style", self.style_fp32, self.style_int8),
+            ("content", self.content_fp32, self.content_int8),
+        ):
+            loss = i8 / f32 - 1.0 if f32 > 0 else 0.0
+            if loss > max_loss:
+                self.misses.append(
+                    f"{what} distance {i8:.4f} vs {f32:.4f} in fp32: {loss:.1%} worse, allowed {max_loss:.0%}"
+                )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def photo_frames(paths: list[Path], size: tuple[int, int]) -> list[np.ndarray]:
+    """Photos as ``size`` (w, h) uint8 RGB frames: scaled to cover, centre-cropped."""
+    return [np.array(ImageOps.fit(load_rgb(p), size, Image.Resampling.LANCZOS), dtype=np.uint8) for p in paths]
+
+
+def split_photos(folder: Path, calib: int, holdout: int) -> tuple[list[Path], list[Path]]:
+    """(calibration photos, held-out photos): every k-th photo held out, the rest calibrate."""
+    photos = find_images(folder)
+    if len(photos) < 2:
+        raise QuantizeError(f"{folder} has {len(photos)} photos (jpg, png, webp); at least 2 are needed")
+    holdout = max(1, min(holdout, len(photos) // 2))
+    step = len(photos) / holdout
+    held = {int(i * step + step / 2) for i in range(holdout)}
+    rest = [p for i, p in enumerate(photos) if i not in held]
+    pick = np.linspace(0, len(rest) - 1, min(calib, len(rest))).round().astype(int)
+    return [rest[i] for i in sorted(set(pick.tolist()))], [photos[i] for i in sorted(held)]
+
+
+def calibration_feeds(frames: list[np.ndarray], num_styles: int) -> list[dict[str, np.ndarray]]:
+    """One feed per frame: styles in turn, every fourth an even mix (every row's range is seen)."""
+    feeds = []
+    for i, f in enumerate(frames):
+        w = (
+            np.full((1, num_styles), 1.0 / num_styles, np.float32)
+            if i % 4 == 3
+            else np.eye(num_styles, dtype=np.float32)[[i % num_styles]]
+        )
+        feeds.append({"image": np.ascontiguousarray(f[None]), "style": w})
+    return feeds
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(
+        str(src),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],  # not the style MatMul, the norms or the uint8 ends
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # a line per layer otherwise
+
+    model = onnx.load(str(src))
+    # Only the convolutions: left to itself NNCF also quantizes the style input and the
+    # style-affine table, which breaks every mix (measured: 11 dB PSNR on an even mix).
+    others = sorted({n.op_type for n in model.graph.node} - {"Conv"})
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset(feeds),
+        subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(types=others, validate=False),
+    )
+    onnx.save_model(quantized, str(dst), save_as_external_data=False)
+
+
+QUANTIZERS: dict[str, Callable[[Path, Path, list[dict[str, np.ndarray]]], None]] = {
+    "onnxruntime": _quantize_onnxruntime,
+    "nncf": _quantize_nncf,
+}
+
+
+def available_methods() -> list[str]:
+    import importlib.util
+
+    return [m for m in METHODS if importlib.util.find_spec(m if m == "nncf" else "onnxruntime.quantization")]
+
+
+def _stamp(src: Path, dst: Path, extra: dict[str, Any]) -> None:
+    """Give the quantized file the float model's stylecast metadata, marked int8."""
+    model = onnx.load(str(dst))
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    meta[META_PREFIX + "quantized"] = "int8"
+    meta[META_PREFIX + "quantization"] = json.dumps(extra)
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save_model(model, str(dst), save_as_external_data=False)
+
+
+# ----------------------------------------------------------------------------- gate
+
+
+def _reference_grams(model: Path, sources: list[str], search: list[Path], vgg: Any) -> list[dict[str, Any]]:
+    """Gram matrices of each style's painting: found by file name under ``search``, else the model's thumbnail."""
+    grams = []
+    for i, source in enumerate(sources):
+        painting = find_painting(source, search) or (model.parent / "thumbnails" / f"{i}.jpg")
+        if not painting.is_file():
+            raise QuantizeError(
+                f"painting {source!r} of style {i} not found (looked under {[str(s) for s in search]} and "
+                f"{painting}); pass --paintings DIR"
+            )
+        img = np.asarray(ImageOps.fit(load_rgb(painting), (256, 256), Image.Resampling.LANCZOS), dtype=np.uint8)
+        grams.append(vgg.stats(img).grams)
+    return grams
+
+
+def _time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 15) -> dict[str, float]:
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(2):
+        for c in calls.values():
+            c()
+    for _ in range(rounds):
+        for k, c in calls.items():
+            t0 = time.perf_counter()
+            c()
+            samples[k].append((time.perf_counter() - t0) * 1000.0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def gate(
+    model: Path,
+    quantized: Path,
+    method: str,
+    frames: list[np.ndarray],
+    grams: list[dict[str, Any]],
+    vgg: Any,
+    speed_size: tuple[int, int],
+    threads: int | None,
+) -> Gate:
+    """Measure ``quantized`` against ``model`` (float32) on ``frames`` with every style, on OpenVINO."""
+    from engines.runtime.openvino_backend import OpenVinoBackend
+    from trainer.metrics import content_distance, style_distance
+
+    ref = OpenVinoBackend(model, num_threads=threads, precision="fp32")
+    q8 = OpenVinoBackend(quantized, num_threads=threads, precision="int8")
+    n = len(ref.styles)
+    dbs: list[float] = []
+    style: dict[str, list[float]] = {"fp32": [], "int8": []}
+    content: dict[str, list[float]] = {"fp32": [], "int8": []}
+    eye = np.eye(n, dtype=np.float32)
+    for frame in frames:
+        content_in = vgg.stats(frame).content
+        for s in range(n):
+            outs = {"fp32": ref.stylize(frame, eye[s]), "int8": q8.stylize(frame, eye[s])}
+            dbs.append(psnr(outs["int8"], outs["fp32"]))
+            for k, out in outs.items():
+                st = vgg.stats(out)
+                style[k].append(style_distance(st.grams, grams[s]))
+                content[k].append(content_distance(st.content, content_in))
+        # Mixes go through the same quantized layers with in-between affines: they must hold too.
+        for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1]):
+            dbs.append(psnr(q8.stylize(frame, mix), ref.stylize(frame, mix)))
+    result = Gate(
+        method=method,
+        psnr_min_db=min(dbs),
+        psnr_mean_db=float(np.mean([min(d, 99.0) for d in dbs])),
+        style_fp32=float(np.mean(style["fp32"])),
+        style_int8=float(np.mean(style["int8"])),
+        content_fp32=float(np.mean(content["fp32"])),
+        content_int8=float(np.mean(content["int8"])),
+    )
+    w, h = speed_size
+    frame = cv2.resize(frames[0], (w, h), interpolation=cv2.INTER_LINEAR)
+    weights = np.eye(n, dtype=np.float32)[0]
+    result.float_precision = "bf16" if cpu_bf16_flag() else "fp32"
+    fast = OpenVinoBackend(model, num_threads=threads, precision=result.float_precision)
+    ms = _time_interleaved({"int8": lambda: q8.stylize(frame, weights), "float": lambda: fast.stylize(frame, weights)})
+    result.ms_int8, result.ms_float = ms["int8"], ms["float"]
+    for b in (ref, q8, fast):
+        b.close()
+    return result
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def quantize(
+    model: str | Path,
+    calib: str | Path,
+    out: str | Path | None = None,
+    *,
+    method: str = "auto",
+    calib_photos: int = 32,
+    holdout_photos: int = 6,
+    size: str = "320x240",
+    speed_size: str = "640x480",
+    psnr_floor: float = PSNR_FLOOR["int8"],
+    max_loss: float = MAX_QUALITY_LOSS,
+    paintings: tuple[Path, ...] = (),
+    threads: int | None = None,
+) -> tuple[Path | None, list[Gate]]:
+    """Quantize ``model`` with each method, gate each, write the best passing one to ``out``.
+
+    Returns (the path written or None, every method's gate). Raises
+    :class:`QuantizeError` when no photos or no quantizer are available.
+    """
+    from trainer.metrics import VggMetrics
+
+    model = Path(model)
+    info = read_model_info(model)
+    if info.quantized:
+        raise QuantizeError(f"{model} is already quantized ({info.quantized})")
+    out = Path(out) if out is not None else model.with_name(model.stem + ".int8.onnx")
+    methods = available_methods() if method == "auto" else [method]
+    if method != "auto" and method not in available_methods():
+        raise QuantizeError(
+            f"quantizer {method!r} is not installed" + (" (pip install nncf)" if method == "nncf" else "")
+        )
+    if not methods:
+        raise QuantizeError("no quantizer installed (onnxruntime's, or pip install nncf)")
+    wh = parse_size(size)
+    calib_paths, held_paths = split_photos(Path(calib), calib_photos, holdout_photos)
+    log.info("calibrating on %d photos, judging on %d held-out photos at %s", len(calib_paths), len(held_paths), size)
+    feeds = calibration_feeds(photo_frames(calib_paths, wh), len(info.styles))
+    held = photo_frames(held_paths, wh)
+    vgg = VggMetrics()
+    grams = _reference_grams(model, info.sources, [Path(p) for p in paintings], vgg)
+    gates: list[Gate] = []
+    with tempfile.TemporaryDirectory(prefix="stylecast-int8-") as tmp:
+        candidates: dict[str, Path] = {}
+        for m in methods:
+            dst = Path(tmp) / f"{m}.onnx"
+            t0 = time.perf_counter()
+            QUANTIZERS[m](model, dst, feeds)
+            log.info("%s quantized %s in %.1f s", m, model.name, time.perf_counter() - t0)
+            _stamp(model, dst, {"method": m, "calibration_photos": len(calib_paths), "size": format_size(wh)})
+            g = gate(model, dst, m, held, grams, vgg, parse_size(speed_size), threads)
+            g.judge(psnr_floor, max_loss)
+            gates.append(g)
+            candidates[m] = dst
+        passing = sorted((g for g in gates if g.passed), key=lambda g: (-g.psnr_mean_db, g.ms_int8))
+        if not passing:
+            return None, gates
+        best = passing[0]
+        _stamp(model, candidates[best.method], {
+            "method": best.method, "calibration_photos": len(calib_paths), "size": format_size(wh),
+            "gate": {k: v for k, v in asdict(best).items() if k != "misses"},
+        })  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(f".{out.name}.tmp")
+        tmp_out.write_bytes(candidates[best.method].read_bytes())
+        tmp_out.replace(out)
+    return out, gates
+
+
+def format_gates(gates: list[Gate]) -> str:
+    """A table of every method's gate."""
+    lines = [
+        "| method | PSNR min / mean dB | style dist fp32 -> int8 | content dist fp32 -> int8 "
+        "| ms int8 vs float | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for g in gates:
+        verdict = "passed" if g.passed else "missed: " + "; ".join(g.misses)
+        lines.append(
+            f"| {g.method} | {g.psnr_min_db:.1f} / {g.psnr_mean_db:.1f} | {g.style_fp32:.4f} -> {g.style_int8:.4f} "
+            f"| {g.content_fp32:.4f} -> {g.content_int8:.4f} "
+            f"| {g.ms_int8:.1f} vs {g.ms_float:.1f} ({g.float_precision}) | {verdict} |"
+        )
+    return "\n".join(lines)
