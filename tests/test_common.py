@@ -129,4 +129,4 @@ def test_the_trainer_command_lines_default_to_the_config_dataclasses() -> None:
     cfg = from_args(AddStyleConfig, args, style="p.png", losses=from_args(LossWeights, args, LOSS, adversarial=0.0))
     want = AddStyleConfig(style="p.png", base="b", content_dir="c", out="o", losses=LossWeights(style=3, adversarial=0))
     assert cfg == want
-    assert (cfg.size, cfg.batch, cfg.style_size) == (TrainConfig.size, TrainConfig.batch, TrainConfig.style_size)
+    assert (cfg.batch, cfg.style_size, cfg.precision) == (TrainConfig.batch, TrainConfig.style_size, "auto")

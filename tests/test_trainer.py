@@ -207,6 +207,30 @@ def test_train_without_gan_leaves_no_adversarial_term(data: tuple[Path, list[Pat
     assert "adv_g" not in stats and "d" not in stats
 
 
+def test_bf16_training_tracks_fp32(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """Same seed, same data: the bf16 autocast run's losses stay close to the float32 run's, step by step."""
+    losses: dict[str, list[dict[str, float]]] = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _config(data, tmp_path / f"{precision}.safetensors", steps=5, size=48, precision=precision)
+        trainer = Trainer(cfg, on_step=lambda step, stats, p=precision: losses.setdefault(p, []).append(stats))
+        assert trainer.autocast.precision == precision
+        trainer.run(progress=False)
+    for step, (a, b) in enumerate(zip(losses["fp32"], losses["bf16"], strict=True)):
+        for key in ("content", "style", "temporal", "total"):
+            assert b[key] == pytest.approx(a[key], rel=0.1), (step, key, a[key], b[key])
+    assert losses["fp32"] != losses["bf16"]  # really two different arithmetics
+
+
+def test_auto_precision_follows_the_cpu() -> None:
+    from common.cpu import cpu_bf16_flag
+    from trainer.precision import pick_autocast
+
+    auto = pick_autocast("auto", torch.device("cpu"))
+    assert auto.precision == ("bf16" if cpu_bf16_flag() else "fp32") and auto.reason.startswith("auto: ")
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        pick_autocast("fp16", torch.device("cpu"))
+
+
 def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     tr = Trainer(_config(data, out))

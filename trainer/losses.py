@@ -30,7 +30,8 @@ class PerceptualLoss(torch.nn.Module):
         self.style_grams: dict[str, torch.Tensor] = {}
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v / self.feature_scale for k, v in self.vgg(x, STYLE_LAYERS).items()}
+        # float32 out whatever the autocast: Gram matrices and losses are taken in float32.
+        return {k: v.float() / self.feature_scale for k, v in self.vgg(x, STYLE_LAYERS).items()}
 
     @torch.no_grad()
     def style_targets(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,11 +53,12 @@ class PerceptualLoss(torch.nn.Module):
         out_f = self.features(output)
         with torch.no_grad():
             content_f = self.features(content)[CONTENT_LAYER]
-        l_content = F.mse_loss(out_f[CONTENT_LAYER], content_f)
-        l_style = output.new_zeros(())
-        for layer in STYLE_LAYERS:
-            target = torch.einsum("ns,scd->ncd", style_weights, self.style_grams[layer])
-            l_style = l_style + F.mse_loss(gram(out_f[layer]), target, reduction="sum") / output.shape[0]
+        with torch.autocast(output.device.type, enabled=False):  # Grams and losses in float32
+            l_content = F.mse_loss(out_f[CONTENT_LAYER], content_f)
+            l_style = out_f[CONTENT_LAYER].new_zeros(())
+            for layer in STYLE_LAYERS:
+                target = torch.einsum("ns,scd->ncd", style_weights.float(), self.style_grams[layer])
+                l_style = l_style + F.mse_loss(gram(out_f[layer]), target, reduction="sum") / output.shape[0]
         return l_content, l_style, out_f
 
 
@@ -119,4 +121,4 @@ def temporal_loss(
     h, w = ya.shape[-2:]
     ya_o = ya[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     yb_o = yb[..., max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)]
-    return (ya_o - yb_o).abs().mean()
+    return (ya_o.float() - yb_o.float()).abs().mean()  # float32 under any autocast
