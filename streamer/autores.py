@@ -51,7 +51,7 @@ class AutoResolution:
     def __init__(
         self,
         boxes: Sequence[tuple[int, int]],
-        budget: float = 0.7,
+        budget: float,
         down_after_s: float = 0.5,
         up_after_s: float = 2.5,
         up_margin: float = 0.8,
