@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import fractions
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class PatternTrack(MediaStreamTrack):
         self.fps = fps
         self.sent = 0
         self.last_pts = 0
+        self.paused = False  # True: no more frames (a browser that vanished without hanging up)
         self._start: float | None = None
 
     async def recv(self) -> av.VideoFrame:
@@ -70,6 +72,8 @@ class PatternTrack(MediaStreamTrack):
         # Pace to the wall clock (like a camera): frame n is due at start + n / fps.
         due = self._start + self.sent / self.fps
         await asyncio.sleep(max(0.0, due - time.monotonic()))
+        while self.paused and self.readyState == "live":
+            await asyncio.sleep(0.05)
         frame = av.VideoFrame.from_ndarray(self.image, format="rgb24")
         frame.pts = int(self.sent * VIDEO_CLOCK / self.fps)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -120,11 +124,12 @@ class Peer:
                 self.last = frame
                 self._changed.set()
 
-    async def connect(self, http: Any, url: str) -> dict[str, Any]:
-        """Offer to ``url``/offer with the aiohttp ``http`` client; returns the server's JSON answer."""
+    async def connect(self, http: Any, url: str, token: str | None = None) -> dict[str, Any]:
+        """Offer to ``url``/offer with the aiohttp ``http`` client (and the access token); returns the answer."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with http.post(f"{url}/offer", json=offer) as resp:
+        headers = {"X-Stylecast-Token": token} if token else {}
+        async with http.post(f"{url}/offer", json=offer, headers=headers) as resp:
             body = await resp.json()
             if resp.status != 200:
                 raise RuntimeError(f"offer refused ({resp.status}): {body.get('error')}")
@@ -216,16 +221,20 @@ class LocalServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(config: StreamerConfig, backend: Backend) -> AsyncIterator[LocalServer]:
-    """``create_app(config, backend)`` on 127.0.0.1 (a free port) with loopback ICE; stopped on exit."""
+async def serve(
+    config: StreamerConfig, backend: Backend, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[LocalServer]:
+    """``create_app(config, backend)`` on 127.0.0.1 (a free port, https with ``ssl_context``) with
+    loopback ICE; stopped on exit."""
     with loopback_ice():
         app = create_app(config, backend)
         runner = web.AppRunner(app)
         await runner.setup()
         srv: LocalServer | None = None
         try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            srv = LocalServer(f"http://127.0.0.1:{runner.addresses[0][1]}", app, runner, backend)
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+            scheme = "https" if ssl_context else "http"
+            srv = LocalServer(f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", app, runner, backend)
             yield srv
         finally:
             if srv is not None:

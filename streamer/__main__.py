@@ -6,6 +6,7 @@
     python -m streamer --max-sessions 2 --transition-ms 500
     python -m streamer --default-resolution 640x480      # a fixed size instead of auto
     python -m streamer --ice-server stun:stun.example.org:3478   # peers behind NAT
+    python -m streamer --host 0.0.0.0 --port 8443 --self-signed --token generate   # for phones on the LAN
 
 Open the URL in a browser (localhost, or https elsewhere: browsers only give the
 camera to secure origins), press "Start camera". ``/health`` and ``/metrics`` are
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 
 from common.cli import add_options, from_args
 from common.paths import DEFAULT_MODEL
@@ -51,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = from_args(StreamerConfig, args)
+        config = secure(config)
     except ValueError as e:
         parser.error(str(e))
     if config.model_path == DEFAULT_MODEL and not DEFAULT_MODEL.is_file():
@@ -63,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from engines.runtime import EngineError, load_backend
     from streamer.app import create_app
 
+    try:
+        ssl_context = tls_context(config)
+    except (OSError, ValueError) as e:
+        log.error("cannot use the TLS certificate: %s", e)
+        return 2
     try:
         backend = load_backend(
             config.model_path, backend=config.backend, num_threads=config.num_threads, precision=config.precision
@@ -78,11 +89,76 @@ def main(argv: Sequence[str] | None = None) -> int:
             create_app(config, backend),
             host=config.host,
             port=config.port,
-            print=lambda _msg: log.info("serving on http://%s:%d", config.host, config.port),
+            ssl_context=ssl_context,
+            access_log_class=AccessLog,
+            print=lambda _msg: log.info("serving on %s", page_url(config)),
         )
     finally:
         backend.close()
+    log.info("stopped")
     return 0
+
+
+def secure(config: StreamerConfig) -> StreamerConfig:
+    """The config with its token settled: --token, else $STYLECAST_TOKEN; 'generate' makes one.
+
+    Refuses (ValueError) a non-loopback address without a token, unless --no-auth.
+    """
+    import dataclasses
+    import os
+    import secrets
+
+    from streamer.security import is_loopback
+
+    token = config.token or os.environ.get("STYLECAST_TOKEN") or None
+    if token == "generate":
+        token = secrets.token_urlsafe(18)
+    if token is None and not is_loopback(config.host) and not config.no_auth:
+        raise ValueError(
+            f"--host {config.host} lets other machines in: give an access token (--token TOKEN, --token generate "
+            "or STYLECAST_TOKEN), or pass --no-auth to serve without one"
+        )
+    if token is not None and config.no_auth:
+        raise ValueError("--no-auth and a token contradict each other: leave one out")
+    return dataclasses.replace(config, token=token)
+
+
+def tls_context(config: StreamerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context for --cert/--key or --self-signed; None for plain http."""
+    if not config.tls:
+        return None
+    from streamer.security import self_signed
+
+    cert, key = config.cert, config.key
+    if config.self_signed:
+        cert, key, made = self_signed(config.tls_dir)
+        log.info("%s self-signed certificate %s", "made a" if made else "reusing the", cert)
+    assert cert is not None and key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def page_url(config: StreamerConfig) -> str:
+    """The URL to open, with the token (the page keeps it and takes it out of the address bar)."""
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    if config.host in ("0.0.0.0", "::"):
+        from streamer.security import machine_names
+
+        lan = [a for a in machine_names()[1] if "." in a and not a.startswith("127.")]
+        host = lan[0] if lan else host
+    url = f"{'https' if config.tls else 'http'}://{host}:{config.port}/"
+    return url + (f"?token={config.token}" if config.token else "")
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request, without query strings: the page's first load carries the token."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.1f ms', request.remote, request.method, request.path, response.status,
+            response.body_length, time * 1000,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 ``create_app(config, backend)`` builds everything (no module-level state): the
 shared inference worker starts with the app and stops with it, and shutdown
-closes every peer connection. Routes::
+tells every page, then closes every peer connection. With ``config.token`` set,
+the API, the thumbnails and (unless ``public_metrics``) ``/metrics`` need it
+(``streamer.security``); ``/health`` answers everyone but names no sessions or
+paths without it. Routes::
 
     GET  /                 the page (static/index.html)
     GET  /static/...       the page's files
     GET  /api/info         styles (with thumbnail URLs), presets, backend, resolutions ("auto" first)
     GET  /styles/{i}.jpg   painting thumbnail of style i (404 if the model ships none)
     POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
-    GET  /health           JSON: backend and why, model and styles, sessions
+    GET  /health           JSON: status; with the token also backend and why, model and styles, sessions
     GET  /metrics          Prometheus text
 """
 
@@ -20,13 +23,16 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from engines.runtime.base import Backend
 from streamer import metrics
 from streamer.config import AUTO_RESOLUTION, StreamerConfig
+from streamer.counters import Counters
 from streamer.mixer import Preset, build_presets
+from streamer.security import KeyedBuckets, presented_token, token_matches
 from streamer.session import OfferError, Session
 from streamer.worker import InferenceWorker
 
@@ -44,9 +50,36 @@ class Server:
         self.worker = InferenceWorker(backend, max_batch=config.max_batch)
         self.sessions: dict[str, Session] = {}
         self.sessions_started = 0
+        self.counters = Counters()  # refusals and drops, server-wide (no session detail)
+        self.offers = KeyedBuckets(config.offer_rate, config.offer_burst)  # per client address
+        self.shutting_down = False
         self.registry = metrics.registry_for(
-            lambda: self.sessions.values(), self.worker, config.max_sessions, lambda: self.sessions_started
+            lambda: self.sessions.values(),
+            self.worker,
+            config.max_sessions,
+            lambda: self.sessions_started,
+            self.counters,
         )
+
+    # ------------------------------------------------------------------ access
+
+    def authorized(self, request: web.Request) -> bool:
+        """Whether the request may see what the token guards (always, where no token is set)."""
+        token = self.config.token
+        return token is None or token_matches(token, presented_token(request.headers, request.query))
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        guarded = path == "/offer" or path.startswith(("/api/", "/styles/"))
+        guarded = guarded or (path == "/metrics" and not self.config.public_metrics)
+        if guarded and not self.authorized(request):
+            self.counters.unauthorized += 1
+            log.debug("refused %s %s from %s: no or wrong token", request.method, path, request.remote)
+            return _error(
+                401, "the access token is missing or wrong: open the URL with ?token=... that the server printed"
+            )
+        return await handler(request)
 
     @property
     def backend_info(self) -> dict[str, str]:
@@ -100,7 +133,24 @@ class Server:
             raise web.HTTPNotFound(text=f"no thumbnail for style {index}")
         return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
+    def pending(self) -> int:
+        """Sessions answered whose peer has not connected yet."""
+        return sum(1 for s in self.sessions.values() if not s.closed and s.pc.connectionState != "connected")
+
     async def offer(self, request: web.Request) -> web.Response:
+        # Cheap refusals first, before the body is read.
+        if self.shutting_down:
+            return _error(503, "the server is shutting down")
+        client = request.remote or "?"
+        if not self.offers.take(client):
+            self.counters.offers_limited += 1
+            wait = max(1, round(self.offers.wait_s(client) + 0.5))
+            resp = _error(429, f"too many connection attempts from {client}: try again in {wait} s")
+            resp.headers["Retry-After"] = str(wait)
+            return resp
+        if self.pending() >= self.config.max_pending:
+            self.counters.offers_limited += 1
+            return _error(503, f"{self.config.max_pending} connections are being set up already; try again shortly")
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
@@ -114,7 +164,13 @@ class Server:
                 "(--max-sessions); try again when one ends",
             )
         session = Session(
-            self.config, self.worker, self.styles, self.presets, self.backend.name, on_closed=self._forget
+            self.config,
+            self.worker,
+            self.styles,
+            self.presets,
+            self.backend.name,
+            on_closed=self._forget,
+            counters=self.counters,
         )
         # Registered before the first await, so concurrent offers count against the limit.
         self.sessions[session.id] = session
@@ -132,9 +188,12 @@ class Server:
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
 
     async def health(self, request: web.Request) -> web.Response:
+        status = "shutting down" if self.shutting_down else "ok"
+        if not self.authorized(request):  # for a load balancer: alive or not, nothing more
+            return web.json_response({"status": status})
         return web.json_response(
             {
-                "status": "ok",
+                "status": status,
                 "backend": self.backend_info,
                 "model": {
                     "path": str(self.config.model_path),
@@ -154,11 +213,22 @@ class Server:
         self.sessions.pop(session.id, None)
 
     async def close_all(self) -> None:
-        """Close every peer connection (the app's on_shutdown)."""
+        """Close every peer connection."""
         sessions = list(self.sessions.values())
         if sessions:
             log.info("closing %d session(s)", len(sessions))
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Refuse new offers, tell every page, give the message a moment, close (the app's on_shutdown)."""
+        self.shutting_down = True
+        told = [
+            s for s in self.sessions.values() if s.say({"type": "shutdown", "message": "the server is shutting down"})
+        ]
+        if told:
+            log.info("told %d page(s) the server is shutting down", len(told))
+            await asyncio.sleep(self.config.shutdown_grace_s)
+        await self.close_all()
 
     async def worker_context(self, app: web.Application) -> AsyncIterator[None]:
         self.worker.start()
@@ -182,7 +252,7 @@ def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
     server object is at ``app[SERVER_KEY]`` (sessions, worker, counters).
     """
     server = Server(config, backend)
-    app = web.Application(client_max_size=1024 * 1024)  # an SDP offer is a few kB
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[server.guard])  # an SDP offer is a few kB
     app[SERVER_KEY] = server
     app.router.add_get("/", server.index)
     app.router.add_get("/api/info", server.info)
@@ -194,6 +264,6 @@ def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
         app.router.add_static("/static", config.static_dir)
     else:
         log.warning("no static folder %s: the page will not be served", config.static_dir)
-    app.on_shutdown.append(lambda _app: server.close_all())
+    app.on_shutdown.append(lambda _app: server.shutdown())
     app.cleanup_ctx.append(server.worker_context)
     return app

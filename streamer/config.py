@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import opt
-from common.paths import DEFAULT_MODEL
+from common.paths import DEFAULT_MODEL, user_data_dir
 from common.sizes import format_size, parse_size
 from engines.runtime.base import BACKEND_CHOICES
 from engines.runtime.precision import PRECISIONS
@@ -102,7 +102,51 @@ class StreamerConfig:
         metavar="URL",
     )
 
+    # ----------------------------------------------------------------- access, TLS and limits
+    token: str | None = opt(
+        None,
+        "access token required on /offer, /api/*, the thumbnails and /metrics (default: $STYLECAST_TOKEN); "
+        "'generate' makes a random one; the startup log prints the URL with it",
+        metavar="TOKEN",
+    )
+    no_auth: bool = opt(False, "serve without a token on a non-loopback address (refused otherwise)")
+    public_metrics: bool = opt(False, "serve /metrics without the token (for a scraper on a trusted network)")
+    cert: Path | None = opt(None, "TLS certificate (PEM); with --key the server speaks https")
+    key: Path | None = opt(None, "TLS private key (PEM) for --cert")
+    self_signed: bool = opt(
+        False,
+        "https with a certificate for this machine's names and addresses, made once and reused "
+        "(kept in --tls-dir); browsers warn once, then the camera works from other devices",
+    )
+    tls_dir: Path = opt(user_data_dir() / "tls", "where --self-signed keeps its certificate and key")
+    control_rate: float = opt(30.0, "control messages a session may send per second (excess dropped)")
+    control_burst: int = opt(60, "control messages a session may send at once")
+    flood_factor: float = opt(
+        10.0,
+        "close a session that sends control messages at this many times --control-rate for a second "
+        "(a flood costs every session's frames before it can be dropped)",
+    )
+    offer_rate: float = opt(0.5, "offers per second per client address (a new session every 2 s)")
+    offer_burst: int = opt(5, "offers a client address may make at once")
+    max_pending: int = opt(4, "offers answered whose peer has not connected yet (further ones get 503)")
+    idle_timeout_s: float = opt(
+        10.0, "close a session that received no video frame for this many seconds", flag="--idle-timeout"
+    )
+    max_session_minutes: float | None = opt(None, "close every session after this many minutes (default: never)")
+    shutdown_grace_s: float = 1.0  # on SIGTERM: how long pages get to read the shutdown message (s)
+
     def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+        if self.self_signed and self.cert is not None:
+            raise ValueError("--self-signed makes its own certificate: leave out --cert and --key")
+        for name in ("control_rate", "offer_rate", "idle_timeout_s", "flood_factor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.control_burst < 1 or self.offer_burst < 1 or self.max_pending < 1:
+            raise ValueError("control_burst, offer_burst and max_pending must be at least 1")
+        if self.max_session_minutes is not None and self.max_session_minutes <= 0:
+            raise ValueError(f"max_session_minutes must be positive, got {self.max_session_minutes}")
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions}")
         if not self.resolutions:
@@ -135,6 +179,10 @@ class StreamerConfig:
     def boxes(self) -> list[tuple[int, int]]:
         """``resolutions`` as (width, height) boxes."""
         return [parse_size(r) for r in self.resolutions]
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None or self.self_signed
 
     @property
     def thumbnails(self) -> Path:

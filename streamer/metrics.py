@@ -17,10 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from streamer.counters import Counters
 from streamer.session import Session
 from streamer.worker import InferenceWorker
 
-__all__ = ["CONTENT_TYPE", "registry_for", "render"]
+__all__ = ["CONTENT_TYPE", "Counters", "registry_for", "render"]
 
 # Text format 0.0.4, which every Prometheus reads (our names are plain ASCII, so the
 # rendering is the same as 1.0.0's; the library's default header names 1.0.0).
@@ -55,9 +56,10 @@ class _ServerCollector(Collector):
         worker: InferenceWorker,
         max_sessions: int,
         sessions_started: Callable[[], int],
+        counters: Counters,
     ) -> None:
         self.sessions, self.worker = sessions, worker
-        self.max_sessions, self.sessions_started = max_sessions, sessions_started
+        self.max_sessions, self.sessions_started, self.counters = max_sessions, sessions_started, counters
 
     def collect(self) -> Iterator[Any]:
         sessions = list(self.sessions())
@@ -82,6 +84,20 @@ class _ServerCollector(Collector):
         yield CounterMetricFamily(
             "stylecast_sessions_started", "Offers answered since the server started.", value=self.sessions_started()
         )
+        c = self.counters
+        yield CounterMetricFamily(
+            "stylecast_unauthorized_requests", "Requests refused for a missing or wrong token.", value=c.unauthorized
+        )
+        yield CounterMetricFamily(
+            "stylecast_offers_limited",
+            "Offers refused by the per-address rate or the pending cap.",
+            value=c.offers_limited,
+        )
+        yield CounterMetricFamily(
+            "stylecast_control_dropped",
+            "Control messages dropped over a session's rate limit.",
+            value=c.control_dropped,
+        )
 
 
 def registry_for(
@@ -89,10 +105,11 @@ def registry_for(
     worker: InferenceWorker,
     max_sessions: int,
     sessions_started: Callable[[], int],
+    counters: Counters,
 ) -> CollectorRegistry:
     """A registry of one app's metrics (``auto_describe`` off: the collector is read only when scraped)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(sessions, worker, max_sessions, sessions_started))
+    registry.register(_ServerCollector(sessions, worker, max_sessions, sessions_started, counters))
     return registry
 
 
