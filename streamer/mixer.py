@@ -28,6 +28,8 @@ from common.mix import style_index
 from common.sizes import parse_size
 from streamer.config import AUTO_RESOLUTION
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a client's numbers must survive becoming float32
+
 
 class ControlError(ValueError):
     """A control message the session cannot apply; the message is sent back to the client."""
@@ -230,8 +232,11 @@ class Mixer:
                 w[idx] = _number(v, f"weight for {key!r}", 0.0, None)
         else:
             raise ControlError("weights must be a list of numbers or an object {style: weight}")
-        if float(w.sum()) <= 0.0:
+        total = float(w.astype(np.float64).sum())
+        if total <= 0.0:
             raise ControlError("weights must not all be zero: give at least one style a positive weight")
+        if not (total <= FLOAT32_MAX and np.isfinite(_normalise(w)).all()):
+            raise ControlError("weights must add up to a finite float32: use smaller numbers (only their ratio counts)")
         return w
 
     def _style_index(self, key: str) -> int:
@@ -241,10 +246,22 @@ class Mixer:
             raise ControlError(str(e)) from None
 
 
+def finite_float32(value: Any) -> bool:
+    """Whether a decoded JSON value is a number (not a bool) that float32 holds finitely."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _number(value: Any, what: str, lo: float, hi: float | None) -> float:
-    """A finite JSON number within [lo, hi] (bools are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    """A finite JSON number within [lo, hi] and float32's range (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ControlError(f"{what} must be a number, got {value!r}")
+    if not finite_float32(value):
+        raise ControlError(f"{what} must be a finite number within float32's range, got {str(value)[:40]}")
     if value < lo or (hi is not None and value > hi):
         rng = f"{lo:g}..{hi:g}" if hi is not None else f"non-negative (>= {lo:g})"
         raise ControlError(f"{what} must be {rng}, got {value!r}")

@@ -32,11 +32,17 @@ from aiortc.rtcdatachannel import RTCDataChannel
 
 from streamer.autores import AutoResolution
 from streamer.config import StreamerConfig
-from streamer.mixer import ControlError, Mixer, Preset
+from streamer.counters import Counters
+from streamer.mixer import ControlError, Mixer, Preset, finite_float32
+from streamer.security import TokenBucket
 from streamer.track import LatestFrame, StylizedTrack
 from streamer.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"malformed JSON: {name} is not a number")
 
 
 class OfferError(ValueError):
@@ -54,8 +60,18 @@ class Session:
         presets: list[Preset],
         backend_name: str,
         on_closed: Callable[[Session], None] | None = None,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.counters = counters if counters is not None else Counters()
+        self.clock = clock
+        # Control messages: a token bucket; over it, messages are dropped with at most one
+        # error reply a second, so a flood costs this session's messages, not others' frames.
+        self.bucket = TokenBucket(config.control_rate, config.control_burst, clock)
+        self.control_dropped = 0
+        self._dropped_reply_at = -1e9
+        self._window = (clock(), 0)  # (start, messages) of the current second, for the flood check
         self.config = config
         self.worker = worker
         self.backend_name = backend_name
@@ -69,7 +85,7 @@ class Session:
         )
         # Chooses the processing size while the client asks for "auto"; fed by the track.
         self.auto = AutoResolution(config.boxes, budget=config.auto_budget)
-        self.created = time.monotonic()
+        self.created = clock()
         self.source: LatestFrame | None = None
         self.track: StylizedTrack | None = None
         self.channel: RTCDataChannel | None = None
@@ -77,6 +93,7 @@ class Session:
         self.fps_in = 0.0  # frames per second over the last stats interval
         self.fps_out = 0.0
         self.closed = False
+        self.answered = False  # the offer was applied and answered
         self._on_closed = on_closed
         self._stats_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -102,7 +119,11 @@ class Session:
             raise OfferError(f"the offer's SDP cannot be used: {type(e).__name__}: {e}") from e
         if self.track is None:
             raise OfferError("the offer has no video track: add the camera track before creating the offer")
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as e:  # an offer aiortc took but cannot answer (found by tests/test_fuzz.py)
+            raise OfferError(f"the offer's SDP cannot be answered: {type(e).__name__}: {e}") from e
+        self.answered = True
         loop = asyncio.get_running_loop()
         self._expiry_task = loop.create_task(self.expire_unless_connected(self.config.connect_timeout_s))
         # Runs whether or not the peer opens a control channel: it also rolls the per-interval
@@ -113,7 +134,7 @@ class Session:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "video" or self.track is not None:
             return  # audio, or a second camera: not ours to stylize
-        self.source = LatestFrame(track)
+        self.source = LatestFrame(track, self.clock)
         self.track = StylizedTrack(self.source, self.mixer, self.worker, self.auto)
         # Fired during setRemoteDescription, so the answer sends this track back on the same transceiver.
         self.pc.addTrack(self.track)
@@ -144,8 +165,43 @@ class Session:
     # ------------------------------------------------------------------ control messages
 
     def _on_message(self, message: str | bytes) -> None:
-        reply = self.handle_message(message)
-        self._send(reply)
+        reply = self.receive(message)
+        if reply is not None:
+            self._send(reply)
+
+    def receive(self, message: str | bytes) -> dict[str, Any] | None:
+        """A message off the channel, through the rate limit: the reply to send, or None (dropped).
+
+        A session sending at ``flood_factor`` times the rate for a second is closed: each
+        message costs decryption and parsing before it can be dropped, on the loop that
+        every session's video shares.
+        """
+        now = self.clock()
+        start, count = self._window
+        if now - start >= 1.0:
+            start, count = now, 0
+        self._window = (start, count + 1)
+        if count + 1 > self.config.control_rate * self.config.flood_factor and not self.closed:
+            log.info(
+                "session %s: closing, it flooded the control channel (%d messages in a second)", self.id, count + 1
+            )
+            self.say({"type": "bye", "message": "closed for flooding the control channel"})
+            if self._close_task is None:
+                self._close_task = asyncio.get_running_loop().create_task(self.close())
+            return None
+        if self.bucket.take():
+            return self.handle_message(message)
+        self.control_dropped += 1
+        self.counters.control_dropped += 1
+        if now - self._dropped_reply_at < 1.0:
+            return None
+        self._dropped_reply_at = now
+        log.debug("session %s: dropping control messages over the rate limit", self.id)
+        return {
+            "type": "error",
+            "message": f"too many control messages: at most {self.config.control_rate:g} a second "
+            f"(bursts of {self.config.control_burst}); {self.control_dropped} dropped so far",
+        }
 
     def handle_message(self, message: str | bytes) -> dict[str, Any]:
         """One data-channel message -> the reply (ack, pong or error). Never raises."""
@@ -155,13 +211,15 @@ class Session:
         if isinstance(message, bytes):
             return self._error("binary messages are not supported: send JSON text")
         try:
-            msg = json.loads(message)
+            msg = json.loads(message, parse_constant=_no_constants)
         except (json.JSONDecodeError, RecursionError) as e:
             return self._error(f"malformed JSON: {e}")
+        except ValueError as e:  # NaN, Infinity
+            return self._error(str(e))
         if isinstance(msg, dict) and msg.get("type") == "ping":
             t = msg.get("t")
-            if isinstance(t, bool) or not isinstance(t, int | float):
-                return self._error("ping needs a number t (it is echoed back in the pong)")
+            if not finite_float32(t):
+                return self._error("ping needs a number t, finite and within float32's range (echoed in the pong)")
             return {"type": "pong", "t": t}
         try:
             self.mixer.apply(msg)
@@ -181,8 +239,15 @@ class Session:
 
     def _error(self, message: str) -> dict[str, Any]:
         self.messages_rejected += 1
-        log.info("session %s: rejected a control message: %s", self.id, message)
+        log.debug("session %s: rejected a control message: %s", self.id, message)  # a client's doing: not INFO
         return {"type": "error", "message": message}
+
+    def say(self, payload: dict[str, Any]) -> bool:
+        """Send ``payload`` on the control channel if it is open; whether it was sent."""
+        if self.channel is None or self.channel.readyState != "open":
+            return False
+        self._send(payload)
+        return True
 
     def _send(self, payload: dict[str, Any]) -> None:
         ch = self.channel
@@ -238,9 +303,22 @@ class Session:
         }
 
     async def _stats_loop(self) -> None:
+        limit = self.config.max_session_minutes
         while not self.closed:
             await asyncio.sleep(self.config.stats_interval_s)
             self._send(self.stats_message())
+            now = self.clock()
+            # No video for idle_timeout_s (a vanished browser keeps ICE alive ~30 s): free the place.
+            last = self.source.last_frame_at if self.source is not None else None
+            idle = now - (last if last is not None else self.created)
+            if self.pc.connectionState == "connected" and idle > self.config.idle_timeout_s:
+                log.info("session %s: no video for %.0f s; closing", self.id, idle)
+                await self.close()
+            elif limit is not None and now - self.created > limit * 60:
+                log.info("session %s: reached --max-session-minutes %g; closing", self.id, limit)
+                self.say({"type": "bye", "message": f"the session reached its time limit ({limit:g} min)"})
+                await asyncio.sleep(0.2)  # let the message out before the channel closes
+                await self.close()
 
     # ------------------------------------------------------------------ shutdown
 
@@ -260,7 +338,9 @@ class Session:
         try:
             await self.pc.close()
         except Exception:
-            log.warning("session %s: closing the peer connection failed", self.id, exc_info=True)
+            # A connection that a malformed offer left half set up may not close cleanly: not news.
+            level = logging.WARNING if self.answered else logging.DEBUG
+            log.log(level, "session %s: closing the peer connection failed", self.id, exc_info=True)
         if self._on_closed is not None:
             self._on_closed(self)
         log.info(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
@@ -39,9 +40,11 @@ MAX_INTERVAL_S = 1.0  # a longer gap between frames is a pause (or a pts wrap), 
 class LatestFrame:
     """Reads ``track`` in a task of its own and holds only its newest frame."""
 
-    def __init__(self, track: MediaStreamTrack) -> None:
+    def __init__(self, track: MediaStreamTrack, clock: Callable[[], float] = time.monotonic) -> None:
         self.track = track
+        self.clock = clock
         self.frames_in = 0  # frames decoded from the peer
+        self.last_frame_at: float | None = None  # clock() when the newest frame arrived
         self.dropped = 0  # frames replaced by a newer one before they were stylized
         self.newest_pts: int | None = None  # pts of the newest frame received (source time base)
         self.size: tuple[int, int] | None = None  # (width, height) of the newest frame received
@@ -65,6 +68,7 @@ class LatestFrame:
                 if not isinstance(frame, av.VideoFrame):
                     continue  # a video track only yields video frames; this keeps the types honest
                 self.frames_in += 1
+                self.last_frame_at = self.clock()
                 if self._frame is not None:
                     self.dropped += 1
                 self._frame = frame

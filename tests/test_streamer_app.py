@@ -72,6 +72,9 @@ async def start_server(backend: FrameBackend, tiny_onnx: Path) -> AsyncIterator[
 
         async def start(backend_: FrameBackend | None = None, **config: Any) -> Running:
             config.setdefault("model_path", tiny_onnx)
+            # The tests open many sessions from one address quickly; the limit has its own test.
+            config.setdefault("offer_rate", 100.0)
+            config.setdefault("offer_burst", 100)
             local = await stack.enter_async_context(serve(StreamerConfig(**config), backend_ or backend))
             r = Running(local, http, [])
             started.append(r)

@@ -84,7 +84,13 @@ def test_zero_transition_is_immediate_and_is_remembered() -> None:
     ("msg", "reason"),
     [
         ({"type": "set", "weights": {"ember": 1}, "strength": -0.1}, "strength must be 0..1"),
-        ({"type": "set", "weights": {"ember": float("nan")}}, "must be a number"),
+        ({"type": "set", "weights": {"ember": float("nan")}}, "must be a finite number within float32's range"),
+        # Numbers that overflow float32 (they would make the mix inf, then NaN).
+        ({"type": "set", "weights": [1e308, 1e308, 1e308]}, "within float32's range"),
+        ({"type": "set", "weights": {"ember": 1e39}}, "within float32's range"),
+        ({"type": "set", "weights": [10**400, 0, 0]}, "within float32's range"),
+        ({"type": "set", "weights": [3e38, 3e38, 0]}, "add up to a finite float32"),
+        ({"type": "set", "transition_ms": -1e308}, "transition_ms"),
         ({"type": "set", "weights": {"ember": True}}, "must be a number"),
         ({"type": "set", "weights": {}}, "at least one style"),
         ({"type": "set", "weights": "ember"}, "list of numbers or an object"),
