@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,11 @@ async def start_server(tiny_onnx: Path) -> AsyncIterator[StartServer]:
     """Starts the real app (config fields may be overridden); everything is cleaned up after."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(**config: Any) -> LocalServer:
+        async def start(ssl_context: ssl.SSLContext | None = None, **config: Any) -> LocalServer:
             backend = load_backend(tiny_onnx)
             stack.callback(backend.close)
-            return await stack.enter_async_context(serve(StreamerConfig(model_path=tiny_onnx, **config), backend))
+            cfg = StreamerConfig(model_path=tiny_onnx, **config)
+            return await stack.enter_async_context(serve(cfg, backend, ssl_context))
 
         yield start
 
@@ -270,3 +272,68 @@ async def test_page_explains_camera_problems(
     await page.get_by_role("button", name="Start camera").click()
     text = await alert_text(page)
     assert expected in text, text
+
+
+# ----------------------------------------------------------------------------- running it for others
+
+TOKEN = "page-token"
+
+
+async def test_page_takes_the_token_once_from_its_url_and_says_when_it_is_wrong(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    server = await start_server(token=TOKEN)
+    camera = write_y4m(tmp_path / "camera.y4m")
+    page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
+    await page.goto(f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
+    await page.get_by_label("ember weight").wait_for()
+    # Kept for the tab, taken out of the address bar.
+    assert "token" not in page.url and "hook=1" in page.url
+    assert await page.evaluate("sessionStorage.getItem('stylecast.token')") == TOKEN
+    # Thumbnails, the offer and the control channel work with it.
+    await page.get_by_role("button", name="Start camera").click()
+    await page.wait_for_function("stylecast.renderedFrames > 5 || !document.getElementById('message').hidden")
+    assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
+
+    # A wrong token: the page asks (a prompt, dismissed here) and says plainly what is wrong.
+    wrong = await page.context.new_page()
+    asked: list[str] = []
+
+    async def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    wrong.on("dialog", dismiss)
+    await wrong.goto(f"{server.url}/?token=not-it")
+    text = await alert_text(wrong)
+    assert "access token is wrong" in text, text
+    assert asked and "access token is wrong" in asked[0]
+    assert (await wrong.get_by_role("status", name="Connection status").text_content()) == "Access token needed"
+
+    # The server going away is said on the page, not left to a frozen picture.
+    await server.stop()
+    text = await alert_text(page)
+    assert text.startswith("The server is shutting down"), text
+
+
+async def test_page_streams_over_https_with_a_self_signed_certificate(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    from streamer.security import self_signed
+
+    cert, key, _ = self_signed(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    server = await start_server(ssl_context=context, token=TOKEN)
+    assert server.url.startswith("https://")
+    camera = write_y4m(tmp_path / "camera.y4m")
+    # A phone would show the certificate warning once; the test browser skips it.
+    page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}", "--ignore-certificate-errors")
+    await page.goto(f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
+    assert await page.evaluate("window.isSecureContext")
+    await page.get_by_role("button", name="Start camera").click()
+    await page.wait_for_function(
+        "stylecast.renderedFrames > 10 || !document.getElementById('message').hidden", timeout=60_000
+    )
+    assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
+    assert (await page.get_by_role("status", name="Connection status").text_content()) == "Live"

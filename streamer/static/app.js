@@ -54,6 +54,7 @@ export const state = {
   resolution: null,
   preset: null,
   connected: false,
+  ended: false, // the server said it is shutting down or ending this session
   session: null, // the server's id for this connection
   rttMs: null, // round trip of the last data-channel ping
 };
@@ -126,14 +127,56 @@ function cameraErrorText(err) {
   return `The camera could not be started (${name || "error"}: ${err && err.message}).`;
 }
 
+// ---------------------------------------------------------------- access token
+
+// The token comes once in the URL (/?token=...), is kept for this tab in sessionStorage and
+// taken out of the address bar (so it is not bookmarked or shared by accident); every request
+// to the API carries it in a header.
+const TOKEN_KEY = "stylecast.token";
+(() => {
+  const fromUrl = params.get("token");
+  if (fromUrl === null) return;
+  sessionStorage.setItem(TOKEN_KEY, fromUrl);
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+})();
+
+function api(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options.headers || {}), ...(token ? { "X-Stylecast-Token": token } : {}) };
+  return fetch(path, { ...options, headers });
+}
+
+class TokenError extends Error {}
+
+// A 401: the token is missing or wrong. Say so, forget it, and ask for one.
+function askForToken() {
+  const had = sessionStorage.getItem(TOKEN_KEY) !== null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  const text = had
+    ? "The access token is wrong. Enter the token the server printed, or open the link with ?token=... it printed."
+    : "This server needs an access token. Enter the token the server printed, or open the link with ?token=... it printed.";
+  const given = window.prompt(text);
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given.trim());
+    return true;
+  }
+  throw new TokenError(had ? "The access token is wrong: reload the page with the link the server printed." : "This server needs an access token: open the link with ?token=... that the server printed.");
+}
+
 // ---------------------------------------------------------------- server info + controls
 
 async function loadInfo() {
   let resp;
-  try {
-    resp = await fetch("/api/info", { cache: "no-store" });
-  } catch (err) {
-    throw new ServerError(`Cannot reach the stylecast server at ${location.origin}. Is it running? (${err.message})`);
+  for (;;) {
+    try {
+      resp = await api("/api/info", { cache: "no-store" });
+    } catch (err) {
+      throw new ServerError(`Cannot reach the stylecast server at ${location.origin}. Is it running? (${err.message})`);
+    }
+    if (resp.status !== 401) break;
+    askForToken(); // throws if the user gives none
   }
   if (!resp.ok) throw new ServerError(`The server answered ${resp.status} for /api/info.`);
   const info = await resp.json();
@@ -233,7 +276,13 @@ function makeThumb(style) {
   const img = document.createElement("img");
   img.className = "thumb";
   img.alt = `${style.name} painting`;
-  img.src = style.thumbnail;
+  // Fetched with the token header (an <img src> cannot carry one), shown from a blob URL.
+  api(style.thumbnail)
+    .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+    .then((blob) => {
+      img.src = URL.createObjectURL(blob);
+    })
+    .catch(() => img.replaceWith(placeholder()));
   img.addEventListener("error", () => img.replaceWith(placeholder()), { once: true });
   return img;
 }
@@ -356,6 +405,11 @@ function onControlMessage(ev) {
     state.rttMs = performance.now() - msg.t;
     emit("pong", state.rttMs);
     showLatency();
+  } else if (msg.type === "shutdown" || msg.type === "bye") {
+    // The server is going away (or ended this session): say so, and keep saying it when the connection drops.
+    state.connected = false;
+    state.ended = true;
+    showMessage(`${msg.type === "shutdown" ? "The server is shutting down" : "The session ended"}: ${msg.message}. Press Start camera to reconnect later.`);
   } else if (msg.type === "error") {
     showMessage(`The server rejected a setting: ${msg.message}`, "info");
   }
@@ -397,7 +451,7 @@ async function start() {
     setStatus("Connecting…");
     await connect(sendSource ? await sendSource.track(ui.original, cameraSize()) : camera.getVideoTracks()[0]);
   } catch (err) {
-    const text = err instanceof ServerError || err.cameraText ? err.message : `Could not start: ${err.message}`;
+    const text = err instanceof ServerError || err instanceof TokenError || err.cameraText ? err.message : `Could not start: ${err.message}`;
     showMessage(text);
     setStatus("Stopped", "error");
     teardown();
@@ -434,8 +488,11 @@ async function connect(track) {
   pc = new RTCPeerConnection({ iceServers: [] });
   dc = pc.createDataChannel("control"); // before the offer, so it is negotiated in it
   dc.onmessage = onControlMessage;
+  state.ended = false;
   dc.onclose = () => {
-    if (state.connected) {
+    if (state.ended) {
+      stop();
+    } else if (state.connected) {
       showMessage("The server closed the session. Press Start camera to reconnect.");
       stop();
     }
@@ -470,7 +527,9 @@ async function connect(track) {
     } else if (s === "disconnected") {
       setStatus("Connection interrupted…"); // may recover by itself; "failed" follows if not
     } else if (s === "failed" || s === "closed") {
-      if (state.connected) showMessage("The connection to the server was lost. Press Start camera to reconnect.");
+      if (state.ended) {
+        /* the server said why already */
+      } else if (state.connected) showMessage("The connection to the server was lost. Press Start camera to reconnect.");
       else if (s === "failed") showMessage("The video connection to the server failed (no network path between the browser and the server).");
       stop();
     }
@@ -481,7 +540,7 @@ async function connect(track) {
 
   let resp;
   try {
-    resp = await fetch("/offer", {
+    resp = await api("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
@@ -496,7 +555,8 @@ async function connect(track) {
     body = null;
   }
   const why = (body && body.error) || resp.statusText || `HTTP ${resp.status}`;
-  if (resp.status === 503) throw new ServerError(`The server is busy: ${why}. Try again in a moment.`);
+  if (resp.status === 401) throw new TokenError("The access token is wrong: reload the page with the link the server printed.");
+  if (resp.status === 503 || resp.status === 429) throw new ServerError(`The server is busy: ${why}. Try again in a moment.`);
   if (!resp.ok) throw new ServerError(`The server refused the connection: ${why}`);
   await pc.setRemoteDescription({ sdp: body.sdp, type: body.type });
   state.session = body.session;
@@ -646,5 +706,5 @@ async function boot() {
 
 boot().catch((err) => {
   showMessage(err.message);
-  setStatus("Server unreachable", "error");
+  setStatus(err instanceof TokenError ? "Access token needed" : "Server unreachable", "error");
 });
