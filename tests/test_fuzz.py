@@ -232,6 +232,14 @@ def test_fuzzed_offers_are_refused_and_a_real_peer_keeps_its_rate(live: Live, ca
 # ----------------------------------------------------------------------------- model files
 
 
+def damage(data: bytes, cut: float, flips: list[tuple[float, int]]) -> bytes:
+    """``data`` with bits flipped at relative positions, then cut to the ``cut`` fraction (1: whole)."""
+    out = bytearray(data)
+    for pos, bit in flips:
+        out[int(pos * (len(out) - 1))] ^= 1 << bit
+    return bytes(out[: max(1, int(len(out) * cut))] if cut < 0.999 else out)
+
+
 @pytest.fixture(scope="module")
 def model_bytes(tiny_onnx: Path, tiny_checkpoint: Path) -> tuple[bytes, bytes]:
     return tiny_onnx.read_bytes(), tiny_checkpoint.read_bytes()
@@ -242,12 +250,8 @@ def model_bytes(tiny_onnx: Path, tiny_checkpoint: Path) -> tuple[bytes, bytes]:
 def test_damaged_onnx_files_raise_engine_error(
     model_bytes: tuple[bytes, bytes], tmp_path_factory: pytest.TempPathFactory, cut: float, flips: list[Any]
 ) -> None:
-    data = bytearray(model_bytes[0])
-    for pos, bit in flips:
-        data[int(pos * (len(data) - 1))] ^= 1 << bit
-    data = data[: max(1, int(len(data) * cut))] if cut < 0.999 else data
     path = tmp_path_factory.mktemp("onnx") / "damaged.onnx"
-    path.write_bytes(bytes(data))
+    path.write_bytes(damage(model_bytes[0], cut, flips))
     try:
         backend = load_backend(path, "onnxruntime-cpu", precision="fp32", num_threads=1)
     except EngineError:
@@ -267,12 +271,8 @@ def test_damaged_checkpoints_raise_checkpoint_error(
     pytest.importorskip("torch")
     from trainer.checkpoint import CheckpointError, load_checkpoint
 
-    data = bytearray(model_bytes[1])
-    for pos, bit in flips:
-        data[int(pos * (len(data) - 1))] ^= 1 << bit
-    data = data[: max(1, int(len(data) * cut))] if cut < 0.999 else data
     path = tmp_path_factory.mktemp("ckpt") / "damaged.safetensors"
-    path.write_bytes(bytes(data))
+    path.write_bytes(damage(model_bytes[1], cut, flips))
     try:
         load_checkpoint(path)
     except CheckpointError:
