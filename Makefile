@@ -21,7 +21,7 @@ setup-serve: $(BIN)/python
 # GPU users install their own torch build before running this.
 setup-dev: $(BIN)/python
 	$(BIN)/pip install -q 'torch==2.13.0' || $(BIN)/pip install -q 'torch>=2.4'
-	$(BIN)/pip install -q -e '.[serve,train,quantize,test,bench]'
+	$(BIN)/pip install -q -e '.[serve,train,quantize,triton,test,bench]'
 
 serve: setup-serve
 	$(BIN)/python -m streamer --host $(HOST) --port $(PORT) $(ARGS)

@@ -14,6 +14,10 @@
     # INT8 model beside it, written only if it passes the quality gate on held-out photos
     python -m engines quantize engines/models/default.onnx --calib photos/ --paintings paintings/
 
+    # a Triton model repository (config.pbtxt checked as Triton's ModelConfig), or a real Triton server
+    python -m engines triton repo engines/models/default.onnx --out repo --kind onnxruntime --max-batch 8
+    python -m engines triton serve engines/models/default.onnx --backend openvino --grpc-port 8001
+
     # which backend and precision would serve this model here, and why
     python -m engines info engines/models/default.onnx
 
@@ -77,6 +81,39 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print("no quantized model passed the gate: nothing written", file=sys.stderr)
         return 3
     print(f"wrote {out} ({next(g for g in gates if g.passed).method})")
+    return 0
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from engines.triton import RepoSpec, write_repo
+
+    spec = RepoSpec(
+        name=args.name,
+        kind=args.kind,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        queue_delay_us=args.queue_delay_us,
+    )
+    folder = write_repo(args.onnx, args.out, spec, args.plan)
+    print(f"wrote {folder}/config.pbtxt and {folder}/1/ (checked as Triton's ModelConfig)")
+    return 0
+
+
+def cmd_triton_serve(args: argparse.Namespace) -> int:
+    from engines.triton import serve
+
+    serve(
+        args.onnx,
+        args.backend,
+        name=args.name,
+        precision=args.precision,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        queue_delay_us=args.queue_delay_us,
+        num_threads=args.threads,
+    )
     return 0
 
 
@@ -167,6 +204,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("triton", help="NVIDIA Triton: write a model repository, or run a real server (PyTriton)")
+    tsub = p.add_subparsers(dest="triton_command", required=True)
+    t = tsub.add_parser("repo", help="ONNX (or a TensorRT plan) -> REPO/NAME/1/model.* + a checked config.pbtxt")
+    t.add_argument("onnx", type=Path, help="exported stylecast model (.onnx)")
+    t.add_argument("--out", type=Path, required=True, help="the repository folder (Triton's --model-repository)")
+    t.add_argument("--name", default="stylecast", help="the model's name on the server (default: stylecast)")
+    t.add_argument("--kind", choices=("onnxruntime", "openvino", "tensorrt"), default="onnxruntime",
+                   help="Triton backend to run it (default: onnxruntime)")  # fmt: skip
+    t.add_argument(
+        "--plan", type=Path, help="--kind tensorrt: a folder from python -m engines build --backend tensorrt"
+    )
+    t.add_argument("--max-batch", type=int, default=8, help="max_batch_size (default: 8)")
+    t.add_argument("--instances", type=int, default=1, help="model instances (default: 1)")
+    t.add_argument("--queue-delay-us", type=int, default=500,
+                   help="dynamic batcher: microseconds a request may wait for others (default: 500)")  # fmt: skip
+    t.set_defaults(func=cmd_triton_repo)
+    t = tsub.add_parser("serve", help="run a real Triton server (PyTriton) hosting the model on one of our backends")
+    t.add_argument("onnx", type=Path, help="exported stylecast model (.onnx, or .safetensors for torch backends)")
+    t.add_argument("--backend", default="auto", choices=[b for b in BACKEND_CHOICES if b != "triton"],
+                   help="runtime inside the server (default: auto, the fastest here)")  # fmt: skip
+    t.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help="(default: auto)")
+    t.add_argument("--name", default="stylecast", help="the model's name on the server (default: stylecast)")
+    t.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001)")
+    t.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: 8000)")
+    t.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: 8002)")
+    t.add_argument("--max-batch", type=int, default=8, help="largest batch the dynamic batcher forms (default: 8)")
+    t.add_argument("--queue-delay-us", type=int, default=500,
+                   help="dynamic batcher: microseconds a request may wait for others (default: 500)")  # fmt: skip
+    t.add_argument("--threads", type=int, help="CPU threads for the runtime (default: all cores)")
+    t.set_defaults(func=cmd_triton_serve)
 
     p = sub.add_parser("info", help="model styles and the backend load_backend would pick here, with the reason")
     p.add_argument("model", type=Path, help=".onnx or .safetensors")

@@ -237,6 +237,10 @@ def load_backend(
     num_threads: int | None = None,
     engine_dir: str | Path | None = None,
     precision: str = AUTO,
+    triton_url: str | None = None,
+    triton_model: str = "stylecast",
+    triton_timeout_s: float = 2.0,
+    triton_shared_memory: bool = False,
 ) -> FrameBackend:
     """Load ``model`` (``.onnx``, or a ``.safetensors`` checkpoint) on a backend.
 
@@ -249,10 +253,21 @@ def load_backend(
     parity gate here, see :mod:`engines.runtime.precision`) or one of
     ``fp32``, ``bf16``, ``fp16``, ``int8``, used as asked.
 
+    ``backend="triton"``: the model runs on the Triton server at ``triton_url`` (model
+    ``triton_model``); ``model`` is not read (:mod:`engines.runtime.triton_backend`).
+
     Returns the backend with ``.reason`` set. Raises :class:`ModelFileError` if
     the model file is missing or corrupt, :class:`EngineError` if no (requested)
     backend can run it.
     """
+    if backend == "triton":
+        from engines.runtime.triton_backend import TritonBackend
+
+        if not triton_url:
+            raise EngineError("--backend triton needs the server's address: --triton-url grpc://HOST:8001")
+        remote = TritonBackend(triton_url, triton_model, timeout_s=triton_timeout_s, shared_memory=triton_shared_memory)
+        remote.reason = f"triton requested explicitly ({triton_url}, model {triton_model} v{remote.version})"
+        return remote
     model = Path(model)
     if model.suffix not in (".onnx", ".safetensors"):
         raise ModelFileError(f"model must be a .onnx or .safetensors file, got {model}")

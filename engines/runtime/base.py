@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -70,7 +70,8 @@ ALIASES = {
     "onnxruntime": "onnxruntime-cpu",
     "torch": "torch-cpu",
 }
-BACKEND_CHOICES = ("auto", *AUTO_ORDER, *ALIASES)  # what a --backend option accepts
+REMOTE = ("triton",)  # backends on another server: asked for by name, never picked by auto
+BACKEND_CHOICES = ("auto", *AUTO_ORDER, *REMOTE, *ALIASES)  # what a --backend option accepts
 
 
 @runtime_checkable
@@ -90,6 +91,10 @@ class Backend(Protocol):
 
     def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
         """Same-size frames and [N,S] (or one shared [S]) weights in one network call, results in order."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Live facts for /health ({} for a backend in this process; a remote one's readiness)."""
         ...
 
     def close(self) -> None:

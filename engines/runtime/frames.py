@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,6 +126,10 @@ class FrameBackend(ABC):
             return np.ascontiguousarray(out[:h, :w])
         interp = cv2.INTER_AREA if h * w < oh * ow else cv2.INTER_LINEAR
         return cv2.resize(out, (w, h), interpolation=interp)
+
+    def status(self) -> dict[str, Any]:
+        """Live facts for /health: nothing to add for a backend in this process."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         """Release what the backend holds (sessions, device memory). Idempotent."""
