@@ -7,6 +7,7 @@
     python -m streamer --default-resolution 640x480      # a fixed size instead of auto
     python -m streamer --ice-server stun:stun.example.org:3478   # peers behind NAT
     python -m streamer --host 0.0.0.0 --port 8443 --self-signed --token generate   # for phones on the LAN
+    python -m streamer --backend triton --triton-url grpc://127.0.0.1:8001         # inference on a Triton server
 
 Open the URL in a browser (localhost, or https elsewhere: browsers only give the
 camera to secure origins), press "Start camera". ``/health`` and ``/metrics`` are
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = secure(config)
     except ValueError as e:
         parser.error(str(e))
-    if config.model_path == DEFAULT_MODEL and not DEFAULT_MODEL.is_file():
+    if config.backend != "triton" and config.model_path == DEFAULT_MODEL and not DEFAULT_MODEL.is_file():
         log.error("the shipped default model %s is missing; pass --model PATH (a stylecast .onnx file)", DEFAULT_MODEL)
         return 2
 
@@ -76,14 +77,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         backend = load_backend(
-            config.model_path, backend=config.backend, num_threads=config.num_threads, precision=config.precision
+            config.model_path,
+            backend=config.backend,
+            num_threads=config.num_threads,
+            precision=config.precision,
+            triton_url=config.triton_url,
+            triton_model=config.triton_model,
+            triton_timeout_s=config.triton_timeout_s,
+            triton_shared_memory=config.triton_shared_memory,
         )
     except EngineError as e:
         log.error("cannot load %s on backend %r: %s", config.model_path, config.backend, e)
         return 2
     log.info("backend %s: %s", backend.name, backend.reason)
     log.info("precision %s", backend.precision_reason)
-    log.info("model %s: %d styles (%s)", config.model_path, len(backend.styles), ", ".join(backend.styles))
+    source = f"{config.triton_url} model {config.triton_model}" if config.backend == "triton" else config.model_path
+    log.info("model %s: %d styles (%s)", source, len(backend.styles), ", ".join(backend.styles))
     try:
         web.run_app(
             create_app(config, backend),

@@ -191,16 +191,20 @@ class Server:
         status = "shutting down" if self.shutting_down else "ok"
         if not self.authorized(request):  # for a load balancer: alive or not, nothing more
             return web.json_response({"status": status})
+        # {} for in-process backends; a remote one asks its server (blocking, up to its timeout): off the loop
+        remote = await asyncio.get_running_loop().run_in_executor(None, self.backend.status)
+        # a remote backend's model lives on the server: name it there, not by a local path it never read
+        where = {"path": str(self.config.model_path)}
+        if remote:
+            where = {"server": f"{remote['url']} model {remote['model']}"}
         return web.json_response(
             {
                 "status": status,
                 "backend": self.backend_info,
-                "model": {
-                    "path": str(self.config.model_path),
-                    "styles": self.styles,
-                },
+                "model": {**where, "styles": self.styles},
                 "sessions": len(self.sessions),
                 "max_sessions": self.config.max_sessions,
+                **({"inference_server": remote} if remote else {}),
             }
         )
 

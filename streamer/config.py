@@ -57,6 +57,18 @@ class StreamerConfig:
         choices=("auto", *PRECISIONS),
     )
     num_threads: int | None = opt(None, "CPU threads for inference (default: all cores)", flag="--threads")
+    triton_url: str | None = opt(
+        None, "--backend triton: the Triton server's gRPC address, e.g. grpc://127.0.0.1:8001", metavar="URL"
+    )
+    triton_model: str = opt("stylecast", "--backend triton: the model's name on the server")
+    triton_timeout_s: float = opt(
+        2.0,
+        "--backend triton: seconds a request may take before the frame goes out unstylized",
+        flag="--triton-timeout",
+    )
+    triton_shared_memory: bool = opt(
+        False, "--backend triton on the same host: send frames through system shared memory, not gRPC"
+    )
     max_sessions: int = opt(4, "peers served at once; further offers get HTTP 503 with the reason")
     # Processing resolutions the page may choose. Frames are scaled down, aspect kept, to fit
     # inside the chosen box; never scaled up.
