@@ -27,7 +27,7 @@ from typing import Any
 import av
 import numpy as np
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.runtime import Backend, load_backend
@@ -88,8 +88,10 @@ class Peer:
     ``control=False``: a client that never opens the control channel (video only).
     """
 
-    def __init__(self, image: np.ndarray, fps: float = 30.0, control: bool = True) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    def __init__(
+        self, image: np.ndarray, fps: float = 30.0, control: bool = True, ice_servers: list[RTCIceServer] | None = None
+    ) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         self.camera = PatternTrack(image, fps)
         self.pc.addTrack(self.camera)
         self.channel = self.pc.createDataChannel("control") if control else None
@@ -124,16 +126,28 @@ class Peer:
                 self.last = frame
                 self._changed.set()
 
-    async def connect(self, http: Any, url: str, token: str | None = None) -> dict[str, Any]:
-        """Offer to ``url``/offer with the aiohttp ``http`` client (and the access token); returns the answer."""
+    async def connect(
+        self,
+        http: Any,
+        url: str,
+        token: str | None = None,
+        edit_offer: Callable[[str], str] | None = None,
+        edit_answer: Callable[[str], str] | None = None,
+    ) -> dict[str, Any]:
+        """Offer to ``url``/offer with the aiohttp ``http`` client (and the access token); returns the answer.
+
+        ``edit_offer``/``edit_answer`` rewrite the SDP sent / the answer's before it is applied
+        (e.g. to keep some candidates only)."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        sdp = self.pc.localDescription.sdp
+        offer = {"sdp": edit_offer(sdp) if edit_offer else sdp, "type": self.pc.localDescription.type}
         headers = {"X-Stylecast-Token": token} if token else {}
         async with http.post(f"{url}/offer", json=offer, headers=headers) as resp:
             body = await resp.json()
             if resp.status != 200:
                 raise RuntimeError(f"offer refused ({resp.status}): {body.get('error')}")
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        sdp = edit_answer(body["sdp"]) if edit_answer else body["sdp"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=body["type"]))
         self.session = body["session"]
         return body
 

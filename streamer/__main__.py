@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def secure(config: StreamerConfig) -> StreamerConfig:
-    """The config with its token settled: --token, else $STYLECAST_TOKEN; 'generate' makes one.
+    """The config with its secrets settled: --token, else $STYLECAST_TOKEN ('generate' makes one);
+    --ice-credential, else $STYLECAST_ICE_CREDENTIAL.
 
     Refuses (ValueError) a non-loopback address without a token, unless --no-auth.
     """
@@ -129,7 +130,8 @@ def secure(config: StreamerConfig) -> StreamerConfig:
         )
     if token is not None and config.no_auth:
         raise ValueError("--no-auth and a token contradict each other: leave one out")
-    return dataclasses.replace(config, token=token)
+    credential = config.ice_credential or os.environ.get("STYLECAST_ICE_CREDENTIAL") or None
+    return dataclasses.replace(config, token=token, ice_credential=credential)
 
 
 def tls_context(config: StreamerConfig) -> ssl.SSLContext | None:

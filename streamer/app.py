@@ -120,6 +120,8 @@ class Server:
                 "default_resolution": self.config.default_resolution,
                 "max_message_bytes": self.config.max_message_bytes,
                 "transition_ms": self.config.transition_ms,
+                # STUN/TURN for the page's RTCPeerConnection (behind the token, with TURN credentials)
+                "ice_servers": self.config.ice_server_list(),
             }
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.cli import opt
 from common.paths import DEFAULT_MODEL, user_data_dir
@@ -113,6 +114,12 @@ class StreamerConfig:
         action="append",
         metavar="URL",
     )
+    # TURN servers want credentials; both the server's aiortc and the page (through /api/info,
+    # which the token guards) use them, so a browser behind a strict NAT can relay.
+    ice_username: str | None = opt(None, "username for the --ice-server TURN URLs")
+    ice_credential: str | None = opt(
+        None, "password for the --ice-server TURN URLs (or $STYLECAST_ICE_CREDENTIAL, which keeps it out of ps)"
+    )
 
     # ----------------------------------------------------------------- access, TLS and limits
     token: str | None = opt(
@@ -191,6 +198,16 @@ class StreamerConfig:
     def boxes(self) -> list[tuple[int, int]]:
         """``resolutions`` as (width, height) boxes."""
         return [parse_size(r) for r in self.resolutions]
+
+    def ice_server_list(self) -> list[dict[str, Any]]:
+        """The ICE servers as RTCIceServer dictionaries (credentials on the turn:/turns: URLs only)."""
+        out: list[dict[str, Any]] = []
+        for url in self.ice_servers:
+            server: dict[str, Any] = {"urls": url}
+            if url.startswith(("turn:", "turns:")) and self.ice_username is not None:
+                server.update(username=self.ice_username, credential=self.ice_credential or "")
+            out.append(server)
+        return out
 
     @property
     def tls(self) -> bool:

@@ -99,7 +99,7 @@ class Session:
         self._close_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._last = (time.monotonic(), 0, 0)  # (time, frames_in, frames_out) at the last stats message
-        ice = [RTCIceServer(urls=list(config.ice_servers))] if config.ice_servers else []
+        ice = [RTCIceServer(**server) for server in config.ice_server_list()]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)

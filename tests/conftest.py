@@ -1,9 +1,9 @@
 """Shared fixtures and markers.
 
 Tests make their own small data in tmp_path; nothing here reads ../shared.
-Browser and display tests skip with a reason where Chromium or Xvfb is
-missing, unless STYLECAST_REQUIRE_BROWSER / STYLECAST_REQUIRE_DISPLAY is set
-(CI sets both), in which case a missing tool fails the test instead.
+Browser, display and TURN tests skip with a reason where Chromium, Xvfb or
+coturn is missing, unless STYLECAST_REQUIRE_BROWSER / _DISPLAY / _TURN is set
+(CI sets them), in which case a missing tool fails the test instead.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 XVFB = shutil.which("Xvfb")
 
 
-def require_tool(path: str | None, what: str, env: str) -> str:
+def require_tool(path: str | None, what: str, env: str, package: str | None = None) -> str:
     """Return the tool's path, or skip (fail in CI) with the reason."""
     if path:
         return path
-    msg = f"{what} is not installed (apt-get install {what.lower()})"
+    msg = f"{what} is not installed (apt-get install {package or what.lower()})"
     if os.environ.get(env):
         pytest.fail(f"{msg}, and {env} is set")
     pytest.skip(msg)

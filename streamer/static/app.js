@@ -485,7 +485,9 @@ async function fitCamera() {
 }
 
 async function connect(track) {
-  pc = new RTCPeerConnection({ iceServers: [] });
+  // The server's STUN/TURN list (none by default: host candidates, enough on a LAN or for a
+  // server with a public address); a TURN relay lets a browser behind a strict NAT through.
+  pc = new RTCPeerConnection({ iceServers: (state.info && state.info.ice_servers) || [] });
   dc = pc.createDataChannel("control"); // before the offer, so it is negotiated in it
   dc.onmessage = onControlMessage;
   state.ended = false;
