@@ -103,3 +103,19 @@ def test_the_shipped_int8_model_is_the_float_models_and_passed_its_gate() -> Non
     gate = json.loads(read_onnx_metadata(int8)["stylecast.quantization"])["gate"]
     assert gate["psnr_min_db"] >= 30 and gate["style_int8"] <= 1.05 * gate["style_fp32"]
     assert gate["content_int8"] <= 1.05 * gate["content_fp32"]
+
+
+def test_the_shipped_content_photos_are_few_small_and_each_credited() -> None:
+    import json
+
+    from common.paths import CONTENT_DIR
+
+    photos = sorted(p for p in CONTENT_DIR.iterdir() if p.suffix == ".jpg")
+    credits = {c["file"]: c for c in json.loads((CONTENT_DIR / "credits.json").read_text())}
+    table = (CONTENT_DIR / "CREDITS.md").read_text()
+    assert 16 <= len(photos) <= 64 and sum(p.stat().st_size for p in photos) < 5 * 2**20
+    assert set(credits) == {p.name for p in photos}  # every photo credited, no credit without its photo
+    free = ("public domain", "cc0", "cc-by", "cc by")
+    for name, c in credits.items():
+        assert c["author"] and c["source"].startswith("http") and c["licence"].lower().startswith(free), c
+        assert f"`{name}` | {c['author']} | {c['licence']} |" in table
