@@ -116,7 +116,7 @@ def test_the_command_lines_default_to_the_config_dataclasses() -> None:
 def test_the_trainer_command_lines_default_to_the_config_dataclasses() -> None:
     pytest.importorskip("torch")
     from trainer.__main__ import LOSS, build_parser
-    from trainer.train import AddStyleConfig, LossWeights, TrainConfig
+    from trainer.train import ADD_STYLE_LOSSES, AddStyleConfig, LossWeights, TrainConfig
 
     args = build_parser().parse_args(["train", "--content", "c", "--style", "s.png=S", "--out", "o"])
     assert from_args(TrainConfig, args, losses=from_args(LossWeights, args, LOSS)) == TrainConfig(
@@ -130,3 +130,7 @@ def test_the_trainer_command_lines_default_to_the_config_dataclasses() -> None:
     want = AddStyleConfig(style="p.png", base="b", content_dir="c", out="o", losses=LossWeights(style=3, adversarial=0))
     assert cfg == want
     assert (cfg.batch, cfg.style_size, cfg.precision) == (TrainConfig.batch, TrainConfig.style_size, "auto")
+    # without --style-weight, add-style's own loss defaults (a stronger style term than train's)
+    args = build_parser().parse_args(["add-style", "b", "--style", "p.png", "--out", "o"])
+    cfg = from_args(AddStyleConfig, args, style="p.png", losses=from_args(LossWeights, args, LOSS, adversarial=0.0))
+    assert cfg == AddStyleConfig(style="p.png", base="b", out="o") and cfg.losses == ADD_STYLE_LOSSES

@@ -11,8 +11,9 @@ Copy-paste commands:
         --out runs/model.safetensors --steps 800 --resume
 
     # teach an existing model one more painting (only its normalisation rows train)
+    # (--content: photos to learn on; default: the credited set in trainer/content)
     python -m trainer add-style runs/model.safetensors --style my_painting.jpg="Mine" \\
-        --content photos/ --out runs/model_plus.safetensors --steps 300
+        --out runs/model_plus.safetensors --steps 300
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 
 from common.cli import add_options, arg_type, from_args
 from trainer.data import DataError, parse_style_arg
-from trainer.train import AddStyleConfig, LossWeights, TrainConfig, command_line
+from trainer.train import ADD_STYLE_LOSSES, AddStyleConfig, LossWeights, TrainConfig, command_line
 
 LOSS = "loss_"  # LossWeights' values on the namespace (its "style" would meet add-style's --style)
 
@@ -59,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the new painting, optional '=NAME'",
     )
     # The critic has no head for a new style: no adversarial weight here.
-    add_options(a.add_argument_group("loss weights"), LossWeights, exclude=("adversarial",), prefix=LOSS)
+    add_options(
+        a.add_argument_group("loss weights"), LossWeights, exclude=("adversarial",), defaults=ADD_STYLE_LOSSES,
+        prefix=LOSS,
+    )  # fmt: skip
 
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")

@@ -63,6 +63,17 @@ def load_rgb(path: Path, short_side: int | None = None) -> Image.Image:
         return im
 
 
+def preview_photo(folder: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """The first usable photo under ``folder``, cut to ``size`` (w, h) around its centre: [3,h,w] in [0,1]."""
+    for path in find_images(folder):
+        try:
+            im = ImageOps.fit(load_rgb(path), size, Image.Resampling.LANCZOS)
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+        return to_tensor(im)
+    raise DataError(f"no usable photo under {folder} for the preview")
+
+
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL RGB -> [3,H,W] float in [0,1]."""
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
@@ -151,6 +162,18 @@ class StyleImage:
 
     def crops(self, n: int, size: int, rng: random.Random) -> torch.Tensor:
         return torch.stack([random_crop(self.image, size, rng) for _ in range(n)])
+
+    def native_crops(self, n: int, size: int, rng: random.Random) -> torch.Tensor:
+        """``n`` crops of ``size`` px cut at the working scale, not resized: brush strokes keep the
+        scale they have in the painting at ``style_size``, where resized crops blur them away."""
+        _, h, w = self.image.shape
+        if min(h, w) < size:
+            return self.crops(n, size, rng)
+        out = []
+        for _ in range(n):
+            y, x = rng.randint(0, h - size), rng.randint(0, w - size)
+            out.append(self.image[:, y : y + size, x : x + size])
+        return torch.stack(out)
 
 
 def default_style_name(path: Path) -> str:
