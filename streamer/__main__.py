@@ -8,6 +8,7 @@
     python -m streamer --ice-server stun:stun.example.org:3478   # peers behind NAT
     python -m streamer --host 0.0.0.0 --port 8443 --self-signed --token generate   # for phones on the LAN
     python -m streamer --backend triton --triton-url grpc://127.0.0.1:8001         # inference on a Triton server
+    python -m streamer --allow-new-styles                # the page learns a dropped painting in ~3 min
 
 Open the URL in a browser (localhost, or https elsewhere: browsers only give the
 camera to secure origins), press "Start camera". ``/health`` and ``/metrics`` are
@@ -21,6 +22,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         log.error("cannot use the TLS certificate: %s", e)
         return 2
+    config = newest_version(config)
     try:
         backend = load_backend(
             config.model_path,
@@ -106,6 +109,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend.close()
     log.info("stopped")
     return 0
+
+
+def newest_version(config: StreamerConfig) -> StreamerConfig:
+    """The config serving the newest version learned from ``--model`` in ``--models-dir``, if any
+    (styles added from the page survive a restart); else the config as it is."""
+    import dataclasses
+
+    from engines.runtime.versions import latest
+
+    if config.backend == "triton":
+        return config
+    version = latest(config.models_dir, Path(config.model_path))
+    if version is None:
+        return config
+    log.info("serving %s (%s; %d styles), the newest version learned from %s",
+             version.folder, version.record.change, len(version.record.styles), config.model_path)  # fmt: skip
+    return dataclasses.replace(config, model_path=version.onnx)
 
 
 def secure(config: StreamerConfig) -> StreamerConfig:

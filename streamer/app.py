@@ -11,6 +11,12 @@ paths without it. Routes::
     GET  /static/...       the page's files
     GET  /api/info         styles (with thumbnail URLs), presets, backend, resolutions ("auto" first)
     GET  /styles/{i}.jpg   painting thumbnail of style i (404 if the model ships none)
+    POST /api/styles       multipart image + name: learn a painting (--allow-new-styles) -> 202 {job}
+    GET  /api/styles/jobs            every job (queued, running, recent)
+    GET  /api/styles/jobs/{id}       state, step, steps, eta_s, queue_position, preview URL, error
+    GET  /api/styles/jobs/{id}/preview.jpg   the newest preview frame in the new style
+    DELETE /api/styles/jobs/{id}     cancel it
+    DELETE /api/styles/{i}           delete learned style i (a job too; shipped styles: 403)
     POST /offer            {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
     GET  /health           JSON: status; with the token also backend and why, model and styles, sessions
     GET  /metrics          Prometheus text
@@ -25,12 +31,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from engines.runtime.base import Backend
+from engines.runtime import load_backend
+from engines.runtime.base import Backend, EngineError
+from engines.runtime.versions import ModelVersion, lineage
 from streamer import metrics
 from streamer.config import AUTO_RESOLUTION, StreamerConfig
 from streamer.counters import Counters
+from streamer.learning import (
+    MAX_UPLOAD_BYTES,
+    Job,
+    StyleJobs,
+    UploadError,
+    check_name,
+    check_upload,
+    training_unavailable,
+)
 from streamer.mixer import Preset, build_presets
 from streamer.security import KeyedBuckets, presented_token, token_matches
 from streamer.session import OfferError, Session
@@ -53,6 +70,26 @@ class Server:
         self.counters = Counters()  # refusals and drops, server-wide (no session detail)
         self.offers = KeyedBuckets(config.offer_rate, config.offer_burst)  # per client address
         self.shutting_down = False
+        # What is served now; a learned style swaps in a new version (publish()).
+        self.model_path = Path(config.model_path)
+        self.thumbnails_dir = config.thumbnails
+        self.version: ModelVersion | None = None
+        if self.model_path.parent.joinpath("version.json").is_file() and self.model_path.name == "model.onnx":
+            self.version = ModelVersion.read(self.model_path.parent)
+        self.shipped_styles = self._shipped_styles()
+        self._original = backend  # the caller's: closed by the caller, never here
+        self.new_styles_off = self._new_styles_off()
+        self.jobs = StyleJobs(
+            config.models_dir / "jobs",
+            config.models_dir,
+            lambda: self.model_path,
+            self.publish,
+            content=config.content_dir,
+            steps=config.learn_steps,
+            size=config.learn_size,
+            threads=config.learn_threads,
+            max_queued=config.max_queued_styles,
+        )
         self.registry = metrics.registry_for(
             lambda: self.sessions.values(),
             self.worker,
@@ -88,7 +125,7 @@ class Server:
 
     def thumbnail(self, index: int) -> Path | None:
         """The thumbnail file of style ``index``: ``<i>.jpg`` or ``<style name>.jpg``, if present."""
-        folder = self.config.thumbnails
+        folder = self.thumbnails_dir
         if not 0 <= index < len(self.styles):
             return None
         for name in (f"{index}.jpg", f"{self.styles[index]}.jpg"):
@@ -97,6 +134,81 @@ class Server:
             if path.is_file() and path.resolve().parent == folder.resolve():
                 return path
         return None
+
+    def _shipped_styles(self) -> int:
+        """How many of the served styles came with the shipped model (the rest were learned)."""
+        if self.config.backend == "triton" or not self.model_path.is_file():
+            return len(self.styles)
+        try:
+            return lineage(self.model_path)[1]
+        except EngineError:
+            return len(self.styles)
+
+    def _new_styles_off(self) -> str | None:
+        """Why the page cannot add paintings here, or None when it can."""
+        cfg = self.config
+        if not cfg.allow_new_styles:
+            return "adding paintings is off on this server (start it with --allow-new-styles)"
+        if cfg.backend == "triton":
+            return "the model is served by a Triton server: add paintings where its model repository is made"
+        from streamer.security import is_loopback
+
+        if cfg.token is None and not is_loopback(cfg.host):
+            return "adding paintings needs an access token on a server other machines can reach (--token)"
+        if not self.model_path.with_suffix(".safetensors").is_file():
+            return f"the served model {self.model_path.name} has no checkpoint beside it to learn from"
+        return training_unavailable()
+
+    def styles_json(self) -> list[dict[str, Any]]:
+        v = self.version.record.number if self.version else 0
+        return [
+            {
+                "index": i,
+                "name": n,
+                # the version in the URL: after a delete, index i is another painting
+                "thumbnail": f"/styles/{i}.jpg?v={v}" if self.thumbnail(i) else None,
+                "learned": i >= self.shipped_styles,
+            }
+            for i, n in enumerate(self.styles)
+        ]
+
+    async def publish(self, folder: Path) -> int | None:
+        """Serve the model version in ``folder`` from the next frame on; every session keeps streaming.
+
+        The new backend is loaded off the loop with the running one's runtime and precision, so
+        the old styles' pixels do not change; the worker swaps it in between two batches, and
+        every session's mix grows by a zero weight (or loses the deleted style). Returns the
+        index of the added style (None for a delete).
+        """
+        version = ModelVersion.read(folder)
+        loop = asyncio.get_running_loop()
+        new = await loop.run_in_executor(None, self._load, version.onnx)
+        old_styles = self.styles
+        keep = [old_styles.index(n) if n in old_styles else -1 for n in new.styles]
+        old = await loop.run_in_executor(None, self.worker.swap, new, keep)
+        self.backend = new
+        self.styles = list(new.styles)
+        self.presets = build_presets(self.styles)
+        self.version, self.model_path, self.thumbnails_dir = version, version.onnx, version.thumbnails
+        styles_json = self.styles_json()
+        for session in list(self.sessions.values()):
+            session.restyle(self.styles, self.presets, keep, styles_json, version.record.change)
+        if old is not self._original:
+            await loop.run_in_executor(None, old.close)
+        log.info("serving %s: %s (%d styles)", folder, version.record.change, len(self.styles))
+        added = [i for i, k in enumerate(keep) if k < 0]
+        return added[0] if added else None
+
+    def _load(self, onnx: Path) -> Backend:
+        """``onnx`` on the running backend at its precision; where that cannot run it, the config's choice."""
+        cfg = self.config
+        try:
+            return load_backend(onnx, backend=self.backend.name, precision=self.backend.precision,
+                                num_threads=cfg.num_threads)  # fmt: skip
+        except (EngineError, ValueError) as e:
+            log.info("the new version cannot run on %s at %s (%s): loading it as configured",
+                     self.backend.name, self.backend.precision, e)  # fmt: skip
+            return load_backend(onnx, backend=cfg.backend, precision=cfg.precision, num_threads=cfg.num_threads)
 
     # ------------------------------------------------------------------ handlers
 
@@ -109,10 +221,7 @@ class Server:
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response(
             {
-                "styles": [
-                    {"index": i, "name": n, "thumbnail": f"/styles/{i}.jpg" if self.thumbnail(i) else None}
-                    for i, n in enumerate(self.styles)
-                ],
+                "styles": self.styles_json(),
                 "presets": [p.to_json() for p in self.presets],
                 "backend": self.backend_info,
                 # "auto" first: the page's default choice where the server's default is auto.
@@ -122,8 +231,88 @@ class Server:
                 "transition_ms": self.config.transition_ms,
                 # STUN/TURN for the page's RTCPeerConnection (behind the token, with TURN credentials)
                 "ice_servers": self.config.ice_server_list(),
+                "new_styles": {
+                    "enabled": self.new_styles_off is None,
+                    "reason": self.new_styles_off,
+                    "max_bytes": MAX_UPLOAD_BYTES,
+                    "jobs": [self._job_json(j) for j in self.jobs.jobs.values() if j.active],
+                },
             }
         )
+
+    # ------------------------------------------------------------------ new styles
+
+    def _job_json(self, job: Job) -> dict[str, Any]:
+        return job.to_json(self.jobs.position(job))
+
+    def _job(self, request: web.Request) -> Job:
+        job = self.jobs.jobs.get(request.match_info["job"])
+        if job is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": "no such job (finished jobs are forgotten on restart)"}),
+                                   content_type="application/json")  # fmt: skip
+        return job
+
+    async def add_style(self, request: web.Request) -> web.Response:
+        if self.new_styles_off is not None:
+            return _error(403, self.new_styles_off)
+        if self.shutting_down:
+            return _error(503, "the server is shutting down")
+        if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 65536:
+            return _error(413, f"the upload is {request.content_length / 2**20:.1f} MB; at most "
+                               f"{MAX_UPLOAD_BYTES // 2**20} MB")  # fmt: skip
+        try:
+            data, filename, raw_name = await _read_upload(request)
+            name = check_name(raw_name, [*self.styles, *self.jobs.names_in_flight()])
+            loop = asyncio.get_running_loop()
+            suffix, w, h = await loop.run_in_executor(None, check_upload, data)
+            job = self.jobs.new_job("add", name)
+        except UploadError as e:
+            return _error(e.status, str(e))
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(filename or "painting").stem)[:60]
+        job.painting = job.folder / f"{stem or 'painting'}{suffix}"
+        await loop.run_in_executor(None, job.painting.write_bytes, data)
+        self.jobs.submit(job)
+        log.info("painting %r uploaded (%dx%d, %d bytes): job %s", name, w, h, len(data), job.id)
+        return web.json_response(self._job_json(job), status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
+
+    async def delete_style(self, request: web.Request) -> web.Response:
+        if self.new_styles_off is not None:
+            return _error(403, self.new_styles_off)
+        try:
+            index = int(request.match_info["index"])
+        except ValueError:
+            return _error(404, "styles are addressed by index: DELETE /api/styles/INDEX")
+        if not 0 <= index < len(self.styles):
+            return _error(404, f"there is no style {index}; the model has {len(self.styles)}")
+        if index < self.shipped_styles:
+            return _error(403, f"{self.styles[index]!r} came with the shipped model and cannot be deleted")
+        try:
+            job = self.jobs.new_job("delete", self.styles[index])
+        except UploadError as e:
+            return _error(e.status, str(e))
+        self.jobs.submit(job)
+        return web.json_response(self._job_json(job), status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response({"jobs": [self._job_json(j) for j in self.jobs.jobs.values()]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        return web.json_response(self._job_json(self._job(request)))
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        try:
+            await self.jobs.cancel(job)
+        except UploadError as e:
+            return _error(e.status, str(e))
+        return web.json_response(self._job_json(job))
+
+    async def job_preview(self, request: web.Request) -> web.StreamResponse:
+        job = self._job(request)
+        if not job.previews or not job.preview.is_file():
+            raise web.HTTPNotFound(text="no preview yet")
+        data = await asyncio.get_running_loop().run_in_executor(None, job.preview.read_bytes)
+        return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def style_thumbnail(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -196,7 +385,7 @@ class Server:
         # {} for in-process backends; a remote one asks its server (blocking, up to its timeout): off the loop
         remote = await asyncio.get_running_loop().run_in_executor(None, self.backend.status)
         # a remote backend's model lives on the server: name it there, not by a local path it never read
-        where = {"path": str(self.config.model_path)}
+        where = {"path": str(self.model_path)}
         if remote:
             where = {"server": f"{remote['url']} model {remote['model']}"}
         return web.json_response(
@@ -239,9 +428,42 @@ class Server:
     async def worker_context(self, app: web.Application) -> AsyncIterator[None]:
         self.worker.start()
         yield
+        await self.jobs.close()
         await self.close_all()
         # Joining waits for the frame in progress; keep the loop free meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self.worker.stop)
+        if self.backend is not self._original:
+            self.backend.close()  # a version this server swapped in
+
+
+async def _read_upload(request: web.Request) -> tuple[bytes, str | None, str | None]:
+    """(image bytes, its file name, the name field) of a multipart upload, at most MAX_UPLOAD_BYTES read."""
+    if not request.content_type.startswith("multipart/"):
+        raise UploadError("send the painting as multipart/form-data with fields image (the file) and name")
+    reader = await request.multipart()
+    data, filename, name = None, None, None
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "image":
+            filename = part.filename
+            chunks, size = [], 0
+            while chunk := await part.read_chunk(256 * 1024):
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise UploadError(f"the file is over {MAX_UPLOAD_BYTES // 2**20} MB; at most "
+                                      f"{MAX_UPLOAD_BYTES // 2**20} MB", 413)  # fmt: skip
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        elif part.name == "name":
+            raw = await part.read_chunk(4096)
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UploadError("the name must be UTF-8 text") from None
+    if data is None:
+        raise UploadError("no image field: send the painting as the multipart field 'image'")
+    return data, filename, name
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -263,6 +485,12 @@ def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
     app.router.add_get("/", server.index)
     app.router.add_get("/api/info", server.info)
     app.router.add_get("/styles/{index}.jpg", server.style_thumbnail)
+    app.router.add_post("/api/styles", server.add_style)
+    app.router.add_get("/api/styles/jobs", server.list_jobs)
+    app.router.add_get("/api/styles/jobs/{job}", server.get_job)
+    app.router.add_delete("/api/styles/jobs/{job}", server.cancel_job)
+    app.router.add_get("/api/styles/jobs/{job}/preview.jpg", server.job_preview)
+    app.router.add_delete("/api/styles/{index}", server.delete_style)
     app.router.add_post("/offer", server.offer)
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.metrics)

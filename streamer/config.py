@@ -154,6 +154,25 @@ class StreamerConfig:
     max_session_minutes: float | None = opt(None, "close every session after this many minutes (default: never)")
     shutdown_grace_s: float = 1.0  # on SIGTERM: how long pages get to read the shutdown message (s)
 
+    # ----------------------------------------------------------------- new styles from the page
+    allow_new_styles: bool = opt(
+        False,
+        "let the page (and POST /api/styles) learn a user's painting into the model, in a child process at "
+        "the lowest priority; needs the train extra, and a token unless the server is on loopback",
+    )
+    models_dir: Path = opt(
+        user_data_dir() / "models",
+        "where learned model versions are kept; the server serves the newest one grown from --model",
+    )
+    content_dir: Path | None = opt(
+        None, "photos new paintings are learned on (default: the credited set in trainer/content)",
+        flag="--content", metavar="DIR",
+    )  # fmt: skip
+    learn_steps: int | None = opt(None, "optimisation steps per new painting (default: add-style's)")
+    learn_size: int | None = opt(None, "crop side in px when learning a painting (default: add-style's)")
+    learn_threads: int | None = opt(None, "CPU threads the learning process uses (default: all cores)")
+    max_queued_styles: int = opt(4, "paintings that may wait for their turn to be learned")
+
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
@@ -191,6 +210,9 @@ class StreamerConfig:
             raise ValueError(f"connect_timeout_s must be positive, got {self.connect_timeout_s}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        for name in ("learn_steps", "learn_size", "learn_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be at least 1, got {self.num_threads}")
 

@@ -153,6 +153,28 @@ class Mixer:
         w = self._from + (self._to - self._from) * e
         return w.astype(np.float32), self._s_from + (self._s_to - self._s_from) * e
 
+    def restyle(self, styles: Sequence[str], presets: Sequence[Preset], keep: Sequence[int]) -> None:
+        """The model changed (a style added or deleted) between frames: carry the mix over.
+
+        ``keep[i]``: the old index of new style ``i``, or -1 for a new style, which joins at
+        weight 0; a transition in progress goes on. If the mix used only a deleted style,
+        it moves to the first preset.
+        """
+        idx = np.asarray(keep, np.int64)
+        target = np.where(idx >= 0, self._target[np.maximum(idx, 0)], 0.0).astype(np.float32)
+        self.styles = list(styles)
+        self.presets = {p.name: p for p in presets}
+        if not target.sum() > 0:
+            target = np.asarray(presets[0].weights if presets else remap_weights(target, idx), np.float32)
+            self._from = self._to = _normalise(target)
+            self._duration = 0.0
+            self._preset = presets[0].name if presets else None
+        else:
+            self._from, self._to = remap_weights(self._from, idx), _normalise(target)
+        self._target = target
+        if self._preset not in self.presets:
+            self._preset = None
+
     # ------------------------------------------------------------------ messages
 
     def apply(self, msg: Any) -> MixState:
@@ -266,3 +288,12 @@ def _number(value: Any, what: str, lo: float, hi: float | None) -> float:
         rng = f"{lo:g}..{hi:g}" if hi is not None else f"non-negative (>= {lo:g})"
         raise ControlError(f"{what} must be {rng}, got {value!r}")
     return float(value)
+
+
+def remap_weights(weights: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Weights over the old styles -> over the new ones (``keep[i]``: old index of new style i, or -1:
+    weight 0). Where nothing is left (the only style used was deleted), the first style gets it all."""
+    out = np.where(keep >= 0, weights[np.maximum(keep, 0)], 0.0).astype(np.float32)
+    if not out.sum() > 0:
+        out[0] = 1.0
+    return out

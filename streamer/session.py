@@ -9,6 +9,8 @@ Control messages (JSON text on the data channel labelled ``control``)::
     <- {"type": "ack", "state": {"weights": [...], "strength": x, "resolution": "WxH" | "auto", "preset": name|null,
         "auto_resolution": "WxH"}}           (auto_resolution: only on "auto", the size it applies now)
     <- {"type": "pong", "t": 123.4}
+    <- {"type": "styles", "styles": [...], "presets": [...], "state": {...}, "change": "added NAME"}
+                                          (the model changed: a style was learned or deleted)
     <- {"type": "error", "message": "..."}
     <- {"type": "stats", "fps_in", "fps_out", "infer_ms", "dropped", "backend", "resolution", "error",
         "stages_ms", ...}                                           (every stats interval)
@@ -241,6 +243,21 @@ class Session:
         self.messages_rejected += 1
         log.debug("session %s: rejected a control message: %s", self.id, message)  # a client's doing: not INFO
         return {"type": "error", "message": message}
+
+    def restyle(
+        self, styles: list[str], presets: list[Preset], keep: list[int], styles_json: list[dict[str, Any]], change: str
+    ) -> None:
+        """The server swapped in a model with other styles: carry the mix over and tell the page."""
+        self.mixer.restyle(styles, presets, keep)
+        self.say(
+            {
+                "type": "styles",
+                "styles": styles_json,
+                "presets": [p.to_json() for p in presets],
+                "state": self.state_json(),
+                "change": change,
+            }
+        )
 
     def say(self, payload: dict[str, Any]) -> bool:
         """Send ``payload`` on the control channel if it is open; whether it was sent."""

@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import av
@@ -33,6 +34,7 @@ from prometheus_client import Histogram
 
 from common.sizes import fit_size
 from engines.runtime.base import Backend
+from streamer.mixer import remap_weights
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,11 @@ class InferenceWorker:
             registry=None,
         )
         self.frames = 0  # frames stylized
+        # Held for each batch; swap() takes it, so a new model starts between frames.
+        self._lock = threading.Lock()
+        # After a swap: (the old style count, for each new style its old index or -1), so that
+        # frames queued with the old weight vectors still run (new styles at weight 0).
+        self._remap: tuple[int, np.ndarray] | None = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -134,6 +141,26 @@ class InferenceWorker:
         self._queue.put(_Job(frame, box, weights, float(strength), fut))
         return fut
 
+    def swap(self, backend: Backend, keep: Sequence[int]) -> Backend:
+        """Run ``backend`` from the next batch on and return the old one, idle from now.
+
+        ``keep[i]``: the old index of the new model's style ``i``, or -1 for a new style.
+        Blocks while a batch is running (call it off the event loop).
+        """
+        if len(keep) != len(backend.styles):
+            raise ValueError(f"keep lists {len(keep)} styles, the new model has {len(backend.styles)}")
+        with self._lock:
+            old, self.backend = self.backend, backend
+            self._remap = (len(old.styles), np.asarray(keep, np.int64))
+        return old
+
+    def _fit(self, weights: np.ndarray) -> np.ndarray:
+        """A weight vector made for the model before the last swap, as the current model needs it."""
+        n = len(self.backend.styles)
+        if weights.shape[-1] == n or self._remap is None or weights.shape[-1] != self._remap[0]:
+            return weights  # current, or wrong anyway (the backend says why)
+        return remap_weights(weights, self._remap[1])
+
     # ------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:
@@ -154,7 +181,8 @@ class InferenceWorker:
             # A future cancelled meanwhile (its session closed) is skipped.
             jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             try:
-                self._run(jobs)
+                with self._lock:
+                    self._run(jobs)
             except Exception as e:  # a bug here must not kill the thread every session shares
                 log.exception("inference worker failed")
                 for j in jobs:
@@ -175,6 +203,7 @@ class InferenceWorker:
         groups: dict[tuple[int, ...], list[_Job]] = {}
         for j in ready:
             assert j.rgb is not None
+            j.weights = self._fit(j.weights)
             if j.strength <= 0.0:  # all original: no network call
                 j.future.set_result(self._finish(j, j.rgb))
                 continue

@@ -126,3 +126,29 @@ def test_auto_resolution_is_a_choice_that_leaves_the_box_to_the_session() -> Non
     with pytest.raises(ControlError, match="choose one of auto, 320x240, 640x480"):
         mixer.apply({"type": "set", "resolution": "AUTO"})
     assert mixer.apply({"type": "set", "resolution": "320x240"}).resolution == "320x240" and not mixer.auto
+
+
+def test_a_new_style_joins_at_weight_zero_and_a_transition_goes_on() -> None:
+    mixer, clock = make(transition_ms=400)
+    mixer.apply({"type": "set", "weights": [0, 1, 0]})
+    clock.t += 0.2
+    halfway, _ = mixer.step()
+    styles = [*STYLES, "mine"]
+    mixer.restyle(styles, build_presets(styles), [0, 1, 2, -1])
+    assert mixer.state.weights == (0.0, 1.0, 0.0, 0.0) and mixer.styles == styles
+    now, _ = mixer.step()
+    np.testing.assert_allclose(now, [*halfway, 0], atol=1e-6)  # no jump at the swap
+    clock.t += 1
+    np.testing.assert_allclose(mixer.step()[0], [0, 1, 0, 0])
+    assert mixer.apply({"type": "set", "weights": {"mine": 1}}).weights == (0, 0, 0, 1)
+
+
+def test_deleting_the_only_style_in_use_moves_to_the_first_preset() -> None:
+    styles = [*STYLES, "mine"]
+    mixer = Mixer(styles, build_presets(styles), ["320x240"], "320x240", 0, clock=Clock())
+    mixer.apply({"type": "set", "weights": {"mine": 1}})
+    mixer.restyle(STYLES, build_presets(STYLES), [0, 1, 2])
+    assert mixer.state.weights == (1.0, 0.0, 0.0) and mixer.state.preset == "ember"
+    np.testing.assert_allclose(mixer.step()[0], [1, 0, 0])
+    with pytest.raises(ControlError, match="mine"):
+        mixer.apply({"type": "set", "weights": {"mine": 1}})

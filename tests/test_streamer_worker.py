@@ -106,3 +106,36 @@ def test_a_failing_frame_in_a_batch_fails_alone(backend: FrameBackend) -> None:
         w.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         w.submit(frame_of(good, 0), (640, 480), weights, 1.0)
+
+
+def test_a_swap_between_frames_runs_frames_queued_with_the_old_weights(
+    worker: InferenceWorker, backend: FrameBackend, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from engines.export import export_onnx
+    from trainer.checkpoint import Checkpoint, Style, load_checkpoint, load_generator, save_checkpoint
+    from trainer.train import extend_generator
+
+    g, ckpt = load_generator(tiny_checkpoint)
+    bigger = extend_generator(g)
+    with torch.no_grad():
+        for p in bigger.style_parameters():
+            p[-1].add_(1.0)
+    path = tmp_path / "four.safetensors"
+    styles = [*load_checkpoint(tiny_checkpoint).styles, Style("mine", "mine.png")]
+    save_checkpoint(path, Checkpoint(bigger.config, styles, generator_state=bigger.state_dict()))
+    four = load_backend(export_onnx(path, path.with_suffix(".onnx")), backend="onnxruntime")
+    img = pattern(96, 64)
+    old = np.array([0, 0, 1], np.float32)
+    before = worker.submit(frame_of(img, 0), (640, 480), old, 1.0).result(timeout=30)
+    assert worker.swap(four, [0, 1, 2, -1]) is backend
+    # a session's mixer that has not heard of the swap yet still sends 3 weights: they run as [0, 0, 1, 0]
+    after = worker.submit(frame_of(img, 1), (640, 480), old, 1.0).result(timeout=30)
+    np.testing.assert_array_equal(after.frame.to_ndarray(format="rgb24"), before.frame.to_ndarray(format="rgb24"))
+    new = worker.submit(frame_of(img, 2), (640, 480), np.eye(4, dtype=np.float32)[3], 1.0).result(timeout=30)
+    assert not np.array_equal(new.frame.to_ndarray(format="rgb24"), before.frame.to_ndarray(format="rgb24"))
+    with pytest.raises(ValueError, match="keep lists 2"):
+        worker.swap(backend, [0, 1])
+    assert worker.swap(backend, [0, 1, 2]) is four  # back, for the other tests of this module
+    four.close()

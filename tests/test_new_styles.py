@@ -1,0 +1,266 @@
+"""A user's painting learned from the API: uploads checked, jobs queued, the version swapped in live.
+
+The real app runs in this process (``bench.loopback.serve``) on the tiny model, with
+``--allow-new-styles``; each job is the real child process (``python -m engines.learn``)
+with a few steps at a small crop size, so a job takes seconds. Real aiortc peers
+stream through the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from bench.loopback import LocalServer, Peer, pattern, serve
+from engines.runtime import load_backend
+from streamer.config import StreamerConfig
+
+pytest.importorskip("torch")
+pytest.importorskip("PIL")
+
+FAST = {"learn_steps": 4, "learn_size": 32}
+
+
+def painting_png(size: tuple[int, int] = (160, 120), seed: int = 1) -> bytes:
+    """A small striped 'painting' as PNG bytes."""
+    from PIL import Image
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    for x in range(0, w, 8):
+        img[:, x : x + 4] = rng.integers(0, 256, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+StartServer = Callable[..., Awaitable[LocalServer]]
+
+
+@pytest.fixture
+async def start_server(tiny_onnx: Path, tmp_path: Path) -> AsyncIterator[StartServer]:
+    """start(**config) -> the real app on the tiny model, learning into tmp_path/models."""
+    from streamer.__main__ import newest_version
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**config: Any) -> LocalServer:
+            fields = {"allow_new_styles": True, "models_dir": tmp_path / "models", **FAST, **config}
+            cfg = newest_version(StreamerConfig(model_path=tiny_onnx, **fields))
+            backend = load_backend(cfg.model_path, precision="fp32")
+            stack.callback(backend.close)
+            return await stack.enter_async_context(serve(cfg, backend))
+
+        yield start
+
+
+def form(data: bytes | None, name: str | None, filename: str = "painting.png") -> aiohttp.FormData:
+    f = aiohttp.FormData()
+    if data is not None:
+        f.add_field("image", data, filename=filename, content_type="application/octet-stream")
+    if name is not None:
+        f.add_field("name", name)
+    return f
+
+
+async def upload(http: aiohttp.ClientSession, url: str, data: bytes | None, name: str | None) -> tuple[int, Any]:
+    async with http.post(f"{url}/api/styles", data=form(data, name)) as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_job(
+    http: aiohttp.ClientSession, url: str, job_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> list[dict[str, Any]]:
+    """Poll the job until ``until(job)``; returns every state seen."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with http.get(f"{url}/api/styles/jobs/{job_id}") as resp:
+            assert resp.status == 200
+            job = await resp.json()
+        seen.append(job)
+        if until(job):
+            return seen
+        assert job["state"] not in ("failed", "cancelled") or until(job), job
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {seen[-1]['state']} after {timeout} s")
+
+
+def done(job: dict[str, Any]) -> bool:
+    return job["state"] == "done"
+
+
+async def test_bad_uploads_are_refused_with_a_plain_reason(start_server: StartServer) -> None:
+    from PIL import Image
+
+    srv = await start_server()
+    wide = io.BytesIO()
+    Image.new("1", (20_000, 40)).save(wide, format="PNG")  # a few kB, absurd dimensions
+    tiny = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(tiny, format="PNG")
+    good = painting_png()
+    cases = [
+        (b"", "Empty", 400, "empty (0 bytes)"),
+        (b"%PDF-1.4 not a picture" * 50, "Doc", 400, "not an image"),
+        (good[: len(good) // 2], "Cut", 400, "not an image"),  # a truncated PNG
+        (wide.getvalue(), "Wide", 400, "20000x40 pixels"),
+        (tiny.getvalue(), "Tiny", 400, "at least 64"),
+        (b"\xff" * (20 * 1024 * 1024 + 10), "Huge", 413, "at most 20 MB"),
+        (good, "", 400, "give the painting a name"),
+        (good, "   ", 400, "give the painting a name"),
+        (good, "<script>alert(1)</script>", 400, "may not contain"),
+        (good, 'Nice" onload="x', 400, "may not contain"),
+        (good, "x" * 41, 400, "at most 40"),
+        (good, "ember", 400, "named 'ember' already"),  # a style of the tiny model
+        (None, "No file", 400, "fields image (the file)"),  # a form without a file
+    ]
+    async with aiohttp.ClientSession() as http:
+        for data, name, status, text in cases:
+            code, body = await upload(http, srv.url, data, name)
+            assert code == status and text in body["error"], (name, code, body)
+        async with http.post(f"{srv.url}/api/styles", json={"image": "x"}) as resp:
+            assert resp.status == 400 and "multipart/form-data" in (await resp.json())["error"]
+        async with http.get(f"{srv.url}/api/info") as resp:
+            info = await resp.json()
+    assert info["new_styles"]["enabled"] and info["new_styles"]["jobs"] == []  # nothing was queued
+    assert [s["name"] for s in info["styles"]] == ["ember", "glacier", "moss"]
+
+
+async def test_uploads_stay_off_unless_allowed_and_say_why(
+    start_server: StartServer, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamer import learning
+    from streamer.app import Server
+
+    srv = await start_server(allow_new_styles=False)
+    async with aiohttp.ClientSession() as http:
+        code, body = await upload(http, srv.url, painting_png(), "Mine")
+        async with http.get(f"{srv.url}/api/info") as resp:
+            info = (await resp.json())["new_styles"]
+    assert code == 403 and "--allow-new-styles" in body["error"]
+    assert not info["enabled"] and "--allow-new-styles" in info["reason"]
+    guarded_srv = await start_server(token="secret")
+    async with aiohttp.ClientSession() as http:
+        code, body = await upload(http, guarded_srv.url, painting_png(), "Mine")
+        assert code == 401 and "token" in body["error"]
+        async with http.post(
+            f"{guarded_srv.url}/api/styles", data=form(painting_png(), "Mine"), headers={"X-Stylecast-Token": "secret"}
+        ) as resp:
+            assert resp.status == 202  # with the token it is taken
+    backend = load_backend(tiny_onnx, precision="fp32")
+    try:
+        exposed = Server(
+            StreamerConfig(model_path=tiny_onnx, host="0.0.0.0", no_auth=True, allow_new_styles=True), backend
+        )
+        assert exposed.new_styles_off is not None and "access token" in exposed.new_styles_off
+        guarded = StreamerConfig(model_path=tiny_onnx, host="0.0.0.0", token="t", allow_new_styles=True)
+        assert Server(guarded, backend).new_styles_off is None
+        # Without the train extra (here: a module that is not installed) the reason names it.
+        monkeypatch.setattr(learning, "TRAIN_MODULES", (*learning.TRAIN_MODULES, "no_such_module_xyz"))
+        off = Server(StreamerConfig(model_path=tiny_onnx, allow_new_styles=True), backend).new_styles_off
+        assert off is not None and "no_such_module_xyz not installed" in off and "stylecast[train]" in off
+    finally:
+        backend.close()
+
+
+async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server: StartServer, tmp_path: Path) -> None:
+    srv = await start_server()
+    server = srv.server
+    frame = pattern(96, 64)
+    old_weights = [np.eye(3, dtype=np.float32)[i] for i in range(3)] + [np.asarray([0.2, 0.5, 0.3], np.float32)]
+    before = [server.backend.stylize(frame, w) for w in old_weights]
+    async with aiohttp.ClientSession() as http:
+        peer = Peer(pattern(160, 120))
+        await peer.connect(http, srv.url)
+        await peer.wait_frames(10, timeout=30)
+        code, job = await upload(http, srv.url, painting_png(), "Stripes")
+        assert code == 202 and job["state"] in ("queued", "learning"), job
+        seen = await wait_job(http, srv.url, job["id"], done)
+        # progress was visible: steps counted up, an ETA, and a preview picture
+        steps = [j["step"] for j in seen]
+        assert steps == sorted(steps) and seen[-1]["step"] == seen[-1]["steps"] == FAST["learn_steps"]
+        assert any(j["state"] == "learning" and j["eta_s"] is not None for j in seen) or len(seen) < 3
+        assert seen[-1]["style_index"] == 3 and seen[-1]["preview"]
+        async with http.get(srv.url + seen[-1]["preview"]) as resp:
+            assert resp.status == 200 and resp.content_type == "image/jpeg"
+            assert (await resp.read())[:2] == b"\xff\xd8"
+
+        # The session kept streaming through the swap and was told of the new style, weight 0.
+        await peer.wait(lambda: any(m["type"] == "styles" for m in peer.messages), 10, "the styles message")
+        msg = next(m for m in peer.messages if m["type"] == "styles")
+        assert [s["name"] for s in msg["styles"]] == ["ember", "glacier", "moss", "Stripes"]
+        assert msg["styles"][3]["learned"] and not msg["styles"][0]["learned"] and msg["change"] == "added Stripes"
+        assert len(msg["state"]["weights"]) == 4 and msg["state"]["weights"][3] == 0
+        await peer.wait_frames(15, timeout=30)
+        assert not any(s["error"] for s in peer.stats()[-3:]), peer.stats()[-3:]
+        reply = await peer.request({"type": "set", "weights": {"Stripes": 1}})
+        assert reply["type"] == "ack" and reply["state"]["weights"] == [0, 0, 0, 1], reply
+        await peer.wait_frames(5, timeout=30)
+
+        # The old styles give the same pixels, bit for bit, on the new version.
+        after = [server.backend.stylize(frame, np.append(w, np.float32(0))) for w in old_weights]
+        for a, b in zip(before, after, strict=True):
+            assert np.array_equal(a, b)
+        new = server.backend.stylize(frame, np.eye(4, dtype=np.float32)[3])
+        assert not any(np.array_equal(new, b) for b in before)
+
+        async with http.get(f"{srv.url}/api/info") as resp:
+            info = await resp.json()
+        assert info["styles"][3] == {"index": 3, "name": "Stripes", "thumbnail": "/styles/3.jpg?v=1", "learned": True}
+        async with http.get(srv.url + info["styles"][3]["thumbnail"]) as resp:
+            assert resp.status == 200
+        await peer.close()
+    await srv.stop()
+
+    # A restart serves the newest version.
+    again = await start_server()
+    assert again.server.styles == ["ember", "glacier", "moss", "Stripes"]
+    assert again.server.version is not None and again.server.version.record.change == "added Stripes"
+    assert np.array_equal(again.server.backend.stylize(frame, np.eye(4, dtype=np.float32)[3]), new)
+
+    # Shipped styles cannot be deleted; the learned one can, and sessions lose it.
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(f"{again.url}/api/styles/0") as resp:
+            assert resp.status == 403 and "shipped" in (await resp.json())["error"]
+        async with http.delete(f"{again.url}/api/styles/3") as resp:
+            assert resp.status == 202
+            job = await resp.json()
+        await wait_job(http, again.url, job["id"], done)
+    assert again.server.styles == ["ember", "glacier", "moss"]
+    assert np.array_equal(again.server.backend.stylize(frame, old_weights[0]), before[0])
+
+
+async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_server: StartServer) -> None:
+    srv = await start_server(learn_steps=2000)  # the first job runs until cancelled
+    async with aiohttp.ClientSession() as http:
+        code, first = await upload(http, srv.url, painting_png(seed=1), "First")
+        assert code == 202
+        await wait_job(http, srv.url, first["id"], lambda j: j["state"] == "learning" and j["step"] > 0)
+        code, second = await upload(http, srv.url, painting_png(seed=2), "Second")
+        assert code == 202 and second["state"] == "queued" and second["queue_position"] == 0, second
+        code, third = await upload(http, srv.url, painting_png(seed=3), "Third")
+        assert third["queue_position"] == 1
+        code, body = await upload(http, srv.url, painting_png(seed=4), "First")  # a name in flight
+        assert code == 400 and "already" in body["error"]
+        async with http.delete(f"{srv.url}/api/styles/jobs/{third['id']}") as resp:
+            assert (await resp.json())["state"] == "cancelled"
+        async with http.delete(f"{srv.url}/api/styles/jobs/{first['id']}") as resp:
+            assert (await resp.json())["state"] == "cancelled"
+        # the second one starts once the first is gone
+        await wait_job(http, srv.url, second["id"], lambda j: j["state"] == "learning" and j["step"] > 0)
+        async with http.delete(f"{srv.url}/api/styles/jobs/{second['id']}") as resp:
+            assert (await resp.json())["state"] == "cancelled"
+        async with http.get(f"{srv.url}/api/info") as resp:
+            info = await resp.json()
+    assert [s["name"] for s in info["styles"]] == ["ember", "glacier", "moss"]  # nothing was published
+    assert srv.server.jobs.running is None or srv.server.jobs.running.state == "cancelled"
