@@ -124,6 +124,9 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     await ember.wait_for()
     assert await page.get_by_label("Resolution").input_value() == "320x240"
     await page.get_by_label("Transition").select_option(label="instant")
+    # This server cannot learn paintings: the page says why instead of showing the form.
+    assert await page.get_by_label("Painting file").is_hidden()
+    assert "--allow-new-styles" in (await page.locator("#learn-off").text_content() or "")
 
     await page.get_by_role("button", name="Start camera").click()
     await page.wait_for_function(
@@ -337,3 +340,69 @@ async def test_page_streams_over_https_with_a_self_signed_certificate(
     )
     assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
     assert (await page.get_by_role("status", name="Connection status").text_content()) == "Live"
+
+
+async def test_page_learns_a_dropped_painting_and_shows_it_as_a_slider_without_reconnecting(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    server = await start_server(
+        allow_new_styles=True, models_dir=tmp_path / "models", learn_steps=40, learn_size=32, transition_ms=0
+    )
+    painting = tmp_path / "Blue_Stripes.png"
+    stripes = np.zeros((120, 160, 3), np.uint8)
+    stripes[:, ::8] = (30, 60, 220)
+    stripes[:, 1::8] = (230, 230, 40)
+    cv2.imwrite(str(painting), stripes)
+    camera = write_y4m(tmp_path / "camera.y4m")
+    page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
+    await page.goto(f"{server.url}/?hook=1&res=320x240")
+    await page.get_by_role("button", name="Start camera").click()
+    await page.wait_for_function("stylecast.renderedFrames > 10", timeout=60_000)
+
+    # A file that is no picture gets the server's plain reason.
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not a picture at all")
+    await page.get_by_label("Painting file").set_input_files(str(bogus))
+    await page.get_by_label("Style name").fill("Notes")
+    await page.get_by_role("button", name="Learn it").click()
+    assert "not an image" in await alert_text(page)
+
+    # The real painting: the name comes from the file name; progress shows while it learns.
+    await page.get_by_label("Style name").fill("")
+    await page.get_by_label("Painting file").set_input_files(str(painting))
+    assert await page.get_by_label("Style name").input_value() == "Blue Stripes"
+    await page.get_by_role("button", name="Learn it").click()
+    progress = page.get_by_role("status", name="Learning progress")
+    await page.wait_for_function(
+        "/step \\d+ of 40/.test(document.getElementById('learn-text').textContent)", timeout=120_000
+    )
+    during = await page.evaluate("stylecast.renderedFrames")
+    await page.wait_for_function(
+        "document.getElementById('learn-text').textContent.includes('is ready')", timeout=180_000
+    )
+    assert "for every session" in (await progress.text_content() or "")
+    assert await page.locator("#learn-progress").evaluate("p => p.value") == 1
+    assert not await page.locator("#learn-preview").is_hidden()  # the preview tile showed the new style
+    assert await page.evaluate("stylecast.renderedFrames") > during + 10  # video went on while it learned
+
+    # The new slider is there, in the same session (no reconnect), and it works.
+    new = page.get_by_label("Blue Stripes weight")
+    await new.wait_for(timeout=10_000)
+    assert await page.evaluate("stylecast.state.session") == next(iter(server.server.sessions))
+    assert (await page.get_by_role("status", name="Connection status").text_content()) == "Live"
+    before = await page.evaluate("stylecast.sample()")
+    await new.fill("100")
+    await page.get_by_label("ember weight").fill("0")
+    await page.wait_for_function(
+        "(() => { const w = stylecast.lastAck && stylecast.lastAck.state.weights;"
+        " return w && w.length === 4 && w[0] === 0 && w[3] > 0; })()",
+        timeout=10_000,
+    )
+    await frames_after(page, 20)
+    after = await page.evaluate("stylecast.sample()")
+    assert mad(before, after) > 2, mad(before, after)
+    assert await page.locator(".style img.thumb").count() == 1  # the tiny model ships none; the new one has one
+    shot = tmp_path / "learned.png"
+    await page.screenshot(path=str(shot))
+    print(f"page screenshot: {shot}")

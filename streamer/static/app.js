@@ -11,7 +11,7 @@
 //
 // Neither extra is loaded otherwise. They see the page through what this module exports:
 // `state`, `events` (an EventTarget: "info", "ack", "stats", "pong", "alert", "connected",
-// "snapshot"), `ui`, `framesDecoded()`, `setSendSource()` and `sendSourceInUse()`.
+// "snapshot", "styles", "job"), `ui`, `framesDecoded()`, `setSendSource()` and `sendSourceInUse()`.
 
 const params = new URLSearchParams(location.search);
 const CODEC = (params.get("codec") || "vp8").toLowerCase();
@@ -43,6 +43,18 @@ export const ui = {
   infer: $("infer"),
   backend: $("backend"),
   download: $("download"),
+  learnOff: $("learn-off"),
+  learnForm: $("learn-form"),
+  learnDrop: $("learn-drop"),
+  learnFile: $("learn-file"),
+  learnFileText: $("learn-file-text"),
+  learnName: $("learn-name"),
+  learnGo: $("learn-go"),
+  learnJob: $("learn-job"),
+  learnPreview: $("learn-preview"),
+  learnText: $("learn-text"),
+  learnProgress: $("learn-progress"),
+  learnCancel: $("learn-cancel"),
 };
 
 // ---------------------------------------------------------------- state and extension points
@@ -209,7 +221,13 @@ function buildControls(info) {
   }
   if ((info.resolutions || []).includes(wanted)) ui.resolution.value = wanted;
   state.resolution = ui.resolution.value || null;
+  buildStyles(info);
+  showStrength(state.strength);
+  showLearn(info.new_styles || {});
+}
 
+// Presets and one slider per style; rebuilt when the server swaps in a model with another style list.
+function buildStyles(info) {
   // Presets
   ui.presets.replaceChildren();
   for (const p of info.presets || []) {
@@ -258,10 +276,19 @@ function buildControls(info) {
     });
     box.append(label, input);
     li.append(thumb, box);
+    if (s.learned && info.new_styles && info.new_styles.enabled) {
+      const del = document.createElement("button");
+      del.type = "button";
+      del.className = "delete";
+      del.textContent = "×";
+      del.title = `Delete ${s.name} (a style learned on this server)`;
+      del.setAttribute("aria-label", `Delete ${s.name}`);
+      del.addEventListener("click", () => deleteStyle(s));
+      label.append(del);
+    }
     ui.styles.append(li);
   }
   showWeights(state.weights);
-  showStrength(state.strength);
 }
 
 function makeThumb(style) {
@@ -405,6 +432,18 @@ function onControlMessage(ev) {
     state.rttMs = performance.now() - msg.t;
     emit("pong", state.rttMs);
     showLatency();
+  } else if (msg.type === "styles") {
+    // The server swapped in a model with another style list (a painting learned or deleted).
+    state.info = { ...state.info, styles: msg.styles, presets: msg.presets };
+    buildStyles(state.info);
+    const s = msg.state || {};
+    if (s.weights) {
+      state.weights = [...s.weights];
+      showWeights(state.weights);
+    }
+    markPreset(s.preset || null);
+    emit("styles", msg);
+    showMessage(`The styles changed: ${msg.change}.`, "info");
   } else if (msg.type === "shutdown" || msg.type === "bye") {
     // The server is going away (or ended this session): say so, and keep saying it when the connection drops.
     state.connected = false;
@@ -696,6 +735,163 @@ ui.snapshot.addEventListener("click", () => {
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }, "image/png");
 });
+
+// ---------------------------------------------------------------- add a painting
+
+const JOB_KEY = "stylecast-job"; // the job this tab started, so a reload keeps following it
+const JOB_POLL_MS = 1000;
+let jobTimer = null;
+let previewUrl = null;
+const dropText = ui.learnFileText.cloneNode(true); // "Drop a painting here, ...", to put back after an upload
+
+function showLearn(ns) {
+  ui.learnForm.hidden = !ns.enabled;
+  ui.learnOff.hidden = !!ns.enabled;
+  ui.learnOff.textContent = ns.enabled ? "" : `${ns.reason || "Adding paintings is off on this server"}.`;
+  const mine = sessionStorage.getItem(JOB_KEY);
+  if (ns.enabled && mine && !jobTimer && (ns.jobs || []).some((j) => j.id === mine)) followJob(mine);
+}
+
+function styleNameFrom(file) {
+  const stem = file.name.replace(/\.[^.]+$/, "").replace(/[_-]+/g, " ").replace(/[<>&"'`\\/]/g, "").trim();
+  // at most 40 characters, cut at a word
+  return stem.length <= 40 ? stem : stem.slice(0, 41).replace(/\s+\S*$/, "");
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  ui.learnFileText.textContent = `${file.name} (${(file.size / 2 ** 20).toFixed(1)} MB)`;
+  if (!ui.learnName.value.trim()) ui.learnName.value = styleNameFrom(file);
+}
+
+ui.learnFile.addEventListener("change", () => chooseFile(ui.learnFile.files[0]));
+for (const type of ["dragenter", "dragover"]) {
+  ui.learnDrop.addEventListener(type, (ev) => {
+    ev.preventDefault();
+    ui.learnDrop.classList.add("over");
+  });
+}
+for (const type of ["dragleave", "drop"]) ui.learnDrop.addEventListener(type, () => ui.learnDrop.classList.remove("over"));
+ui.learnDrop.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  if (!ev.dataTransfer || !ev.dataTransfer.files.length) return;
+  ui.learnFile.files = ev.dataTransfer.files;
+  chooseFile(ev.dataTransfer.files[0]);
+});
+
+ui.learnForm.addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  clearMessage();
+  const file = ui.learnFile.files[0];
+  const name = ui.learnName.value.trim();
+  const max = (state.info && state.info.new_styles && state.info.new_styles.max_bytes) || 20 * 2 ** 20;
+  // The server checks all of this again (and more); these are the ones worth saying before the upload.
+  if (!file) return showMessage("Choose a painting first (JPEG, PNG or WebP).");
+  if (!file.size) return showMessage(`${file.name} is empty (0 bytes).`);
+  if (file.size > max) return showMessage(`${file.name} is ${(file.size / 2 ** 20).toFixed(1)} MB; at most ${max / 2 ** 20} MB.`);
+  if (!name) return showMessage("Give the painting a name.");
+  const body = new FormData();
+  body.append("image", file, file.name);
+  body.append("name", name);
+  ui.learnGo.disabled = true;
+  ui.learnGo.textContent = "Uploading…";
+  try {
+    const resp = await api("/api/styles", { method: "POST", body });
+    const job = await resp.json().catch(() => ({}));
+    if (resp.status !== 202) return showMessage(`The painting was not accepted: ${job.error || `HTTP ${resp.status}`}`);
+    sessionStorage.setItem(JOB_KEY, job.id);
+    ui.learnForm.reset();
+    ui.learnFileText.replaceChildren(...dropText.cloneNode(true).childNodes);
+    showJob(job);
+    followJob(job.id);
+  } catch (err) {
+    showMessage(`Could not upload the painting: ${err.message}`);
+  } finally {
+    ui.learnGo.disabled = false;
+    ui.learnGo.textContent = "Learn it";
+  }
+});
+
+async function deleteStyle(style) {
+  if (!window.confirm(`Delete “${style.name}” for everyone on this server?`)) return;
+  const resp = await api(`/api/styles/${style.index}`, { method: "DELETE" });
+  const job = await resp.json().catch(() => ({}));
+  if (resp.status !== 202) return showMessage(`Could not delete ${style.name}: ${job.error || `HTTP ${resp.status}`}`);
+  showJob(job);
+  followJob(job.id);
+}
+
+function duration(s) {
+  if (s == null) return "";
+  const m = Math.floor(s / 60);
+  const r = Math.round(s % 60);
+  return m ? `${m} min ${r} s` : `${r} s`;
+}
+
+function followJob(id) {
+  clearInterval(jobTimer);
+  jobTimer = setInterval(async () => {
+    let job;
+    try {
+      const resp = await api(`/api/styles/jobs/${id}`, { cache: "no-store" });
+      if (resp.status === 404) throw new Error("the server forgot the job (restarted?)");
+      job = await resp.json();
+    } catch (err) {
+      clearInterval(jobTimer);
+      jobTimer = null;
+      ui.learnText.textContent = `Lost track of the painting: ${err.message}`;
+      return;
+    }
+    showJob(job);
+    if (!["queued", "learning", "exporting", "publishing"].includes(job.state)) {
+      clearInterval(jobTimer);
+      jobTimer = null;
+      sessionStorage.removeItem(JOB_KEY);
+      if (job.state === "done" && !state.connected) loadInfo(); // no channel to hear the news on
+      if (job.state === "failed") showMessage(`Learning “${job.name}” failed: ${job.error}`);
+    }
+  }, JOB_POLL_MS);
+}
+
+function showJob(job) {
+  emit("job", job);
+  ui.learnJob.hidden = false;
+  const verb = job.kind === "delete" ? "Deleting" : "Learning";
+  const texts = {
+    queued: job.queue_position ? `Waiting: ${job.queue_position} painting(s) ahead of “${job.name}”.` : `“${job.name}” is next in line.`,
+    learning: job.steps
+      ? `${verb} “${job.name}”: step ${job.step} of ${job.steps}${job.eta_s != null ? `, about ${duration(job.eta_s)} left` : ""}.`
+      : `${verb} “${job.name}”: starting…`,
+    exporting: `Checking the new model and publishing “${job.name}”…`,
+    publishing: `Swapping the new model in…`,
+    done: job.kind === "delete" ? `“${job.name}” was deleted.` : `“${job.name}” is ready${job.elapsed_s ? ` (${duration(job.elapsed_s)})` : ""}: it is a slider now, for every session.`,
+    failed: `Learning “${job.name}” failed.`,
+    cancelled: `“${job.name}” was cancelled.`,
+  };
+  ui.learnText.textContent = texts[job.state] || job.state;
+  ui.learnProgress.value = job.steps ? job.step / job.steps : job.state === "done" ? 1 : 0;
+  ui.learnCancel.hidden = !["queued", "learning"].includes(job.state);
+  ui.learnCancel.onclick = async () => {
+    const resp = await api(`/api/styles/jobs/${job.id}`, { method: "DELETE" });
+    const body = await resp.json().catch(() => ({}));
+    if (resp.ok) showJob(body);
+    else showMessage(`Could not cancel: ${body.error || `HTTP ${resp.status}`}`);
+  };
+  if (job.preview && job.preview !== previewUrl) {
+    previewUrl = job.preview;
+    api(job.preview)
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((blob) => {
+        const old = ui.learnPreview.src;
+        ui.learnPreview.src = URL.createObjectURL(blob);
+        ui.learnPreview.hidden = false;
+        if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+      })
+      .catch(() => {});
+  } else if (!job.preview && job.state === "queued") {
+    ui.learnPreview.hidden = true;
+  }
+}
 
 // ---------------------------------------------------------------- boot
 
