@@ -17,6 +17,15 @@ weights and ``--settle`` seconds of stylized frames with that mix have been show
 a full-page screenshot is written to ``--out`` (``--no-full-page``: the viewport only).
 Everything is closed afterwards.
 
+With ``--learn PAINTING`` the server runs with ``--allow-new-styles`` (a temporary models
+folder), the painting is dropped into the page's *Add a painting* form, and the screenshot
+is taken mid-training, once the preview tile shows the new style and ``--learn-step``
+steps are done (the README's second picture)::
+
+    P=../shared/data/styles/gcompris-qt-data__paintings
+    python -m bench.page_screenshot --learn $P/Bazille_The_Ramparts_at_Aigues_Mortes_1867.png \\
+        --out docs/screenshots/learning.png
+
 The video's credit is in ``docs/CREDITS.md``.
 """
 
@@ -135,11 +144,29 @@ async def frames_after(page: Any, count: int, timeout_s: float) -> None:
     await page.wait_for_function(f"stylecast.renderedFrames >= {n0 + count}", timeout=timeout_s * 1000)
 
 
+async def learn_on_page(page: Any, args: argparse.Namespace) -> None:
+    """Drop ``args.learn`` into the page's form and wait until it is ``args.learn_step`` steps in, with a preview."""
+    log.info("adding the painting %s", args.learn)
+    await page.get_by_label("Painting file").set_input_files(str(args.learn))
+    await page.get_by_role("button", name="Learn it").click()
+    await page.wait_for_function(
+        "(n) => { const m = /step (\\d+) of/.exec(document.getElementById('learn-text').textContent);"
+        " return !!m && Number(m[1]) >= n && !document.getElementById('learn-preview').hidden; }",
+        arg=args.learn_step,
+        timeout=600_000,
+    )
+    log.info("mid-training: %s", await page.locator("#learn-text").text_content())
+    await page.evaluate("document.activeElement && document.activeElement.blur()")
+
+
 async def take(args: argparse.Namespace, camera: Path) -> None:
     from playwright.async_api import async_playwright
 
     timeout_ms = args.timeout * 1000
-    async with local_server(args.model, args.backend) as srv:
+    config: dict[str, Any] = {}
+    if args.learn:
+        config = {"allow_new_styles": True, "models_dir": Path(tempfile.mkdtemp(prefix="stylecast-shot-models-"))}
+    async with local_server(args.model, args.backend, **config) as srv:
         url, backend_name = srv.url, srv.backend.name
         log.info("server at %s, backend %s", url, backend_name)
         async with async_playwright() as pw:
@@ -188,6 +215,8 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
                     timeout=timeout_ms,
                 )
                 await raise_if_alert(page, "while streaming")
+                if args.learn:
+                    await learn_on_page(page, args)
 
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 await page.screenshot(path=str(args.out), full_page=args.full_page)
@@ -227,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step of the page")
     p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
+    p.add_argument("--learn", type=Path, help="a painting to add on the page; the screenshot shows it being learned")
+    p.add_argument("--learn-step", type=int, default=120, help="with --learn: the step to take the screenshot at")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots" / "page.png", help="PNG to write")
     return p
 
