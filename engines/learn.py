@@ -293,9 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The job's log (the server keeps it beside the upload): ours at INFO, the exporter's passes not.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for ours in ("engines", "trainer"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     events = Events()
     try:
         if args.nice:
