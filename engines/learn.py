@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -300,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ours in ("engines", "trainer"):
         logging.getLogger(ours).setLevel(logging.INFO)
     events = Events()
+    # The server cancels a job with SIGTERM: exit through the finally blocks, which remove the work folder.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         if args.nice:
             os.nice(args.nice)

@@ -263,4 +263,6 @@ async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_ser
         async with http.get(f"{srv.url}/api/info") as resp:
             info = await resp.json()
     assert [s["name"] for s in info["styles"]] == ["ember", "glacier", "moss"]  # nothing was published
+    # a cancelled job leaves no half-written version behind
+    assert not [p.name for p in srv.server.config.models_dir.iterdir() if p.name != "jobs"]
     assert srv.server.jobs.running is None or srv.server.jobs.running.state == "cancelled"
