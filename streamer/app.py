@@ -35,7 +35,7 @@ from aiohttp import BodyPartReader, web
 
 from engines.runtime import load_backend
 from engines.runtime.base import Backend, EngineError
-from engines.runtime.versions import ModelVersion, lineage
+from engines.runtime.versions import ModelVersion, lineage, version_of
 from streamer import metrics
 from streamer.config import AUTO_RESOLUTION, StreamerConfig
 from streamer.counters import Counters
@@ -73,9 +73,7 @@ class Server:
         # What is served now; a learned style swaps in a new version (publish()).
         self.model_path = Path(config.model_path)
         self.thumbnails_dir = config.thumbnails
-        self.version: ModelVersion | None = None
-        if self.model_path.parent.joinpath("version.json").is_file() and self.model_path.name == "model.onnx":
-            self.version = ModelVersion.read(self.model_path.parent)
+        self.version: ModelVersion | None = version_of(self.model_path)
         self.shipped_styles = self._shipped_styles()
         self._original = backend  # the caller's: closed by the caller, never here
         self.new_styles_off = self._new_styles_off()

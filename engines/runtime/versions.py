@@ -110,13 +110,19 @@ def next_number(models_dir: Path) -> int:
     return max(numbers, default=0) + 1
 
 
+def version_of(model: Path) -> ModelVersion | None:
+    """The version whose ONNX file ``model`` is, or None (a shipped model, or any other file)."""
+    if model.name == ONNX_FILE and (model.parent / VERSION_FILE).is_file():
+        return ModelVersion.read(model.parent)
+    return None
+
+
 def lineage(model: Path) -> tuple[str, int]:
     """(base sha256, shipped style count) of the line ``model`` belongs to: its version record's
     if ``model`` is a version's ONNX file, else its own (a shipped model starts a line)."""
-    record = model.parent / VERSION_FILE
-    if model.name == ONNX_FILE and record.is_file():
-        r = ModelVersion.read(model.parent).record
-        return r.base_sha256, r.shipped_styles
+    version = version_of(model)
+    if version is not None:
+        return version.record.base_sha256, version.record.shipped_styles
     from engines.runtime.model import read_model_info
 
     return file_sha256(model), len(read_model_info(model).styles)
