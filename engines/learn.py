@@ -221,13 +221,12 @@ def add(
 
 def delete(model: Path, style: str, models_dir: Path, events: Callable[..., None]) -> Path:
     """A new version of ``model`` without the learned style named ``style``; returns its folder."""
-    from trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from trainer.models import Generator
+    from trainer.checkpoint import Checkpoint, load_generator, save_checkpoint
     from trainer.train import remove_style
 
     base_ckpt = _checkpoint_of(model)
     base_sha, shipped = lineage(model)
-    ckpt = load_checkpoint(base_ckpt)
+    g, ckpt = load_generator(base_ckpt)
     if style not in ckpt.style_names:
         raise EngineError(f"the model has no style named {style!r}")
     index = ckpt.style_names.index(style)
@@ -235,8 +234,6 @@ def delete(model: Path, style: str, models_dir: Path, events: Callable[..., None
         raise EngineError(f"{style!r} came with the shipped model and cannot be deleted; only learned styles can")
     events("started", steps=1, name=style)
     started = time.monotonic()
-    g = Generator(ckpt.generator_config)
-    g.load_state_dict(ckpt.generator_state)
     smaller = remove_style(g, index)
     models_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".deleting-", dir=models_dir))
