@@ -161,7 +161,7 @@ class Mixer:
         it moves to the first preset.
         """
         idx = np.asarray(keep, np.int64)
-        target = np.where(idx >= 0, self._target[np.maximum(idx, 0)], 0.0).astype(np.float32)
+        target = _carry_over(self._target, idx)
         self.styles = list(styles)
         self.presets = {p.name: p for p in presets}
         if not target.sum() > 0:
@@ -293,7 +293,12 @@ def _number(value: Any, what: str, lo: float, hi: float | None) -> float:
 def remap_weights(weights: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Weights over the old styles -> over the new ones (``keep[i]``: old index of new style i, or -1:
     weight 0). Where nothing is left (the only style used was deleted), the first style gets it all."""
-    out = np.where(keep >= 0, weights[np.maximum(keep, 0)], 0.0).astype(np.float32)
+    out = _carry_over(weights, keep)
     if not out.sum() > 0:
         out[0] = 1.0
     return out
+
+
+def _carry_over(weights: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Weights over the old styles -> over the new ones, new styles at 0 (may sum to 0)."""
+    return np.where(keep >= 0, weights[np.maximum(keep, 0)], 0.0).astype(np.float32)
