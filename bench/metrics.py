@@ -21,22 +21,20 @@ warping error (lower is better)
     |f_f(x + f_b)|^2) + 0.5``, or when ``x + f_b`` falls outside the frame.
     Error = mean absolute difference between stylized frame t and the warped
     t-1 over the non-occluded pixels and the three channels, in 0-255 units.
+    The flow, the occlusion test and the warp live in ``trainer/flow.py``, which
+    the training's temporal loss uses too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
+
+from trainer.flow import FlowEstimator, FlowPair, flow_pair_from_flows, warp
 
 EDGE_SIGMA = 2.0  # Gaussian blur before Canny, px
 EDGE_THRESHOLDS = (40, 100)  # Canny hysteresis thresholds on the 0-255 grey image
 EDGE_TOLERANCE = 1  # px: edges within this distance match
-
-# Forward-backward consistency constants from Ruder et al. (2016), flow in px.
-OCCLUSION_REL = 0.01
-OCCLUSION_ABS = 0.5
 
 
 # -------------------------------------------------------------------------- edges
@@ -69,59 +67,7 @@ def edge_f1(out: np.ndarray, ref: np.ndarray, tolerance: int = EDGE_TOLERANCE) -
 
 # -------------------------------------------------------------------------- video
 
-
-@dataclass
-class FlowPair:
-    """How to warp frame t-1 onto frame t, and where that warp is trustworthy."""
-
-    remap: np.ndarray  # [H,W,2] float32: absolute (x, y) in frame t-1 for every pixel of frame t
-    valid: np.ndarray  # [H,W] bool: not occluded and inside frame t-1
-
-    @property
-    def valid_fraction(self) -> float:
-        return float(self.valid.mean())
-
-
-def _grid(h: int, w: int) -> np.ndarray:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.stack([xs, ys], axis=-1)  # [H,W,2] (x, y)
-
-
-def flow_pair_from_flows(flow_bw: np.ndarray, flow_fw: np.ndarray) -> FlowPair:
-    """Warp map and validity mask from backward (t -> t-1) and forward (t-1 -> t) flow.
-
-    ``flow_bw[y, x] = (dx, dy)``: pixel (x, y) of frame t is at (x+dx, y+dy) in
-    frame t-1. ``flow_fw`` likewise from frame t-1 to frame t.
-    """
-    h, w = flow_bw.shape[:2]
-    remap = _grid(h, w) + flow_bw.astype(np.float32)
-    # The forward flow read at the matched point of t-1: a consistent pair sums to 0.
-    fw_at = cv2.remap(flow_fw.astype(np.float32), remap, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    mismatch = ((flow_bw + fw_at) ** 2).sum(-1)
-    bound = OCCLUSION_REL * ((flow_bw**2).sum(-1) + (fw_at**2).sum(-1)) + OCCLUSION_ABS
-    inside = (remap[..., 0] >= 0) & (remap[..., 0] <= w - 1) & (remap[..., 1] >= 0) & (remap[..., 1] <= h - 1)
-    return FlowPair(remap=remap, valid=(mismatch <= bound) & inside)
-
-
-class FlowEstimator:
-    """DIS optical flow (OpenCV, medium preset) between grey input frames."""
-
-    def __init__(self) -> None:
-        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-
-    def pair(self, prev_rgb: np.ndarray, cur_rgb: np.ndarray) -> FlowPair:
-        """Backward and forward flow of two uint8 RGB frames -> :class:`FlowPair`."""
-        prev = cv2.cvtColor(prev_rgb, cv2.COLOR_RGB2GRAY)
-        cur = cv2.cvtColor(cur_rgb, cv2.COLOR_RGB2GRAY)
-        # calc(I0, I1) gives f with I0(x) ~ I1(x + f(x)).
-        flow_bw = self.dis.calc(cur, prev, None)
-        flow_fw = self.dis.calc(prev, cur, None)
-        return flow_pair_from_flows(flow_bw, flow_fw)
-
-
-def warp(image: np.ndarray, pair: FlowPair) -> np.ndarray:
-    """Frame t-1 (uint8 HxWx3) warped onto frame t, as float32 0-255."""
-    return cv2.remap(image.astype(np.float32), pair.remap, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+__all__ = ["FlowEstimator", "FlowPair", "edge_f1", "edge_map", "flow_pair_from_flows", "warp", "warp_error"]
 
 
 def warp_error(prev: np.ndarray, cur: np.ndarray, pair: FlowPair) -> float:

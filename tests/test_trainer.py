@@ -21,6 +21,8 @@ from trainer.models import (  # noqa: E402
     DiscriminatorConfig,
     Generator,
     GeneratorConfig,
+    GeneratorV2,
+    build_generator,
     check_style,
     one_hot,
 )
@@ -76,6 +78,7 @@ def _config(data: tuple[Path, list[Path]], out: Path, **kw: object) -> TrainConf
         save_every=0,
         adversarial_start=0,
         device="cpu",
+        holdout=False,  # four photos: the held-out split has its own test
         **TINY,
     )
     base.update(kw)
@@ -88,7 +91,7 @@ def _config(data: tuple[Path, list[Path]], out: Path, **kw: object) -> TrainConf
 def test_generator_shapes_and_range() -> None:
     torch.manual_seed(0)
     g = Generator(GeneratorConfig(3, width=8, half_width=4, num_blocks=2)).eval()
-    for h, w in [(32, 48), (60, 84)]:
+    for h, w in [(32, 48), (60, 84)]:  # v1: multiples of 4
         with torch.no_grad():
             y = g(torch.rand(2, 3, h, w), one_hot([0, 2], 3))
         assert y.shape == (2, 3, h, w)
@@ -207,11 +210,15 @@ def test_train_without_gan_leaves_no_adversarial_term(data: tuple[Path, list[Pat
     assert "adv_g" not in stats and "d" not in stats
 
 
-def test_bf16_training_tracks_fp32(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
-    """Same seed, same data: the bf16 autocast run's losses stay close to the float32 run's, step by step."""
+@pytest.mark.parametrize("arch", [1, 2])
+def test_bf16_training_tracks_fp32(data: tuple[Path, list[Path]], tmp_path: Path, arch: int) -> None:
+    """Same seed, same data: the bf16 autocast run's losses stay close to the float32 run's, step by step.
+
+    v2's temporal loss compares pictures a fraction of a uint8 level apart: it tracks only because the
+    generator's last layer runs in float32 (bf16 would round the picture to about one level)."""
     losses: dict[str, list[dict[str, float]]] = {}
     for precision in ("fp32", "bf16"):
-        cfg = _config(data, tmp_path / f"{precision}.safetensors", steps=5, size=48, precision=precision)
+        cfg = _config(data, tmp_path / f"{precision}.safetensors", steps=5, size=48, precision=precision, arch=arch)
         trainer = Trainer(cfg, on_step=lambda step, stats, p=precision: losses.setdefault(p, []).append(stats))
         assert trainer.autocast.precision == precision
         trainer.run(progress=False)
@@ -231,21 +238,24 @@ def test_auto_precision_follows_the_cpu() -> None:
         pick_autocast("fp16", torch.device("cpu"))
 
 
-def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", [1, 2])
+def test_checkpoint_round_trip_identical_outputs(data: tuple[Path, list[Path]], tmp_path: Path, arch: int) -> None:
     out = tmp_path / "m.safetensors"
-    tr = Trainer(_config(data, out))
+    tr = Trainer(_config(data, out, arch=arch))
     tr.run(progress=False)
     g, ckpt = load_generator(out)
+    assert type(g) is type(tr.G) and g.config == tr.G.config and g.config.version == arch
     assert out.stat().st_mode & 0o777 == 0o644  # readable by others, like any model file
     assert ckpt.style_names == ["style0", "style1"]
     assert ckpt.step == 2 and ckpt.train["size"] == 32
     # The data list: every content file used, relative to the content folder.
     assert sorted(ckpt.train["data"]["content_files"]) == [f"nested/p{i}.{'png' if i % 2 else 'jpg'}" for i in range(4)]
-    x = torch.rand(1, 3, 36, 44)
+    x = torch.rand(1, 3, 32, 48)
     w = torch.tensor([[0.3, 0.7]])
     tr.G.eval()
     with torch.no_grad():
         assert torch.equal(tr.G(x, w), g(x, w))
+        assert torch.equal(tr.G(x, w, torch.tensor([1.6])), g(x, w, torch.tensor([1.6])))
 
 
 def test_resume_continues_at_the_right_step(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
@@ -278,9 +288,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         load_generator(tmp_path / "missing.safetensors")
 
 
-def test_add_style_keeps_old_styles_bit_identical(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", [1, 2])
+def test_add_style_keeps_old_styles_bit_identical(data: tuple[Path, list[Path]], tmp_path: Path, arch: int) -> None:
     base = tmp_path / "base.safetensors"
-    Trainer(_config(data, base)).run(progress=False)
+    Trainer(_config(data, base, arch=arch)).run(progress=False)
     new_painting = _painting(tmp_path / "new.png", 5)
     out = tmp_path / "plus.safetensors"
     add_style(
@@ -297,6 +308,9 @@ def test_add_style_keeps_old_styles_bit_identical(data: tuple[Path, list[Path]],
     with torch.no_grad():
         for i in range(2):
             assert torch.equal(g0(x, one_hot([i], 2)), g1(x, one_hot([i], 3)))
+            for stroke in (0.5, 1.3, 2.0):  # every stroke anchor's rows are kept too
+                s = torch.tensor([stroke])
+                assert torch.equal(g0(x, one_hot([i], 2), s), g1(x, one_hot([i], 3), s))
         # the new style learned something: it is not the starting point (mean of the old rows)
         start = g1(x, torch.tensor([[1.0, 1.0, 0.0]]))
         assert (g1(x, one_hot([2], 3)) - start).abs().mean() > 1e-4
@@ -335,7 +349,8 @@ def test_cli_train_sample_info(data: tuple[Path, list[Path]], tmp_path: Path, ca
         )
         == 0
     )
-    assert Image.open(sheet).size == (64 * 4, 64 + 14)  # input + 2 styles + mix
+    # input + 2 styles + mix, and (v2, the default) style 0 at the finest and the boldest stroke
+    assert Image.open(sheet).size == (64 * 6, 64 + 14)
     assert trainer_main(["info", str(out)]) == 0
     assert '"Stripes"' in capsys.readouterr().out
 
@@ -389,3 +404,131 @@ def test_sigterm_saves_a_checkpoint(data: tuple[Path, list[Path]], tmp_path: Pat
     assert proc.returncode == 0, err[-2000:]
     assert "interrupted at step" in err
     assert load_checkpoint(out).step >= 1
+
+
+# --- v2: the stroke, the config, the held-out split, real-motion pairs ---------------
+
+
+def _v2(num_styles: int = 2, **kw: object) -> GeneratorV2:
+    torch.manual_seed(0)
+    g = build_generator(GeneratorConfig.v2(num_styles, width=8, half_width=4, deep_width=8, num_blocks=1, **kw))
+    assert isinstance(g, GeneratorV2)
+    with torch.no_grad():  # rows that differ per style and per anchor, as after training
+        for p in g.style_parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return g.eval()
+
+
+def test_stroke_weights_are_one_hot_at_anchors_and_interpolate_between() -> None:
+    g = _v2()
+    t = g.stroke_weights(torch.tensor([0.5, 1.0, 2.0, 2**-0.5, 2**0.5, 0.1, 9.0]), 7, torch.float32)
+    assert torch.allclose(t[:3], torch.eye(3))
+    assert torch.allclose(t[3], torch.tensor([0.5, 0.5, 0.0]))  # halfway in log2 between 0.5 and 1
+    assert torch.allclose(t[4], torch.tensor([0.0, 0.5, 0.5]))
+    assert torch.allclose(t[5], torch.tensor([1.0, 0.0, 0.0])) and torch.allclose(t[6], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(t.sum(1), torch.ones(7))
+
+
+def test_stroke_changes_the_picture_and_none_means_one() -> None:
+    g = _v2()
+    x, w = torch.rand(2, 3, 32, 48), one_hot([0, 1], 2)
+    with torch.no_grad():
+        fine, one, bold = (g(x, w, torch.tensor([s, s])) for s in (0.5, 1.0, 2.0))
+        assert torch.equal(g(x, w), one) and torch.equal(g(x, w, torch.tensor(1.0)), one)
+        assert (fine - one).abs().mean() > 1e-3 and (bold - one).abs().mean() > 1e-3
+        # per-sample strokes: row 0 fine, row 1 bold, each as if alone
+        both = g(x, w, torch.tensor([0.5, 2.0]))
+    assert torch.allclose(both[0], fine[0], atol=1e-6) and torch.allclose(both[1], bold[1], atol=1e-6)
+
+
+def test_v2_generator_sizes_and_the_blur_folds_into_one_kernel() -> None:
+    g = _v2()
+    with torch.no_grad():
+        y = g(torch.rand(1, 3, 40, 56), one_hot([1], 2))
+    assert y.shape == (1, 3, 40, 56) and 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+    k = g.down1.kernel()
+    assert k.shape == (4, 3, 5, 5)
+    # A constant image stays constant through the blurred kernel: its weights sum like the 3x3's.
+    assert torch.allclose(k.sum((2, 3)), g.down1.weight.sum((2, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strokes": ()}, "increasing positive anchors"),
+        ({"strokes": (2.0, 1.0)}, "increasing positive anchors"),
+        ({"strokes": (0.5, 1.0, 3.0)}, "evenly spaced in log2"),
+        ({"stride": 4}, "exactly 8"),
+        ({"deep_width": 0}, "deep_width"),
+    ],
+)
+def test_v2_config_errors_are_clear(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GeneratorConfig.v2(3, **overrides)
+
+
+def test_a_v1_config_without_version_reads_back_as_v1() -> None:
+    stored = {"num_styles": 8, "width": 64, "half_width": 16, "num_blocks": 7, "stride": 4}  # a v1 checkpoint's JSON
+    cfg = GeneratorConfig(**stored)
+    assert cfg.version == 1 and cfg.strokes == () and isinstance(build_generator(cfg), Generator)
+    with pytest.raises(ValueError, match="v2 settings"):
+        GeneratorConfig(8, strokes=(1.0,))
+    with pytest.raises(ValueError, match="unknown generator version"):
+        GeneratorConfig(8, version=3)
+
+
+def test_training_leaves_out_the_held_out_photos(tmp_path: Path) -> None:
+    from common.split import held_out
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = [f"p{i:02d}.png" for i in range(24)]
+    for i, name in enumerate(names):
+        _photo(folder / name, i)
+    expected_out = {n for n in names if held_out(n)}
+    assert 0 < len(expected_out) < len(names)  # the hash split holds some out, not all
+    kept = ContentImages.from_folder(folder, 32, skip=held_out)
+    assert {p.name for p in kept.paths} == set(names) - expected_out
+
+
+def test_video_pairs_use_only_the_training_frames_and_their_warp_aligns(tmp_path: Path) -> None:
+    """A synthetic pan: frame t+1 is frame t moved 2 px right. Warping the first frame with the
+    measured flow must bring it much closer to the second than it was."""
+    import random
+
+    import cv2
+
+    from common.split import video_train_frames
+    from trainer.flow import VideoPairs, warp_torch
+
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (96, 400, 3), dtype=np.uint8), (0, 0), 2.0)
+    path = tmp_path / "pan.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (128, 96))
+    for t in range(20):
+        writer.write(scene[:, 200 - 2 * t : 328 - 2 * t])
+    writer.release()
+    pairs = VideoPairs(path, short=96)
+    assert len(pairs) == len(video_train_frames(20)) == 12
+    batch = pairs.batch(3, 64, random.Random(0))
+    assert batch.prev.shape == batch.cur.shape == (3, 3, 64, 64) and batch.grid.shape == (3, 64, 64, 2)
+    assert float(batch.valid.mean()) > 0.5
+    valid = batch.valid
+    before = ((batch.prev - batch.cur).abs() * valid).sum() / valid.sum()
+    after = ((warp_torch(batch.prev, batch.grid) - batch.cur).abs() * valid).sum() / valid.sum()
+    assert after < 0.5 * before
+
+
+def test_flow_loss_is_zero_for_a_still_video_and_joins_training(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    import cv2
+
+    still = (np.random.default_rng(1).uniform(0, 255, (64, 80, 3))).astype(np.uint8)
+    path = tmp_path / "still.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 64))
+    for _ in range(10):
+        writer.write(still)
+    writer.release()
+    tr = Trainer(_config(data, tmp_path / "m.safetensors", video=str(path)))
+    stats = tr.train_step()
+    assert "flow" in stats and np.isfinite(stats["flow"]) and stats["flow"] < 0.05
+    assert tr.data_record()["video"]["frames"] == [0, 6]

@@ -32,17 +32,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trainer.models import DiscriminatorConfig, Generator, GeneratorConfig
+from trainer.models import DiscriminatorConfig, GeneratorConfig, StyleGenerator, build_generator
 
 FORMAT = "stylecast-generator"
 FORMAT_VERSION = 1
-PREPROCESSING = {
-    "layout": "NCHW",
-    "color": "RGB",
-    "range": [0.0, 1.0],
-    "stride": 4,
-    "style": "non-negative weights, one per style, normalised to sum 1 inside the model",
-}
+
+
+def preprocessing(config: GeneratorConfig) -> dict[str, Any]:
+    """How the network expects its input (stored in the checkpoint beside the config)."""
+    out: dict[str, Any] = {
+        "layout": "NCHW",
+        "color": "RGB",
+        "range": [0.0, 1.0],
+        "stride": config.stride,
+        "style": "non-negative weights, one per style, normalised to sum 1 inside the model",
+    }
+    if config.strokes:
+        out["stroke"] = (
+            "brush size in network pixels relative to a 480-line frame (common.stroke), "
+            f"anchors {list(config.strokes)}, clamped to their range"
+        )
+    return out
 
 
 class CheckpointError(ValueError):
@@ -109,7 +119,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "format_version": str(FORMAT_VERSION),
         "generator": json.dumps(ckpt.generator_config.to_dict()),
         "styles": json.dumps([{"name": s.name, "source": s.source} for s in ckpt.styles]),
-        "preprocessing": json.dumps(PREPROCESSING),
+        "preprocessing": json.dumps(preprocessing(ckpt.generator_config)),
         "train": json.dumps(ckpt.train),
         "step": str(ckpt.step),
     }
@@ -191,10 +201,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, Checkpoint]:
-    """Rebuild the generator from the file alone; returns (model in eval mode, checkpoint info)."""
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[StyleGenerator, Checkpoint]:
+    """Rebuild the generator (v1 or v2) from the file alone; returns (model in eval mode, checkpoint info)."""
     ckpt = load_checkpoint(path)
-    model = Generator(ckpt.generator_config)
+    model = build_generator(ckpt.generator_config)
     try:
         model.load_state_dict(ckpt.generator_state)
     except RuntimeError as e:

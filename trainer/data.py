@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +88,33 @@ class ContentImages:
     size: int
 
     @classmethod
-    def from_folder(cls, folder: str | Path, size: int, min_side: int | None = None) -> ContentImages:
-        """Load every usable photo under ``folder`` at short side ~1.5x the crop size."""
+    def from_folder(
+        cls,
+        folder: str | Path,
+        size: int,
+        min_side: int | None = None,
+        work_side: int | None = None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> ContentImages:
+        """Load every usable photo under ``folder`` at short side ``work_side`` (default 1.5x the crop size).
+
+        Crops are then cut at random scales between ``size`` and the short side, so
+        ``work_side`` sets the largest scale a crop shows the scene at (640 for v2: a
+        256 px crop is then between 40 % and all of a video frame's short side).
+        ``skip(relative posix path)`` leaves photos out (the held-out split).
+        """
         min_side = min_side if min_side is not None else size // 2
         files = find_images(folder)
+        if skip is not None:
+            root = Path(folder)
+            left = [p for p in files if skip(p.relative_to(root).as_posix())]
+            files = [p for p in files if not skip(p.relative_to(root).as_posix())]
+            if left:
+                log.info("left out %d held-out photos under %s", len(left), folder)
         if not files:
             raise DataError(f"no images (jpg, png, webp) found under {folder}")
         images, kept = [], []
-        work = int(size * 1.5)
+        work = work_side if work_side is not None else int(size * 1.5)
         for path in files:
             try:
                 im = load_rgb(path, short_side=work)
@@ -148,7 +167,8 @@ class StyleImage:
     image: torch.Tensor  # [3,H,W]
 
     @classmethod
-    def load(cls, path: str | Path, name: str | None, short_side: int) -> StyleImage:
+    def load(cls, path: str | Path, name: str | None, short_side: int | None) -> StyleImage:
+        """Read a painting, downscaled to ``short_side`` (None: as it is)."""
         p = Path(path)
         if not p.is_file():
             raise DataError(f"style image not found: {p}")
@@ -163,12 +183,25 @@ class StyleImage:
     def crops(self, n: int, size: int, rng: random.Random) -> torch.Tensor:
         return torch.stack([random_crop(self.image, size, rng) for _ in range(n)])
 
+    def scaled(self, short: int) -> StyleImage:
+        """This painting resized (up or down) to short side ``short``: its strokes scale with it."""
+        _, h, w = self.image.shape
+        s = short / min(h, w)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        img = torch.nn.functional.interpolate(
+            self.image[None], size=size, mode="bilinear", antialias=s < 1, align_corners=False
+        )[0].clamp(0, 1)
+        return StyleImage(self.name, self.path, img)
+
     def native_crops(self, n: int, size: int, rng: random.Random) -> torch.Tensor:
         """``n`` crops of ``size`` px cut at the working scale, not resized: brush strokes keep the
-        scale they have in the painting at ``style_size``, where resized crops blur them away."""
+        scale they have in the painting at ``style_size``, where resized crops blur them away.
+        A painting smaller than ``size`` gives ``n`` copies of its largest centred square."""
         _, h, w = self.image.shape
         if min(h, w) < size:
-            return self.crops(n, size, rng)
+            side = min(h, w)
+            y, x = (h - side) // 2, (w - side) // 2
+            return self.image[:, y : y + side, x : x + side][None].expand(n, -1, -1, -1).clone()
         out = []
         for _ in range(n):
             y, x = rng.randint(0, h - size), rng.randint(0, w - size)

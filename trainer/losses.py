@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.flow import FramePairs, warp_torch
+from trainer.models import StyleGenerator
 from trainer.vgg import VGG19Features, gram
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -15,19 +17,24 @@ CONTENT_LAYER = "relu4_1"
 
 
 class PerceptualLoss(torch.nn.Module):
-    """Content loss (relu4_1 MSE) and Gram style loss against per-style targets.
+    """Content loss (relu4_1 MSE) and Gram style loss against per-style targets, at one or more scales.
 
-    ``style_grams[layer]`` is [S,C,C]: one target Gram matrix per style, computed
-    once from the paintings (:meth:`set_style_targets`). Feature maps are scaled
-    by ``1/feature_scale`` so that losses are O(1) with the 0-255 VGG input.
+    ``style_grams[level][layer]`` is [S,C,C]: one target Gram matrix per style,
+    computed once from the paintings (:meth:`set_style_targets`). Level 0 compares
+    the output as it is; level ``l`` compares the output average-pooled by ``2**l``
+    with targets taken from the painting at ``1/2**l`` of the scale, so the Grams
+    also see structures larger than VGG's receptive field (bold strokes, patches of
+    colour). Feature maps are scaled by ``1/feature_scale`` so that losses are O(1)
+    with the 0-255 VGG input.
     """
 
     feature_scale = 1000.0
 
-    def __init__(self, vgg: VGG19Features) -> None:
+    def __init__(self, vgg: VGG19Features, levels: int = 1) -> None:
         super().__init__()
         self.vgg = vgg
-        self.style_grams: dict[str, torch.Tensor] = {}
+        self.levels = levels
+        self.style_grams: list[dict[str, torch.Tensor]] = [{} for _ in range(levels)]
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # float32 out whatever the autocast: Gram matrices and losses are taken in float32.
@@ -39,8 +46,9 @@ class PerceptualLoss(torch.nn.Module):
         feats = self.features(crops)
         return {k: gram(v).mean(0) for k, v in feats.items()}
 
-    def set_style_targets(self, per_style: list[dict[str, torch.Tensor]]) -> None:
-        self.style_grams = {k: torch.stack([t[k] for t in per_style]) for k in STYLE_LAYERS}
+    def set_style_targets(self, per_style: list[dict[str, torch.Tensor]], level: int = 0) -> None:
+        """The targets of every style (in style-weight order) at one level."""
+        self.style_grams[level] = {k: torch.stack([t[k] for t in per_style]) for k in STYLE_LAYERS}
 
     def forward(
         self, output: torch.Tensor, content: torch.Tensor, style_weights: torch.Tensor
@@ -55,11 +63,19 @@ class PerceptualLoss(torch.nn.Module):
             content_f = self.features(content)[CONTENT_LAYER]
         with torch.autocast(output.device.type, enabled=False):  # Grams and losses in float32
             l_content = F.mse_loss(out_f[CONTENT_LAYER], content_f)
-            l_style = out_f[CONTENT_LAYER].new_zeros(())
-            for layer in STYLE_LAYERS:
-                target = torch.einsum("ns,scd->ncd", style_weights.float(), self.style_grams[layer])
-                l_style = l_style + F.mse_loss(gram(out_f[layer]), target, reduction="sum") / output.shape[0]
+            l_style = self._style_loss(out_f, style_weights, 0)
+        for level in range(1, self.levels):
+            small = self.features(F.avg_pool2d(output, 2**level))
+            with torch.autocast(output.device.type, enabled=False):
+                l_style = l_style + self._style_loss(small, style_weights, level)
         return l_content, l_style, out_f
+
+    def _style_loss(self, feats: dict[str, torch.Tensor], style_weights: torch.Tensor, level: int) -> torch.Tensor:
+        loss = feats[STYLE_LAYERS[0]].new_zeros(())
+        for layer in STYLE_LAYERS:
+            target = torch.einsum("ns,scd->ncd", style_weights.float(), self.style_grams[level][layer])
+            loss = loss + F.mse_loss(gram(feats[layer]), target, reduction="sum") / feats[layer].shape[0]
+        return loss
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -83,25 +99,26 @@ def hinge_g_loss(fake: list[torch.Tensor]) -> torch.Tensor:
     return loss
 
 
-def shift_pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+def shift_pair(x: torch.Tensor, dy: int, dx: int, multiple: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop two views of ``x`` offset by (dy, dx) pixels: view_a[i, j] == view_b[i+dy, j+dx].
 
-    Both views are (H-|dy|) x (W-|dx|), cropped further down to a multiple of 4
-    so the generator accepts them.
+    Both views are (H-|dy|) x (W-|dx|), cropped further down to a multiple of
+    ``multiple`` (the generator's stride) so the generator accepts them.
     """
     h, w = x.shape[-2:]
-    hh, ww = (h - abs(dy)) // 4 * 4, (w - abs(dx)) // 4 * 4
+    hh, ww = (h - abs(dy)) // multiple * multiple, (w - abs(dx)) // multiple * multiple
     ay, ax = max(dy, 0), max(dx, 0)
     by, bx = max(-dy, 0), max(-dx, 0)
     return x[..., ay : ay + hh, ax : ax + ww], x[..., by : by + hh, bx : bx + ww]
 
 
 def temporal_loss(
-    generator: torch.nn.Module,
+    generator: StyleGenerator,
     content: torch.Tensor,
     style_weights: torch.Tensor,
     max_shift: int = 6,
     noise: float = 0.02,
+    stroke: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Stability under small motion and sensor noise (what stops video flicker).
 
@@ -109,16 +126,36 @@ def temporal_loss(
     independent noise, should give outputs that are shifts of each other:
     L1(G(view_a + n1), G(view_b + n2)) where view_b is view_a moved by (dy, dx).
     A camera's next frame is mostly this: the scene moved a little, new noise.
-    Shifts that are not multiples of the generator's stride (4) are what a
-    pixel-unshuffle network is least stable to, so they are sampled on purpose.
+    Shifts that are not multiples of the generator's stride are what a
+    down-sampling network is least stable to, so they are sampled on purpose.
     """
     dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,)))
-    a, b = shift_pair(content, dy, dx)
+    a, b = shift_pair(content, dy, dx, generator.config.stride)
     # The overlap of the two views: a[dy:, dx:] and b[:-dy, :-dx] show the same pixels.
     a = (a + noise * torch.randn_like(a)).clamp(0, 1)
     b = (b + noise * torch.randn_like(b)).clamp(0, 1)
-    ya, yb = generator(a, style_weights), generator(b, style_weights)
+    ya, yb = generator(a, style_weights, stroke), generator(b, style_weights, stroke)
     h, w = ya.shape[-2:]
     ya_o = ya[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     yb_o = yb[..., max(dy, 0) : h - max(-dy, 0), max(dx, 0) : w - max(-dx, 0)]
     return (ya_o.float() - yb_o.float()).abs().mean()  # float32 under any autocast
+
+
+def flow_temporal_loss(
+    generator: StyleGenerator,
+    pairs: FramePairs,
+    style_weights: torch.Tensor,
+    stroke: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stability on real motion (Ruder et al. 2016; Lai et al. 2018): consecutive frames of a
+    real video, stylized, must agree where optical flow says they show the same thing.
+
+    L1(G(frame t), warp(G(frame t-1))) over the pixels where the flow holds (not
+    occluded), with the flow measured on the input frames (:class:`trainer.flow.VideoPairs`).
+    """
+    device = style_weights.device
+    y_prev = generator(pairs.prev.to(device), style_weights, stroke)
+    y_cur = generator(pairs.cur.to(device), style_weights, stroke)
+    warped = warp_torch(y_prev.float(), pairs.grid.to(device))
+    valid = pairs.valid.to(device)
+    return ((y_cur.float() - warped).abs() * valid).sum() / (valid.sum() * 3).clamp_min(1.0)

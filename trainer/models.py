@@ -1,57 +1,130 @@
-"""The style generator and its discriminator.
+"""The style generators and their discriminator.
 
-One generator learns many styles at once. Every normalisation layer is a
-*conditional instance norm* (Dumoulin et al., 2017): the convolutions are
-shared, each style owns one row of scale/shift parameters, and a style mix is
-the weighted average of those rows. Mixing is therefore free at run time: the
-style-weight vector is an ordinary input of the network.
+One generator learns many styles at once. The convolutions are shared, each
+style owns rows of per-channel scale/shift parameters, and a style mix is the
+weighted average of those rows (Dumoulin et al., 2017). Mixing is therefore
+free at run time: the style-weight vector is an ordinary input of the network.
+Two versions, both described by :class:`GeneratorConfig` and built with
+:func:`build_generator`:
 
-The generator is shaped for speed on small CPUs and for any H, W that are
-multiples of ``GeneratorConfig.stride`` (4):
+**v1** (:class:`Generator`): conditional *instance* norm, depthwise-separable
+blocks at 1/4 scale, H and W multiples of 4::
 
     image [N,3,H,W] in [0,1]
-      -> pixel-unshuffle x2            [N,12,H/2,W/2]   (lossless, no arithmetic)
-      -> conv3x3 12->c_half, CIN, ReLU  [N,c_half,H/2,W/2]
-      -> pixel-unshuffle x2, conv1x1 -> width, CIN, ReLU  [N,width,H/4,W/4]
-      -> num_blocks x depthwise-separable residual blocks at 1/4 scale,
-         dilations alternating 1, 2 (receptive field grows at no extra cost)
-      -> conv1x1 width -> 4*c_half, pixel-shuffle x2, CIN, ReLU  [N,c_half,H/2,W/2]
-      -> conv3x3 c_half -> 12, pixel-shuffle x2, sigmoid   [N,3,H,W]
+      -> pixel-unshuffle x2, conv3x3 12->half_width, CIN, ReLU     [N,h,H/2,W/2]
+      -> pixel-unshuffle x2, conv1x1 -> width, CIN, ReLU            [N,C,H/4,W/4]
+      -> num_blocks depthwise-separable residual blocks (dilation 1, 2, ...)
+      -> conv1x1 -> 4*half_width, pixel-shuffle x2, CIN, ReLU        [N,h,H/2,W/2]
+      -> conv3x3 -> 12, pixel-shuffle x2, sigmoid                   [N,3,H,W]
 
-Nothing runs at full resolution except the two (free) shuffles and the final
-sigmoid, which is what makes 640x480 cheap.
+**v2** (:class:`GeneratorV2`): dense 3x3 convolutions where they buy strokes, a
+1/8-scale trunk for a large receptive field (bold strokes), anti-aliased
+down-sampling (shift stability), and no per-frame statistics at all: every
+norm is a conditional affine (FiLM) whose rows are indexed by style *and* by
+stroke anchor, so a ``stroke`` input picks the brush size. H and W multiples of 8::
+
+    image [N,3,H,W]
+      -> blur+conv s2 3->half_width, affine, ReLU                    [N,h,H/2,W/2]
+      -> blur+conv s2 -> width, affine, ReLU                         [N,c,H/4,W/4]
+      -> fine residual block (dense 3x3 x2)
+      -> blur+conv s2 -> deep_width, affine, ReLU                    [N,d,H/8,W/8]
+      -> num_blocks dense residual blocks (dilation 1, 2, 1, ...)
+      -> conv1x1 -> 4*width, pixel-shuffle, affine, + skip, ReLU      [N,c,H/4,W/4]
+      -> fine residual block
+      -> conv1x1 -> 4*half_width, pixel-shuffle, affine, ReLU        [N,h,H/2,W/2]
+      -> conv3x3 -> 12, pixel-shuffle x2, sigmoid                   [N,3,H,W]
+
+Measured at 640x480 on OpenVINO (2 vCPUs, AMD EPYC with AVX512-BF16): dense
+convs cost about 1 ms per 177 M multiply-adds in bf16, so v2 keeps to about
+2 G of them (v1: 0.7 G, but most of its time goes to instance-norm passes,
+depthwise convs and reorders); without instance norms its convolutions also
+quantize to INT8 (the README's speed table has the numbers).
+
+The stroke input is the brush size in *network pixels* relative to the
+training reference: 1 paints the painting's own strokes on a frame whose short
+side is 480 px, 2 paints them twice as large. The affine rows exist at the
+anchors ``config.strokes`` (0.5, 1, 2); a stroke between two anchors
+interpolates their rows linearly in log2(stroke), like a style mix.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+# v2's shape, chosen by timing candidates at 640x480 (see the module docstring and the README).
+V2_DEFAULTS: dict[str, Any] = {
+    "width": 32,  # channels at 1/4 scale
+    "half_width": 16,  # channels at 1/2 scale
+    "num_blocks": 3,  # dense residual blocks at 1/8 scale
+    "deep_width": 64,  # channels at 1/8 scale
+    "fine_blocks": 2,  # dense residual blocks at 1/4 scale (half before the trunk, half after)
+    "strokes": (0.5, 1.0, 2.0),  # stroke anchors (brush size relative to the reference); each has its rows
+    "stride": 8,
+}
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Architecture of :class:`Generator`; stored in every checkpoint."""
+    """Architecture of a generator; stored in every checkpoint.
+
+    The class defaults are v1's, so a v1 checkpoint's stored config (which has no
+    ``version``) reads back unchanged; :meth:`v2` gives v2's defaults.
+    """
 
     num_styles: int
-    width: int = 64  # channels at 1/4 scale, where most of the work happens
+    width: int = 64  # v1: channels at 1/4 scale, where most of the work happens
     half_width: int = 16  # channels at 1/2 scale (stem and last decoder stage)
-    num_blocks: int = 7  # depthwise-separable residual blocks at 1/4 scale
+    num_blocks: int = 7  # v1: depthwise-separable blocks at 1/4 scale; v2: dense blocks at 1/8
     stride: int = 4  # H and W must be multiples of this
+    version: int = 1
+    deep_width: int = 0  # v2: channels at 1/8 scale
+    fine_blocks: int = 0  # v2: dense blocks at 1/4 scale
+    strokes: tuple[float, ...] = ()  # v2: stroke anchors, a geometric series such as (0.5, 1, 2)
+
+    @classmethod
+    def v2(cls, num_styles: int, **overrides: Any) -> GeneratorConfig:
+        """A v2 config: its defaults, with ``overrides``."""
+        return cls(num_styles, **{**V2_DEFAULTS, "version": 2, **overrides})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "strokes", tuple(float(s) for s in self.strokes))  # JSON gives a list
         if self.num_styles < 1:
             raise ValueError(f"num_styles must be >= 1, got {self.num_styles}")
         for name in ("width", "half_width", "num_blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stride != 4:
-            raise ValueError("this generator downsamples by exactly 4 (stride=4)")
+        if self.version == 1:
+            if self.stride != 4:
+                raise ValueError("the v1 generator downsamples by exactly 4 (stride=4)")
+            if self.strokes or self.deep_width or self.fine_blocks:
+                raise ValueError("strokes, deep_width and fine_blocks are v2 settings")
+        elif self.version == 2:
+            if self.stride != 8:
+                raise ValueError("the v2 generator downsamples by exactly 8 (stride=8)")
+            if self.deep_width < 1 or self.fine_blocks < 0:
+                raise ValueError("v2 needs deep_width >= 1 and fine_blocks >= 0")
+            anchors = self.strokes
+            if not anchors or any(a <= 0 for a in anchors) or list(anchors) != sorted(set(anchors)):
+                raise ValueError(f"strokes must be increasing positive anchors, got {list(anchors)}")
+            steps = [math.log2(b / a) for a, b in zip(anchors, anchors[1:], strict=False)]
+            if steps and max(steps) - min(steps) > 1e-6:
+                raise ValueError(f"stroke anchors must be evenly spaced in log2, got {list(anchors)}")
+        else:
+            raise ValueError(f"unknown generator version {self.version} (this code knows 1 and 2)")
 
-    def to_dict(self) -> dict[str, int]:
+    @property
+    def num_strokes(self) -> int:
+        """Rows per style: one per stroke anchor (v1: 1)."""
+        return max(1, len(self.strokes))
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -117,10 +190,12 @@ class ResBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """Multi-style feed-forward stylizer: ``forward(image, style) -> image``.
+    """The v1 multi-style stylizer: ``forward(image, style) -> image``.
 
     image: [N,3,H,W] float in [0,1], H and W multiples of ``config.stride``.
     style: [N,S] or [S] non-negative weights, any scale (normalised to sum 1).
+    stroke: accepted for a common signature and ignored: v1 has one brush size
+    (the runtimes give it a stroke setting by resampling the frame).
     returns: [N,3,H,W] float in (0,1).
     """
 
@@ -171,7 +246,7 @@ class Generator(nn.Module):
             offset += 2 * c
         return out
 
-    def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
         w = self.normalize_style(style.to(image.dtype), image.shape[0])
         a = self.style_affines(w)
         x = F.pixel_unshuffle(image * 2.0 - 1.0, 2)  # [N,12,H/2,W/2]
@@ -185,6 +260,207 @@ class Generator(nn.Module):
     def style_parameters(self) -> list[nn.Parameter]:
         """The per-style rows (every CIN's gamma and beta)."""
         return [p for n in self.norms for p in (n.gamma, n.beta)]
+
+
+# [1,2,1] x [1,2,1] / 16: the binomial low-pass applied before every stride-2 step of v2.
+_BLUR = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+
+
+class CondAffine(nn.Module):
+    """Per-channel scale and shift from style x stroke rows (FiLM), with no statistics.
+
+    ``gamma``/``beta`` are [num_styles, num_strokes, C]. The generator computes
+    every layer's (gamma [N,C], beta [N,C]) with one matmul
+    (:meth:`GeneratorV2.style_affines`) from the outer product of the style mix
+    and the stroke interpolation weights. No per-frame mean or variance: nothing
+    shifts the whole picture when the scene changes, and the op fuses into the
+    convolution before it (two passes fewer than an instance norm).
+    """
+
+    def __init__(self, num_styles: int, num_strokes: int, channels: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((num_styles, num_strokes, channels), scale))
+        self.beta = nn.Parameter(torch.zeros(num_styles, num_strokes, channels))
+
+    def forward(self, x: torch.Tensor, affine: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        gamma, beta = affine  # [N,C] each
+        return x * gamma[:, :, None, None] + beta[:, :, None, None]
+
+
+class BlurDown(nn.Module):
+    """Anti-aliased stride-2 conv: a learned 3x3 kernel convolved with a fixed binomial blur.
+
+    The composed 5x5 kernel is computed from the weights (a constant in an exported graph),
+    so the blur costs nothing at run time, yet the layer can never alias: a one-pixel shift
+    of the input moves its output by half a pixel, smoothly (Zhang, "Making convolutional
+    networks shift-invariant again", 2019).
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.blur: torch.Tensor
+        self.register_buffer("blur", _BLUR.clone()[None, None], persistent=False)
+
+    def kernel(self) -> torch.Tensor:
+        """The effective [cout, cin, 5, 5] kernel."""
+        cout, cin = self.weight.shape[:2]
+        w = F.conv2d(self.weight.reshape(cout * cin, 1, 3, 3), self.blur.to(self.weight.dtype), padding=2)
+        return w.reshape(cout, cin, 5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.kernel(), stride=2)
+
+
+class DenseBlock(nn.Module):
+    """conv3x3 (dilated) -> affine -> ReLU -> conv3x3 -> affine, plus skip.
+
+    The second affine starts at 0.2 so every block begins close to the identity
+    (training without normalisation statistics stays stable).
+    """
+
+    def __init__(self, num_styles: int, num_strokes: int, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(
+            channels, channels, 3, padding=dilation, dilation=dilation, padding_mode="reflect", bias=False
+        )
+        self.n1 = CondAffine(num_styles, num_strokes, channels)
+        self.c2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect", bias=False)
+        self.n2 = CondAffine(num_styles, num_strokes, channels, scale=0.2)
+
+    def forward(
+        self, x: torch.Tensor, a1: tuple[torch.Tensor, torch.Tensor], a2: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        return x + self.n2(self.c2(F.relu(self.n1(self.c1(x), a1))), a2)
+
+
+def icnr_(conv: nn.Conv2d, scale: int = 2) -> None:
+    """Initialise a conv that feeds a pixel shuffle so all ``scale**2`` sub-pixels start equal
+    (Aitken et al. 2017, "ICNR"): the upsampling begins as nearest-neighbour, without the
+    checkerboard a random start leaves, which would read as a fixed grid on video."""
+    out_c = conv.weight.shape[0] // scale**2
+    base = torch.empty(out_c, *conv.weight.shape[1:])
+    nn.init.kaiming_uniform_(base, a=math.sqrt(5))
+    with torch.no_grad():
+        conv.weight.copy_(base.repeat_interleave(scale**2, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias.view(out_c, scale**2)[:, :1].expand(-1, scale**2).reshape(-1))
+
+
+class GeneratorV2(nn.Module):
+    """The v2 multi-style stylizer with a stroke control: ``forward(image, style, stroke) -> image``.
+
+    image: [N,3,H,W] float in [0,1], H and W multiples of ``config.stride`` (8).
+    style: [N,S] or [S] non-negative weights, any scale (normalised to sum 1).
+    stroke: [N] or [] brush size relative to the reference (None: 1); clamped to the anchors' range.
+    returns: [N,3,H,W] float in (0,1).
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        if config.version != 2:
+            raise ValueError(f"GeneratorV2 needs a version 2 config, got version {config.version}")
+        self.config = config
+        s, k = config.num_styles, config.num_strokes
+        h, c, d = config.half_width, config.width, config.deep_width
+        self.down1 = BlurDown(3, h)
+        self.n_down1 = CondAffine(s, k, h)
+        self.down2 = BlurDown(h, c)
+        self.n_down2 = CondAffine(s, k, c)
+        fine = config.fine_blocks
+        self.fine_in = nn.ModuleList(DenseBlock(s, k, c, 1) for _ in range(fine // 2))
+        self.down3 = BlurDown(c, d)
+        self.n_down3 = CondAffine(s, k, d)
+        self.blocks = nn.ModuleList(DenseBlock(s, k, d, dilation=1 + (i % 2)) for i in range(config.num_blocks))
+        self.up3 = nn.Conv2d(d, 4 * c, 1, bias=False)
+        self.n_up3 = CondAffine(s, k, c)
+        self.fine_out = nn.ModuleList(DenseBlock(s, k, c, 1) for _ in range(fine - fine // 2))
+        self.up2 = nn.Conv2d(c, 4 * h, 1, bias=False)
+        self.n_up2 = CondAffine(s, k, h)
+        self.head = nn.Conv2d(h, 12, 3, padding=1, padding_mode="reflect")
+        for conv in (self.up3, self.up2, self.head):
+            icnr_(conv)
+        blocks = [*self.fine_in, *self.blocks, *self.fine_out]
+        # Every affine in the order forward() uses them.
+        self.norms: list[CondAffine] = [
+            self.n_down1,
+            self.n_down2,
+            *(n for b in self.fine_in if isinstance(b, DenseBlock) for n in (b.n1, b.n2)),
+            self.n_down3,
+            *(n for b in self.blocks if isinstance(b, DenseBlock) for n in (b.n1, b.n2)),
+            self.n_up3,
+            *(n for b in self.fine_out if isinstance(b, DenseBlock) for n in (b.n1, b.n2)),
+            self.n_up2,
+        ]
+        assert len(self.norms) == 5 + 2 * len(blocks)
+        # Plain floats: constants in an exported graph.
+        self.log2_anchors = [math.log2(a) for a in config.strokes]
+
+    normalize_style = staticmethod(Generator.normalize_style)
+
+    def stroke_weights(self, stroke: torch.Tensor | None, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """Stroke sizes [N] (or [], or None for 1) -> interpolation weights over the anchors [N,K].
+
+        Piecewise linear in log2(stroke) between neighbouring anchors ("hat" weights that
+        sum to 1), clamped to the anchors' range; exactly one-hot at an anchor.
+        """
+        anchors = self.log2_anchors
+        device = self.down1.weight.device
+        if stroke is None:
+            stroke = torch.ones((), dtype=dtype, device=device)
+        u = torch.log2(stroke.to(dtype).reshape(-1, 1).expand(batch, 1).clamp_min(1e-6))
+        u = u.clamp(anchors[0], anchors[-1])
+        spacing = anchors[1] - anchors[0] if len(anchors) > 1 else 1.0
+        grid = torch.tensor(anchors, dtype=dtype, device=device)
+        return F.relu(1.0 - (u - grid[None, :]).abs() / spacing)  # [N,K]
+
+    def style_affines(self, wt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gamma [N,C], beta [N,C]) of every affine for joint weights ``wt`` [N,S*K], in forward order."""
+        sk = self.config.num_styles * self.config.num_strokes
+        table = torch.cat([torch.cat([n.gamma.reshape(sk, -1), n.beta.reshape(sk, -1)], 1) for n in self.norms], 1)
+        flat = wt @ table  # [N, 2*sum(C)]
+        out, offset = [], 0
+        for n in self.norms:
+            c = n.gamma.shape[-1]
+            out.append((flat[:, offset : offset + c], flat[:, offset + c : offset + 2 * c]))
+            offset += 2 * c
+        return out
+
+    def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
+        n = image.shape[0]
+        w = self.normalize_style(style.to(image.dtype), n)  # [N,S]
+        t = self.stroke_weights(stroke, n, image.dtype)  # [N,K]
+        a = iter(self.style_affines((w[:, :, None] * t[:, None, :]).reshape(n, -1)))
+        x = F.relu(self.n_down1(self.down1(image * 2.0 - 1.0), next(a)))  # [N,h,H/2,W/2]
+        x = F.relu(self.n_down2(self.down2(x), next(a)))  # [N,c,H/4,W/4]
+        for block in self.fine_in:
+            x = block(x, next(a), next(a))
+        y = F.relu(self.n_down3(self.down3(x), next(a)))  # [N,d,H/8,W/8]
+        for block in self.blocks:
+            y = block(y, next(a), next(a))
+        x = F.relu(x + self.n_up3(F.pixel_shuffle(self.up3(y), 2), next(a)))  # [N,c,H/4,W/4]
+        for block in self.fine_out:
+            x = block(x, next(a), next(a))
+        x = F.relu(self.n_up2(F.pixel_shuffle(self.up2(x), 2), next(a)))  # [N,h,H/2,W/2]
+        if torch.is_autocast_enabled(x.device.type):
+            # The picture itself in float32: bf16 would round it to about one uint8 level, as much as
+            # the frame-to-frame flicker the temporal losses measure. The layer is tiny.
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.sigmoid(F.pixel_shuffle(self.head(x.float()), 2))
+        return torch.sigmoid(F.pixel_shuffle(self.head(x), 2))  # [N,3,H,W]
+
+    def style_parameters(self) -> list[nn.Parameter]:
+        """The per-style rows (every affine's gamma and beta)."""
+        return [p for n in self.norms for p in (n.gamma, n.beta)]
+
+
+StyleGenerator = Generator | GeneratorV2
+
+
+def build_generator(config: GeneratorConfig) -> StyleGenerator:
+    """The generator a config describes (v1 or v2)."""
+    return GeneratorV2(config) if config.version == 2 else Generator(config)
 
 
 def check_style(style: torch.Tensor, num_styles: int) -> None:

@@ -8,8 +8,10 @@ Per step (batch of B content crops, each paired with one style):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import random
 import shlex
 import signal
@@ -27,10 +29,28 @@ from PIL import Image, ImageDraw
 from common.cli import opt
 from common.mix import parse_mix
 from common.paths import CONTENT_DIR
+from common.split import held_out
+from common.stroke import REFERENCE_SHORT
 from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoint
-from trainer.data import ContentImages, StyleImage, parse_style_arg, to_tensor
-from trainer.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss, temporal_loss, total_variation
-from trainer.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, one_hot
+from trainer.data import ContentImages, StyleImage, parse_style_arg, random_crop, to_tensor
+from trainer.flow import VideoPairs
+from trainer.losses import (
+    PerceptualLoss,
+    flow_temporal_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    temporal_loss,
+    total_variation,
+)
+from trainer.models import (
+    Discriminator,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    GeneratorV2,
+    StyleGenerator,
+    build_generator,
+    one_hot,
+)
 from trainer.precision import PRECISIONS, Autocast, pick_autocast
 from trainer.vgg import VGG19Features
 
@@ -50,6 +70,12 @@ class LossWeights:
     adversarial: float = opt(
         0.1, "PatchGAN hinge loss weight (0 trains without the discriminator)", flag="--adversarial-weight"
     )
+    flow: float = opt(
+        10.0,
+        "real-motion stability weight: consecutive frames of --video, stylized, must agree along their "
+        "optical flow (needs --video; 0 disables)",
+        flag="--flow-weight",
+    )
 
 
 @dataclass(frozen=True)
@@ -67,8 +93,26 @@ class TrainConfig:
         metavar="PATH[=NAME]",
     )
     out: str = opt(help="checkpoint to write (.safetensors); samples are written beside it", metavar="PATH")
+    arch: int = opt(
+        2, "generator version: 2 (dense 1/8-scale trunk, no instance norm, stroke control) or 1", choices=(1, 2)
+    )
     steps: int = opt(2000, "optimisation steps in total")
-    size: int = opt(192, "training crop side in pixels (multiple of 4)")
+    size: int = opt(256, "training crop side in pixels (multiple of the generator's stride: 4 for v1, 8 for v2)")
+    content_side: int = opt(
+        640,
+        "v2: photos are kept at this short side and crops cut at random scales from --size up to it, so "
+        "the network learns scenes at the scale a 640x480 camera shows them (v1: 1.5x --size)",
+    )
+    video: str | None = opt(
+        None,
+        "a real video for the flow-based temporal loss (only its first frames: the rest is held out, "
+        "see common/split.py)",
+        metavar="PATH",
+    )
+    holdout: bool = opt(True, "leave out the held-out photos (common/split.py) so benches can judge on them")
+    style_levels: int = opt(
+        2, "v2: Gram targets at this many scales of each painting (1, 1/2, ...): larger structures read"
+    )
     batch: int = opt(4, "crops per step")
     lr: float = opt(2e-3, "generator Adam learning rate")
     # The per-style rows learn this much faster, so styles separate early.
@@ -84,20 +128,27 @@ class TrainConfig:
     seed: int = opt(0, "random seed")
     losses: LossWeights = field(default_factory=LossWeights)
     adversarial_start: int = opt(200, "steps of perceptual-only warm-up before the adversarial term joins")
-    style_size: int = opt(384, "paintings are scaled to this short side, px")
+    style_size: int = opt(384, "v1: paintings are scaled to this short side, px (v2 scales them per stroke anchor)")
     sample_every: int = opt(200, "steps between sample sheets (0: none)")
     save_every: int = opt(200, "steps between checkpoints (0: at the end)")
     tensorboard: str | None = opt(None, "also write TensorBoard logs to DIR", metavar="DIR")
     resume: bool = opt(False, "continue from --out (weights, optimisers, step)")
-    width: int = opt(GeneratorConfig.width, "generator channels at 1/4 scale")
-    half_width: int = opt(GeneratorConfig.half_width, "generator channels at 1/2 scale")
-    num_blocks: int = opt(GeneratorConfig.num_blocks, "residual blocks at 1/4 scale", flag="--blocks")
+    width: int | None = opt(None, "generator channels at 1/4 scale (default: the version's, v1 64, v2 32)")
+    half_width: int | None = opt(None, "generator channels at 1/2 scale (default: the version's, 16)")
+    num_blocks: int | None = opt(
+        None, "residual blocks (default: the version's; v1 7 at 1/4 scale, v2 3 at 1/8)", flag="--blocks"
+    )
     disc_width: int = DiscriminatorConfig.width
     command: str = ""  # the command line that started the run, for the record
 
     def __post_init__(self) -> None:
-        if self.size % 4 or self.size < 32:
-            raise ValueError(f"--size must be a multiple of 4 and >= 32, got {self.size}")
+        multiple = 8 if self.arch == 2 else 4
+        if self.size % multiple or self.size < 32:
+            raise ValueError(
+                f"--size must be a multiple of {multiple} and >= 32 for a v{self.arch} generator, got {self.size}"
+            )
+        if self.style_levels < 1:
+            raise ValueError("--style-levels must be >= 1")
         if self.steps < 1 or self.batch < 1:
             raise ValueError("--steps and --batch must be >= 1")
         if not self.styles:
@@ -105,6 +156,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def generator_config(self, num_styles: int) -> GeneratorConfig:
+        """The generator this run trains: the version's defaults, with the width options that were given."""
+        given = {k: v for k in ("width", "half_width", "num_blocks") if (v := getattr(self, k)) is not None}
+        if self.arch == 2:
+            return GeneratorConfig.v2(num_styles, **given)
+        return GeneratorConfig(num_styles, **given)
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,7 +180,7 @@ def command_line() -> str:
 def style_targets(
     loss: PerceptualLoss, styles: list[StyleImage], size: int, rng: random.Random, device: torch.device
 ) -> None:
-    """Average Gram targets over 8 random crops of each painting (plus the whole painting)."""
+    """v1: average Gram targets over 8 random crops of each painting (plus the whole painting)."""
     targets = []
     for s in styles:
         crops = s.crops(8, size, rng).to(device)
@@ -130,21 +188,86 @@ def style_targets(
     loss.set_style_targets(targets)
 
 
+def stroke_targets(
+    loss: PerceptualLoss,
+    style: StyleImage,
+    anchors: tuple[float, ...],
+    size: int,
+    rng: random.Random,
+    device: torch.device,
+) -> list[list[dict[str, torch.Tensor]]]:
+    """v2: one painting's Gram targets, ``[level][anchor]``.
+
+    At anchor ``a`` the painting is scaled to short side ``REFERENCE_SHORT * a``: its strokes
+    are then ``a`` times as large, relative to a 480-line frame, as in the painting itself
+    (``common.stroke``). Level ``l`` halves that scale ``l`` times and the crop with it. Each
+    target averages 8 crops cut at that scale, not resized, so the strokes keep their size.
+    """
+    out = []
+    for level in range(loss.levels):
+        row = []
+        for a in anchors:
+            scaled = style.scaled(round(REFERENCE_SHORT * a / 2**level))
+            row.append(loss.style_targets(scaled.native_crops(8, size // 2**level, rng).to(device)))
+        out.append(row)
+    return out
+
+
+def set_stroke_targets(loss: PerceptualLoss, per_style: list[list[list[dict[str, torch.Tensor]]]]) -> None:
+    """Install ``[style][level][anchor]`` targets in the generator's joint (style, anchor) order."""
+    for level in range(loss.levels):
+        loss.set_style_targets([t for style in per_style for t in style[level]], level)
+
+
+def joint_weights(generator: StyleGenerator, style_w: torch.Tensor, stroke: torch.Tensor | None) -> torch.Tensor:
+    """Style weights [N,S] -> the weights of the loss's targets: [N,S*K] over (style, anchor) for v2, as is for v1."""
+    if not isinstance(generator, GeneratorV2):
+        return style_w
+    n = style_w.shape[0]
+    t = generator.stroke_weights(stroke, n, torch.float32).to(style_w.device)
+    w = style_w / style_w.sum(1, keepdim=True)
+    return (w[:, :, None] * t[:, None, :]).reshape(n, -1)
+
+
+def sample_strokes(generator: StyleGenerator, n: int, rng: random.Random) -> torch.Tensor | None:
+    """``n`` stroke sizes drawn log-uniformly over the generator's anchor range (None for v1)."""
+    if not isinstance(generator, GeneratorV2):
+        return None
+    lo, hi = math.log2(generator.config.strokes[0]), math.log2(generator.config.strokes[-1])
+    return torch.tensor([2.0 ** rng.uniform(lo, hi) for _ in range(n)])
+
+
+def painting_crop(style: StyleImage, stroke: float | None, size: int, rng: random.Random) -> torch.Tensor:
+    """A real ``size`` crop of a painting for the critic, at the scale a stroke asks for (v1: as loaded)."""
+    if stroke is None:
+        return style.crops(1, size, rng)[0]
+    scaled = style.scaled(round(REFERENCE_SHORT * stroke))
+    if min(scaled.image.shape[1:]) >= size:
+        return scaled.native_crops(1, size, rng)[0]
+    return random_crop(scaled.image, size, rng)  # a finer scale than the crop: the largest square, resized
+
+
 def sample_sheet(
-    generator: Generator,
+    generator: StyleGenerator,
     contents: list[torch.Tensor],
     style_names: list[str],
     mix: torch.Tensor | None = None,
     tile: int = 160,
 ) -> Image.Image:
-    """Grid: one row per content image; columns = input, each style, (mix)."""
+    """Grid: one row per content image; columns = input, each style, (mix), and for v2 style 0 at
+    the finest and the boldest stroke."""
     device = next(generator.parameters()).device
     n_styles = len(style_names)
-    cols = 1 + n_styles + (1 if mix is not None else 0)
+    strokes = (
+        list(generator.config.strokes[:: max(1, len(generator.config.strokes) - 1)])
+        if isinstance(generator, GeneratorV2)
+        else []
+    )
+    cols = 1 + n_styles + (1 if mix is not None else 0) + len(strokes)
     label_h = 14
     sheet = Image.new("RGB", (cols * tile, label_h + len(contents) * tile), (20, 20, 24))
     draw = ImageDraw.Draw(sheet)
-    labels = ["input", *style_names] + (["mix"] if mix is not None else [])
+    labels = ["input", *style_names] + (["mix"] if mix is not None else []) + [f"0 stroke {s:g}" for s in strokes]
     for c, label in enumerate(labels):
         draw.text((c * tile + 3, 1), label[: tile // 6], fill=(230, 230, 230))
     generator.eval()
@@ -155,6 +278,7 @@ def sample_sheet(
             if mix is not None:
                 weights.append(mix[None].float())
             outs = [x] + [generator(x, w.to(device)) for w in weights]
+            outs += [generator(x, one_hot([0], n_styles).to(device), torch.tensor([s])) for s in strokes]
             for c, out in enumerate(outs):
                 arr = (out[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
                 sheet.paste(Image.fromarray(arr).resize((tile, tile)), (c * tile, label_h + r * tile))
@@ -184,10 +308,18 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
         # Data first: a bad folder or painting fails before any model is built.
-        self.styles = [StyleImage.load(p, n, config.style_size) for p, n in config.styles]
-        self.content = ContentImages.from_folder(config.content_dir, config.size)
+        v2 = config.arch == 2
+        # v2 scales each painting per stroke anchor, from the painting as it is.
+        self.styles = [StyleImage.load(p, n, None if v2 else config.style_size) for p, n in config.styles]
+        self.content = ContentImages.from_folder(
+            config.content_dir,
+            config.size,
+            work_side=config.content_side if v2 else None,
+            skip=held_out if config.holdout else None,
+        )
+        self.video = VideoPairs(config.video) if config.video and config.losses.flow > 0 else None
         n = len(self.styles)
-        self.G = Generator(GeneratorConfig(n, config.width, config.half_width, config.num_blocks)).to(self.device)
+        self.G: StyleGenerator = build_generator(config.generator_config(n)).to(self.device)
         self.D = Discriminator(DiscriminatorConfig(n, width=config.disc_width)).to(self.device)
         rows = {id(p) for p in self.G.style_parameters()}
         shared = [p for p in self.G.parameters() if id(p) not in rows]
@@ -199,8 +331,15 @@ class Trainer:
             betas=(0.5, 0.99),
         )
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
-        self.loss = PerceptualLoss(VGG19Features().to(self.device))
-        style_targets(self.loss, self.styles, config.size, self.rng, self.device)
+        self.loss = PerceptualLoss(VGG19Features().to(self.device), levels=config.style_levels if v2 else 1)
+        if isinstance(self.G, GeneratorV2):
+            anchors = self.G.config.strokes
+            set_stroke_targets(
+                self.loss,
+                [stroke_targets(self.loss, s, anchors, config.size, self.rng, self.device) for s in self.styles],
+            )
+        else:
+            style_targets(self.loss, self.styles, config.size, self.rng, self.device)
         self.step = 0
         self.out = Path(config.out)
         if config.resume:
@@ -243,10 +382,13 @@ class Trainer:
     def data_record(self) -> dict[str, Any]:
         """Which files the run trained on, relative to the content folder, for the checkpoint."""
         root = Path(self.config.content_dir)
-        return {
+        record: dict[str, Any] = {
             "content_files": [str(p.relative_to(root)) for p in self.content.paths],
             "style_files": [str(s.path) for s in self.styles],
         }
+        if self.video is not None:
+            record["video"] = {"path": str(self.video.path), "frames": [0, len(self.video)], "of": self.video.total}
+        return record
 
     def checkpoint(self, path: Path | None = None) -> Path:
         return save_checkpoint(
@@ -268,19 +410,28 @@ class Trainer:
         b = cfg.batch
         idx = torch.tensor([(self.step * b + i) % len(self.styles) for i in range(b)])  # balanced styles
         style_w = one_hot(idx, len(self.styles)).to(self.device)
+        stroke = sample_strokes(self.G, b, self.rng)  # None for v1
         x = self.content.batch(b, self.rng).to(self.device)
         use_adv = w.adversarial > 0 and self.step >= cfg.adversarial_start
         idx = idx.to(self.device)
         with self.autocast():  # forward passes; the losses inside are float32 (trainer.losses)
-            y = self.G(x, style_w)
-            l_content, l_style, _ = self.loss(y, x, style_w)
+            y = self.G(x, style_w, stroke)
+            l_content, l_style, _ = self.loss(y, x, joint_weights(self.G, style_w, stroke))
             l_tv = total_variation(y.float())
             g_loss = w.content * l_content + w.style * l_style + w.tv * l_tv
             stats = {"content": l_content.item(), "style": l_style.item(), "tv": l_tv.item()}
             if w.temporal > 0:
-                l_temp = temporal_loss(self.G, x, style_w)
+                l_temp = temporal_loss(self.G, x, style_w, stroke=stroke)
                 g_loss = g_loss + w.temporal * l_temp
                 stats["temporal"] = l_temp.item()
+            if self.video is not None:
+                pairs = self.video.batch(max(1, b // 2), cfg.size, self.rng)
+                n_pairs = pairs.prev.shape[0]
+                l_flow = flow_temporal_loss(
+                    self.G, pairs, style_w[:n_pairs], None if stroke is None else stroke[:n_pairs]
+                )
+                g_loss = g_loss + w.flow * l_flow
+                stats["flow"] = l_flow.item()
             if use_adv:
                 self.D.requires_grad_(False)
                 l_adv = hinge_g_loss([f.float() for f in self.D(y, idx)])
@@ -291,7 +442,13 @@ class Trainer:
         self._step(g_loss, self.opt_g)
         if w.adversarial > 0:
             # The critic also trains during warm-up, so it is useful once it joins.
-            real = torch.stack([self.styles[i].crops(1, cfg.size, self.rng)[0] for i in idx.tolist()])
+            strokes: list[float | None] = [None] * b if stroke is None else stroke.tolist()
+            real = torch.stack(
+                [
+                    painting_crop(self.styles[i], st, cfg.size, self.rng)
+                    for i, st in zip(idx.tolist(), strokes, strict=True)
+                ]
+            )
             with self.autocast():
                 d_real, d_fake = self.D(real.to(self.device), idx), self.D(y.detach(), idx)
                 d_loss = hinge_d_loss([r.float() for r in d_real], [f.float() for f in d_fake])
@@ -390,7 +547,9 @@ class AddStyleConfig:
     # bf16 while the server streamed at 30 fps (python -m bench.new_style); 250 steps took 4.9 min
     # there and scored no better. 160 is the crop size the shipped model was trained at.
     steps: int = opt(180, "optimisation steps")
-    size: int = opt(160, "crop side in pixels (multiple of 4)")
+    size: int | None = opt(
+        None, "crop side in pixels (default: 160 for a v1 model, 192 for v2; a multiple of the model's stride)"
+    )
     batch: int = opt(TrainConfig.batch, "crops per step")
     lr: float = opt(2e-2, "Adam learning rate of the new style's rows")
     device: str = opt(TrainConfig.device, "auto, cpu, cuda or cuda:N", metavar="DEVICE")
@@ -401,27 +560,27 @@ class AddStyleConfig:
     command: str = ""
 
 
-def extend_generator(base: Generator, extra: int = 1) -> Generator:
+def extend_generator(base: StyleGenerator, extra: int = 1) -> StyleGenerator:
     """A copy of ``base`` with ``extra`` more styles; new rows start at the mean of the old ones."""
     cfg = base.config
-    new = Generator(GeneratorConfig(cfg.num_styles + extra, cfg.width, cfg.half_width, cfg.num_blocks))
+    new = build_generator(dataclasses.replace(cfg, num_styles=cfg.num_styles + extra))
     state = base.state_dict()
     new_state = new.state_dict()
     for k, v in state.items():
         if new_state[k].shape == v.shape:
             new_state[k] = v.clone()
-        else:  # a CIN gamma/beta table [S,C] -> [S+extra,C]
-            new_state[k] = torch.cat([v, v.mean(0, keepdim=True).expand(extra, -1)], 0)
+        else:  # a style table [S,C] (v1) or [S,K,C] (v2) -> [S+extra,...]
+            new_state[k] = torch.cat([v, v.mean(0, keepdim=True).expand(extra, *v.shape[1:])], 0)
     new.load_state_dict(new_state)
     return new
 
 
-def remove_style(base: Generator, index: int) -> Generator:
-    """A copy of ``base`` without style ``index``: its CIN rows dropped, everything else bit-identical."""
+def remove_style(base: StyleGenerator, index: int) -> StyleGenerator:
+    """A copy of ``base`` without style ``index``: its rows dropped, everything else bit-identical."""
     cfg = base.config
     if not 0 <= index < cfg.num_styles or cfg.num_styles < 2:
         raise ValueError(f"cannot remove style {index} of a {cfg.num_styles}-style model")
-    new = Generator(GeneratorConfig(cfg.num_styles - 1, cfg.width, cfg.half_width, cfg.num_blocks))
+    new = build_generator(dataclasses.replace(cfg, num_styles=cfg.num_styles - 1))
     new_state = new.state_dict()
     for k, v in base.state_dict().items():
         new_state[k] = v.clone() if new_state[k].shape == v.shape else torch.cat([v[:index], v[index + 1 :]], 0)
@@ -430,12 +589,14 @@ def remove_style(base: Generator, index: int) -> Generator:
 
 
 def add_style(
-    config: AddStyleConfig, progress: bool = True, on_step: Callable[[int, Generator], None] | None = None
+    config: AddStyleConfig, progress: bool = True, on_step: Callable[[int, StyleGenerator], None] | None = None
 ) -> Path:
     """Train only the new style's normalisation rows (Dumoulin et al. 2017, sec. 4).
 
-    The Gram targets average crops cut at the painting's working scale (its strokes at the size
-    the generator paints them) and random-scale resized crops (its larger shapes).
+    v1: the Gram targets average crops cut at the painting's working scale (its strokes at the
+    size the generator paints them) and random-scale resized crops (its larger shapes).
+    v2: the new style gets rows at every stroke anchor, with the same per-anchor, two-level
+    targets as full training (:func:`stroke_targets`), and strokes drawn over the range.
     ``on_step(step, generator)`` is called after each step (progress reports, previews).
 
     The shared convolutions and every existing style's rows stay bit-identical:
@@ -453,11 +614,17 @@ def add_style(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     base = load_checkpoint(config.base)
-    style = StyleImage.load(config.style, config.name, config.style_size)
+    v2 = base.generator_config.version == 2
+    size = config.size or (192 if v2 else 160)
+    style = StyleImage.load(config.style, config.name, None if v2 else config.style_size)
     if style.name in base.style_names:
         raise ValueError(f"the model already has a style named {style.name!r}; pick another --name")
-    content = ContentImages.from_folder(config.content_dir, config.size)
-    g_base = Generator(base.generator_config)
+    if size % base.generator_config.stride:
+        raise ValueError(f"--size must be a multiple of {base.generator_config.stride} for this model, got {size}")
+    content = ContentImages.from_folder(
+        config.content_dir, size, work_side=int(base.train.get("content_side", 640)) if v2 else None
+    )
+    g_base = build_generator(base.generator_config)
     g_base.load_state_dict(base.generator_state)
     G = extend_generator(g_base).to(device)
     new = G.config.num_styles - 1
@@ -467,25 +634,30 @@ def add_style(
     for p in rows:
         p.requires_grad_(True)
     opt = torch.optim.Adam(rows, lr=config.lr, betas=(0.5, 0.99))
-    loss = PerceptualLoss(VGG19Features().to(device))
-    # Only the new style's Gram target matters; the others are never used (weights one-hot on `new`).
-    # Gram targets at two scales: crops cut at the painting's working scale keep its strokes'
-    # size, resized crops its larger shapes; on three paintings outside the shipped model this
-    # beat either alone (README, "Your own painting").
-    crops = torch.cat([style.native_crops(8, config.size, rng), style.crops(8, config.size, rng)])
-    targets = loss.style_targets(crops.to(device))
-    loss.set_style_targets([targets] * G.config.num_styles)
+    # Only the new style's Gram targets matter; the others are never used (weights one-hot on `new`).
+    if isinstance(G, GeneratorV2):
+        loss = PerceptualLoss(VGG19Features().to(device), levels=int(base.train.get("style_levels", 2)))
+        targets = stroke_targets(loss, style, G.config.strokes, size, rng, device)
+        set_stroke_targets(loss, [targets] * G.config.num_styles)
+    else:
+        loss = PerceptualLoss(VGG19Features().to(device))
+        # Gram targets at two scales: crops cut at the painting's working scale keep its strokes'
+        # size, resized crops its larger shapes; on three paintings outside the shipped model this
+        # beat either alone (README, "Your own painting").
+        crops = torch.cat([style.native_crops(8, size, rng), style.crops(8, size, rng)])
+        loss.set_style_targets([loss.style_targets(crops.to(device))] * G.config.num_styles)
     w = config.losses
     style_w = one_hot([new] * config.batch, G.config.num_styles).to(device)
     G.train()
     for step in tqdm(range(1, config.steps + 1), disable=not progress, unit="step"):
         x = content.batch(config.batch, rng).to(device)
+        stroke = sample_strokes(G, config.batch, rng)
         with autocast():  # the losses inside are float32 (trainer.losses)
-            y = G(x, style_w)
-            l_content, l_style, _ = loss(y, x, style_w)
+            y = G(x, style_w, stroke)
+            l_content, l_style, _ = loss(y, x, joint_weights(G, style_w, stroke))
             total = w.content * l_content + w.style * l_style + w.tv * total_variation(y.float())
             if w.temporal > 0:
-                total = total + w.temporal * temporal_loss(G, x, style_w)
+                total = total + w.temporal * temporal_loss(G, x, style_w, stroke=stroke)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
@@ -529,7 +701,8 @@ def render_sample(model_path: str, content: list[str], out: str, mix: str | None
     for path in content:
         if not Path(path).is_file():
             raise FileNotFoundError(f"content image not found: {path}")
-        imgs.append(center_crop(to_tensor(load_rgb(Path(path), short_side=size * 2)), size // 4 * 4))
+        stride = G.config.stride
+        imgs.append(center_crop(to_tensor(load_rgb(Path(path), short_side=size * 2)), size // stride * stride))
     weights = torch.tensor(parse_mix(mix, ckpt.style_names)) if mix else None
     sheet = sample_sheet(G, imgs, ckpt.style_names, weights, tile=size)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
