@@ -3,20 +3,22 @@
 The exported graph is the whole per-frame computation, so a serving host does
 no per-pixel work and needs no torch::
 
-    image    uint8   [N,H,W,3]  RGB, NHWC, H and W multiples of 4 (dynamic N, H, W)
+    image    uint8   [N,H,W,3]  RGB, NHWC, H and W multiples of the stride (dynamic N, H, W)
     style    float32 [N,S]      non-negative weights, any scale (rows normalised to sum 1 in-graph)
+    stroke   float32 [N]        v2 only: brush size in network pixels (common.stroke), clamped in-graph
     stylized uint8   [N,H,W,3]  RGB, NHWC
 
-Inside the graph: NHWC -> NCHW, /255, the generator, *255, round (half to
-even), clamp to [0,255], cast to uint8, NCHW -> NHWC.
+Inside the graph: cast to float, NHWC -> NCHW, /255, the generator, *255,
+round (half to even), clamp to [0,255], NCHW -> NHWC, cast to uint8 (the
+casts sit at the edges: TensorRT lets a uint8 tensor touch nothing else).
 
 Model facts travel in the ONNX ``metadata_props`` (all values are strings)::
 
     stylecast.styles             JSON list of style names (index i <-> style[:, i])
     stylecast.sources            JSON list of painting file names, same order
     stylecast.generator          GeneratorConfig as JSON
-    stylecast.format_version     ONNX contract version (this module's FORMAT_VERSION)
-    stylecast.stride             "4": H and W must be multiples of it
+    stylecast.format_version     ONNX contract version: 1 (image, style), 2 (image, style, stroke)
+    stylecast.stride             "4" (v1) or "8" (v2): H and W must be multiples of it
     stylecast.checkpoint_sha256  sha256 of the checkpoint file it came from
     stylecast.quantized          "int8" in a model made by ``python -m engines quantize`` (absent otherwise)
 """
@@ -28,6 +30,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,13 +39,14 @@ import torch
 from engines.runtime.model import ModelInfo, file_sha256
 from engines.wrap import UInt8Generator
 from trainer.checkpoint import load_generator
-from trainer.models import Generator
+from trainer.models import StyleGenerator
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest contract this code writes; a model without strokes is written as 1
 INPUT_IMAGE = "image"
 INPUT_STYLE = "style"
+INPUT_STROKE = "stroke"
 OUTPUT = "stylized"
 META_PREFIX = "stylecast."
 # Range of the dynamic dims the exporter is told about (in units of the stride for H, W).
@@ -75,14 +79,21 @@ def export_onnx(
         raise ValueError(f"example_hw must be multiples of {stride}, got {example_hw}")
     wrapper = UInt8Generator(generator).eval()
     num_styles = generator.config.num_styles
+    strokes = generator.config.strokes
     image = torch.randint(0, 256, (2, *example_hw, 3), dtype=torch.uint8)
     style = torch.rand(2, num_styles) + 0.1
+    args: tuple[torch.Tensor, ...] = (image, style)
+    names = [INPUT_IMAGE, INPUT_STYLE]
 
-    # H = 4*h4, W = 4*w4 tells the exporter that the pixel (un)shuffles divide evenly.
+    # H = s*hs, W = s*ws (s the stride) tells the exporter that the (un)shuffles divide evenly.
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    h4 = torch.export.Dim("h4", min=2, max=MAX_SIDE // stride)
-    w4 = torch.export.Dim("w4", min=2, max=MAX_SIDE // stride)
-    dynamic_shapes = {"image": {0: batch, 1: stride * h4, 2: stride * w4}, "style": {0: batch}}
+    hs = torch.export.Dim("hs", min=2, max=MAX_SIDE // stride)
+    ws = torch.export.Dim("ws", min=2, max=MAX_SIDE // stride)
+    dynamic_shapes: dict[str, Any] = {"image": {0: batch, 1: stride * hs, 2: stride * ws}, "style": {0: batch}}
+    if strokes:
+        args += (torch.tensor([1.0, 1.5]),)
+        names.append(INPUT_STROKE)
+        dynamic_shapes["stroke"] = {0: batch}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp.onnx", dir=out_path.parent)
@@ -91,8 +102,8 @@ def export_onnx(
         with torch.no_grad():
             program = torch.onnx.export(
                 wrapper,
-                (image, style),
-                input_names=[INPUT_IMAGE, INPUT_STYLE],
+                args,
+                input_names=names,
                 output_names=[OUTPUT],
                 dynamic_shapes=dynamic_shapes,
                 opset_version=opset,
@@ -101,12 +112,12 @@ def export_onnx(
                 external_data=False,
             )
         assert program is not None
-        model = program.model_proto
+        model = fold_constants(program.model_proto)
         meta = {
             "styles": json.dumps(ckpt.style_names),
             "sources": json.dumps([s.source for s in ckpt.styles]),
             "generator": json.dumps(generator.config.to_dict()),
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(2 if strokes else 1),
             "stride": str(stride),
             "checkpoint_sha256": file_sha256(checkpoint_path),
         }
@@ -129,9 +140,19 @@ def export_onnx(
     return out_path
 
 
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Compute every part of the graph that depends on weights only (v2's blurred down-sampling
+    kernels, the stacked style tables) once, so the file holds plain constants: nothing of it
+    runs per frame, and quantizers and TensorRT see ordinary Conv weights."""
+    import onnxscript.optimizer
+
+    folded = onnxscript.optimizer.optimize(model, input_size_limit=1 << 30, output_size_limit=1 << 30)
+    return folded if isinstance(folded, onnx.ModelProto) else model
+
+
 def _name_dims(model: onnx.ModelProto) -> None:
-    """Give the symbolic dims readable names: batch, height, width (was "4*h4", "4*w4")."""
-    names = {"4*h4": "height", "4*w4": "width"}
+    """Give the symbolic dims readable names: batch, height, width (was "4*hs", "8*ws", ...)."""
+    names = {f"{s}*{d}": name for s in (4, 8) for d, name in (("hs", "height"), ("ws", "width"))}
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in names:
@@ -168,7 +189,7 @@ PARITY_MAX_FRACTION_OFF = 0.01  # share of values allowed to differ at all
 
 def verify_onnx(
     onnx_path: str | Path,
-    generator: Generator,
+    generator: StyleGenerator,
     sizes: tuple[tuple[int, int], ...] = ((64, 96), (120, 160)),
     seed: int = 0,
 ) -> None:
@@ -176,8 +197,9 @@ def verify_onnx(
 
     Checks random images at each (H, W) in ``sizes`` with several style mixes
     (one-hot, uniform, random, unnormalised) and a batch of 2 with different
-    mixes per row. Tolerance: ``PARITY_MAX_ABS`` uint8 levels, and at most
-    ``PARITY_MAX_FRACTION_OFF`` of values off at all.
+    mixes per row; a v2 model also with different strokes per row, between
+    anchors and outside their range. Tolerance: ``PARITY_MAX_ABS`` uint8 levels,
+    and at most ``PARITY_MAX_FRACTION_OFF`` of values off at all.
     """
     import onnxruntime as ort
 
@@ -186,14 +208,21 @@ def verify_onnx(
     rng = np.random.default_rng(seed)
     s = generator.config.num_styles
     mixes = [np.eye(s, dtype=np.float32)[0], np.ones(s, np.float32), rng.random(s).astype(np.float32) * 5]
+    stroke_pairs = [(1.0, 0.71), (0.5, 2.0), (0.3, 3.0)] if generator.config.strokes else [None]
     for h, w in sizes:
         for mix in mixes:
-            image = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
-            style = np.stack([mix, np.eye(s, dtype=np.float32)[-1] + 0.25]).astype(np.float32)
-            (got,) = sess.run([OUTPUT], {INPUT_IMAGE: image, INPUT_STYLE: style})
-            with torch.no_grad():
-                want = wrapper(torch.from_numpy(image), torch.from_numpy(style)).numpy()
-            compare_uint8(got, want, f"ONNX Runtime vs torch at {w}x{h}, mix {mix.tolist()}")
+            for pair in stroke_pairs:
+                image = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+                style = np.stack([mix, np.eye(s, dtype=np.float32)[-1] + 0.25]).astype(np.float32)
+                feeds = {INPUT_IMAGE: image, INPUT_STYLE: style}
+                args = [torch.from_numpy(image), torch.from_numpy(style)]
+                if pair is not None:
+                    feeds[INPUT_STROKE] = np.asarray(pair, np.float32)
+                    args.append(torch.from_numpy(feeds[INPUT_STROKE]))
+                (got,) = sess.run([OUTPUT], feeds)
+                with torch.no_grad():
+                    want = wrapper(*args).numpy()
+                compare_uint8(got, want, f"ONNX Runtime vs torch at {w}x{h}, mix {mix.tolist()}, strokes {pair}")
 
 
 def compare_uint8(

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from engines.runtime.base import EngineError
+from engines.runtime.frames import FrameBackend
 from engines.runtime.manifest import Manifest, ManifestMismatch
 from engines.runtime.model import file_sha256, read_model_info
 
@@ -77,8 +78,14 @@ def _pbtxt_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def model_config_text(spec: RepoSpec, num_styles: int, parameters: dict[str, str], profiles: int = 0) -> str:
-    """``config.pbtxt`` for ``spec`` (not yet validated: :func:`check_config` does that)."""
+def model_config_text(
+    spec: RepoSpec, num_styles: int, parameters: dict[str, str], profiles: int = 0, stroke: bool = False
+) -> str:
+    """``config.pbtxt`` for ``spec`` (not yet validated: :func:`check_config` does that).
+
+    ``stroke``: the model has a ``stroke`` input ([N] float32 in the graph; Triton's batched
+    dims cannot be empty, so it is declared [1] per request and reshaped to a scalar).
+    """
     preferred = [b for b in spec.preferred_batch if b <= spec.max_batch]
     lines = [f"name: {_pbtxt_string(spec.name)}"]
     if spec.kind == "tensorrt":
@@ -90,7 +97,12 @@ def model_config_text(spec: RepoSpec, num_styles: int, parameters: dict[str, str
     lines += [
         f"max_batch_size: {spec.max_batch}",
         'input [ { name: "image" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] },',
-        f'        {{ name: "style" data_type: TYPE_FP32 dims: [ {num_styles} ] }} ]',
+        f'        {{ name: "style" data_type: TYPE_FP32 dims: [ {num_styles} ] }}'
+        + (
+            ' ,\n        { name: "stroke" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } } ]'
+            if stroke
+            else " ]"
+        ),
         'output [ { name: "stylized" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] } ]',
         "dynamic_batching {",
         f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else "",
@@ -106,6 +118,7 @@ def model_config_text(spec: RepoSpec, num_styles: int, parameters: dict[str, str
         "  batch_size: 1",
         f'  inputs {{ key: "image" value: {{ data_type: TYPE_UINT8 dims: [ {h}, {w}, 3 ] zero_data: true }} }}',
         f'  inputs {{ key: "style" value: {{ data_type: TYPE_FP32 dims: [ {num_styles} ] random_data: true }} }}',
+        '  inputs { key: "stroke" value: { data_type: TYPE_FP32 dims: [ 1 ] random_data: true } }' if stroke else "",
         "} ]",
     ]
     for key, value in parameters.items():
@@ -131,6 +144,7 @@ def model_parameters(onnx_path: Path, extra: dict[str, str] | None = None) -> di
         PARAM_PREFIX + "styles": json.dumps(info.styles),
         PARAM_PREFIX + "sources": json.dumps(info.sources),
         PARAM_PREFIX + "stride": str(info.stride),
+        PARAM_PREFIX + "strokes": json.dumps(list(info.strokes)),
         PARAM_PREFIX + "format_version": str(info.format_version),
         PARAM_PREFIX + "checkpoint_sha256": info.checkpoint_sha256,
     }
@@ -163,7 +177,9 @@ def write_repo(onnx_path: str | Path, out: str | Path, spec: RepoSpec, plan: str
         source, filename = plan_dir / manifest.artifact, "model.plan"
     else:
         source, filename = onnx_path, "model.onnx"
-    text = model_config_text(spec, len(info.styles), model_parameters(onnx_path, extra), profiles)
+    text = model_config_text(
+        spec, len(info.styles), model_parameters(onnx_path, extra), profiles, stroke=bool(info.strokes)
+    )
     check_config(text)  # before anything is written
     folder = out / spec.name
     (folder / "1").mkdir(parents=True, exist_ok=True)
@@ -224,9 +240,12 @@ def serve(
     from engines.runtime import load_backend
 
     runtime = load_backend(model, backend, num_threads=num_threads, precision=precision)
+    if not isinstance(runtime, FrameBackend):
+        raise EngineError(f"{runtime.name} cannot host a model for Triton clients")
     styles = list(runtime.styles)
     facts = {
         "styles": styles,
+        "strokes": list(runtime.strokes),
         "stride": runtime.shapes.multiple,
         "backend": runtime.name,
         "precision": runtime.precision,
@@ -236,9 +255,10 @@ def serve(
     log.info("serving %s on %s (%s) as Triton model %r", model, runtime.name, runtime.precision, name)
 
     @batch
-    def infer(image: np.ndarray, style: np.ndarray) -> dict[str, np.ndarray]:
-        # Triton's batcher joins requests of the same frame size: one stylize_batch call.
-        return {"stylized": np.stack(runtime.stylize_batch(list(image), style))}
+    def infer(image: np.ndarray, style: np.ndarray, stroke: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        # Triton's batcher joins requests of the same frame size: one network call. The client
+        # has fitted the frames and turned the stroke into network units (FrameBackend).
+        return {"stylized": runtime.run_network(image, style, None if stroke is None else stroke.reshape(-1))}
 
     def info(requests: list[Any]) -> list[dict[str, np.ndarray]]:
         return [{"info": np.array([json.dumps(facts).encode()], dtype=np.bytes_)} for _ in requests]
@@ -255,6 +275,7 @@ def serve(
                 inputs=[
                     Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3)),
                     Tensor(name="style", dtype=np.float32, shape=(len(styles),)),
+                    *([Tensor(name="stroke", dtype=np.float32, shape=(1,))] if runtime.strokes else []),
                 ],  # fmt: skip
                 outputs=[Tensor(name="stylized", dtype=np.uint8, shape=(-1, -1, 3))],
                 config=ModelConfig(

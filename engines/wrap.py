@@ -9,23 +9,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models import Generator
+from trainer.models import StyleGenerator
 
 
 class UInt8Generator(nn.Module):
-    """``forward(image uint8 [N,H,W,3] RGB, style float32 [N,S]) -> uint8 [N,H,W,3] RGB``.
+    """``forward(image uint8 [N,H,W,3] RGB, style float32 [N,S], stroke float32 [N]) -> uint8 [N,H,W,3] RGB``.
 
-    H and W must be multiples of the generator's stride (4). Style rows are
-    non-negative weights of any scale; the generator normalises them to sum 1.
-    The output is rounded half-to-even (``torch.round``, ONNX ``Round``) and clamped.
+    H and W must be multiples of the generator's stride (4 for v1, 8 for v2). Style
+    rows are non-negative weights of any scale; the generator normalises them to
+    sum 1. ``stroke`` (v2) is the brush size in network pixels (``common.stroke``);
+    v1 ignores it. The output is rounded half-to-even (``torch.round``, ONNX
+    ``Round``) and clamped.
+
+    The uint8 ends are a Cast right at the graph's edge: the image is cast to float
+    before the layout change, and the result cast to uint8 after it. TensorRT lets a
+    uint8 tensor touch nothing but a Cast (not even a Transpose), and the values
+    are identical either way (a permutation does not change them).
     """
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: StyleGenerator) -> None:
         super().__init__()
         self.generator = generator
 
-    def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)  # [N,3,H,W] in [0,1]
-        y = self.generator(x, style.to(torch.float32)).float()  # [N,3,H,W] in (0,1)
+    def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
+        x = image.to(torch.float32).permute(0, 3, 1, 2) * (1.0 / 255.0)  # [N,3,H,W] in [0,1]
+        s = None if stroke is None else stroke.to(torch.float32)
+        y = self.generator(x, style.to(torch.float32), s).float()  # [N,3,H,W] in (0,1)
         y = torch.clamp(torch.round(y * 255.0), 0.0, 255.0)
-        return y.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # [N,H,W,3]
+        return y.permute(0, 2, 3, 1).contiguous().to(torch.uint8)  # [N,H,W,3]

@@ -70,3 +70,33 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
     from engines.export import export_onnx
 
     return export_onnx(tiny_checkpoint, tiny_checkpoint.with_suffix(".onnx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_v2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained 3-style v2 generator (stroke input, stride 8; tiny widths)."""
+    torch = pytest.importorskip("torch")
+    from trainer.checkpoint import Checkpoint, Style, save_checkpoint
+    from trainer.models import GeneratorConfig, build_generator
+
+    torch.manual_seed(0)
+    g = build_generator(GeneratorConfig.v2(3, width=8, half_width=8, deep_width=16, num_blocks=1))
+    with torch.no_grad():  # rows that differ per style and stroke anchor, as after training
+        for p in g.style_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    path = tmp_path_factory.mktemp("ckpt2") / "tiny2.safetensors"
+    names = ["ember", "glacier", "moss"]
+    save_checkpoint(
+        path,
+        Checkpoint(g.config, [Style(n, f"{n}.png") for n in names], step=0, generator_state=g.state_dict()),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_v2_onnx(tiny_v2_checkpoint: Path) -> Path:
+    """``tiny_v2_checkpoint`` exported (inputs image, style, stroke), as ``tiny2.onnx`` beside it."""
+    pytest.importorskip("onnxscript")
+    from engines.export import export_onnx
+
+    return export_onnx(tiny_v2_checkpoint, tiny_v2_checkpoint.with_suffix(".onnx"))

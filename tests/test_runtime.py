@@ -302,3 +302,92 @@ print("ok")
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+# --- the stroke: v2's input, v1's resampling ----------------------------------------
+
+
+class Recorder:
+    """Wraps a real backend's network call and records what it was given."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.calls: list[tuple[tuple[int, ...], np.ndarray | None]] = []
+        inner = backend._run  # type: ignore[attr-defined]
+
+        def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+            self.calls.append((images.shape, None if strokes is None else strokes.copy()))
+            return inner(images, weights, strokes)
+
+        backend._run = run  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_v2_backends_match_torch_at_every_stroke(tiny_v2_onnx: Path, tiny_v2_checkpoint: Path, name: str) -> None:
+    from common.stroke import network_stroke
+    from engines.wrap import UInt8Generator
+    from trainer.checkpoint import load_generator
+
+    backend = load_backend(tiny_v2_onnx, name, num_threads=1, precision="fp32")
+    assert backend.strokes == (0.5, 1.0, 2.0) and backend.shapes.multiple == 8
+    generator, _ = load_generator(tiny_v2_checkpoint)
+    images = frames(2, 240, 320)
+    weights = np.array([[0, 1, 0], [0.5, 0.0, 2.0]], np.float32)
+    for stroke in (0.5, 1.0, 1.7, 2.0):
+        # 320x240: the network is asked for half the user's stroke (clamped at its finest anchor).
+        s = max(0.5, network_stroke(stroke, 240, 320))
+        with torch.no_grad():
+            want = UInt8Generator(generator)(
+                torch.from_numpy(images), torch.from_numpy(weights), torch.full((2,), s)
+            ).numpy()
+        got = backend.stylize_batch(list(images), weights, stroke)
+        for g, w in zip(got, want, strict=True):
+            compare_uint8(g, w, f"{name} stroke {stroke}", *TOLERANCE["fp32"])
+    backend.close()
+
+
+def test_stroke_plan() -> None:
+    from engines.runtime.frames import stroke_plan
+
+    anchors = (0.5, 1.0, 2.0)
+    assert stroke_plan(480, 640, 1.0, anchors) == (1.0, 1.0)  # the reference frame: as asked
+    assert stroke_plan(240, 320, 1.0, anchors) == (1.0, 0.5)  # auto's step down: half-size brush in net pixels
+    assert stroke_plan(240, 320, 0.5, anchors) == (1.0, 0.5)  # finer than the frame can show: clamped
+    assert stroke_plan(720, 1280, 2.0, anchors) == (2.0 / 3.0, 2.0)  # beyond the boldest anchor: scaled down first
+    assert stroke_plan(480, 640, 2.0, ()) == (0.5, None)  # v1: resampled, no input
+    assert stroke_plan(480, 640, 1.0, ()) == (1.0, None)  # v1 at stroke 1: exactly today's picture
+
+
+def test_a_resolution_step_keeps_the_stroke_relative_to_the_frame(tiny_v2_onnx: Path) -> None:
+    """What auto resolution does when it steps 640x480 -> 320x240: the network is asked for strokes
+    half as many of its pixels wide, so they cover the same part of the picture."""
+    backend = load_backend(tiny_v2_onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
+    rec = Recorder(backend)
+    w = np.array([1, 0, 0], np.float32)
+    for stroke in (1.0, 1.41):
+        backend.stylize(frames(1, 480, 640)[0], w, stroke)
+        backend.stylize(frames(1, 240, 320)[0], w, stroke)
+    (big, s_big), (small, s_small), (big2, s_big2), (small2, s_small2) = rec.calls
+    assert big == (1, 480, 640, 3) and small == (1, 240, 320, 3)  # no resampling: the size auto chose
+    assert s_big is not None and s_small is not None and s_big2 is not None and s_small2 is not None
+    for (wide, narrow), (a, b) in (((640, 320), (s_big, s_small)), ((640, 320), (s_big2, s_small2))):
+        # stroke width as a share of the frame width: the same at both sizes
+        assert float(a[0]) / wide == pytest.approx(float(b[0]) / narrow)
+    backend.close()
+
+
+def test_v1_models_take_a_stroke_by_resampling(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
+    """A v1 model has no stroke input: stroke 1 is exactly its picture, stroke 2 runs it at half
+    size and scales the result back up (bolder, cheaper)."""
+    backend = load_backend(tiny_onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
+    assert backend.strokes == ()
+    rec = Recorder(backend)
+    img, w = frames(1, 96, 128)[0], np.array([0, 1, 0], np.float32)
+    plain = backend.stylize(img, w, 1.0)
+    compare_uint8(plain, reference(tiny_checkpoint, img[None], w[None])[0], "v1 at stroke 1", *TOLERANCE["fp32"])
+    bold = backend.stylize(img, w, 2.0)
+    assert bold.shape == img.shape
+    assert [c[0] for c in rec.calls] == [(1, 96, 128, 3), (1, 48, 64, 3)] and rec.calls[1][1] is None
+    with pytest.raises(InputError, match="stroke must be from 0.5"):
+        backend.stylize(img, w, 3.0)
+    backend.close()

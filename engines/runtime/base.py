@@ -8,7 +8,8 @@ frame from a worker thread, never from the event loop::
 
 ``frame`` is an HxWx3 uint8 RGB array (C-contiguous), ``weights`` one
 non-negative float per style (any scale; they are normalised to sum 1 inside
-the network). The result is an HxWx3 uint8 RGB array of the same size.
+the network), ``stroke`` the brush size relative to the picture (1 by
+default). The result is an HxWx3 uint8 RGB array of the same size.
 """
 
 from __future__ import annotations
@@ -84,12 +85,16 @@ class Backend(Protocol):
     precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"
     reason: str  # why it runs: picked by load_backend("auto") and why, or requested explicitly
     precision_reason: str  # why at that precision: measured fastest that passed its parity gate, or asked for
+    strokes: tuple[float, ...]  # stroke anchors the model paints natively (empty: one brush size, resampled)
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8."""
+    def stylize(self, frame: np.ndarray, weights: np.ndarray, stroke: float = 1.0) -> np.ndarray:
+        """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8.
+
+        ``stroke``: brush size relative to the picture, 0.5 (fine) to 2 (bold); ``common.stroke``.
+        """
         ...
 
-    def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+    def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray, stroke: float = 1.0) -> list[np.ndarray]:
         """Same-size frames and [N,S] (or one shared [S]) weights in one network call, results in order."""
         ...
 

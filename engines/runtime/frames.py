@@ -1,11 +1,20 @@
-"""What every backend does around the network call: validate, pad, batch, crop.
+"""What every backend does around the network call: validate, pad, batch, crop, and the stroke.
 
-The network wants H and W that are multiples of 4 (its stride) and within its
-shape range. Frames that are not a multiple of 4 are reflect-padded on the
-host with ``cv2.copyMakeBorder`` (C code; the pad is at most 3 pixels on the
-bottom/right) and the result is cropped back, so a 642x481 frame comes back
-642x481. Backends with fixed shape ranges (TensorRT profiles) additionally
-resize into the range and back (``cv2.resize``, area down / linear up).
+The network wants H and W that are multiples of its stride (4 for v1, 8 for
+v2) and within its shape range. Frames that are not a multiple are
+reflect-padded on the host with ``cv2.copyMakeBorder`` (C code; the pad is at
+most stride-1 pixels on the bottom/right) and the result is cropped back, so a
+642x481 frame comes back 642x481. Backends with fixed shape ranges (TensorRT
+profiles) additionally resize into the range and back (``cv2.resize``, area
+down / linear up).
+
+The stroke (``common.stroke``: brush size relative to the picture, 1 by default)
+is turned into what the network runs (:func:`stroke_plan`): a v2 model gets the
+brush size in its own pixels as an input, so the look is the same at every
+processing size; beyond its largest anchor the frame is scaled down first
+(bolder and cheaper). A v1 model has one brush size: its stroke resamples the
+frame (stroke 2 runs it at half size and scales the result back up), and
+stroke 1 is exactly the v1 picture.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from common.stroke import DEFAULT_STROKE, check_stroke, network_stroke
 from engines.runtime.base import InputError, ShapeRange, check_frame, check_weights
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,23 @@ def check_weights_batch(weights: object, n: int, num_styles: int) -> np.ndarray:
     return np.stack([check_weights(row, num_styles) for row in w])
 
 
+def stroke_plan(h: int, w: int, stroke: float, anchors: tuple[float, ...]) -> tuple[float, float | None]:
+    """(how much to scale an h x w frame before the network, the stroke input to give it or None).
+
+    ``anchors`` are the model's stroke anchors (empty for a model without a stroke input).
+    A stroke finer than the smallest anchor at this frame size is clamped to it: the
+    frame has too few pixels for finer strokes (at 320x240, stroke 0.5 asks for quarter-size
+    brush marks), and scaling it up would cost four times the work for detail it does not have.
+    """
+    if not anchors:
+        return 1.0 / stroke, None
+    s = network_stroke(stroke, h, w)
+    lo, hi = anchors[0], anchors[-1]
+    if s > hi:
+        return hi / s, hi
+    return 1.0, max(s, lo)
+
+
 def target_size(h: int, w: int, shapes: ShapeRange) -> tuple[int, int]:
     """The (H, W) a network with range ``shapes`` runs an h x w frame at.
 
@@ -63,10 +90,11 @@ def target_size(h: int, w: int, shapes: ShapeRange) -> tuple[int, int]:
 class FrameBackend(ABC):
     """Base of every backend: the frame/weight contract of :class:`Backend`.
 
-    Subclasses set ``name``, ``styles``, ``shapes``, ``precision`` and implement
-    :meth:`_run` on a uint8 [N,H,W,3] batch whose H, W are already inside
-    ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend` picked it,
-    ``precision_reason`` why it runs at ``precision`` (:mod:`engines.runtime.precision`).
+    Subclasses set ``name``, ``styles``, ``shapes``, ``precision``, ``strokes``
+    and implement :meth:`_run` on a uint8 [N,H,W,3] batch whose H, W are already
+    inside ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend`
+    picked it, ``precision_reason`` why it runs at ``precision``
+    (:mod:`engines.runtime.precision`).
     """
 
     name: str
@@ -75,19 +103,23 @@ class FrameBackend(ABC):
     precision: str = "fp32"
     reason: str = "requested explicitly"
     precision_reason: str = "fp32: the only precision this backend runs"
+    strokes: tuple[float, ...] = ()  # the model's stroke anchors (empty: no stroke input)
 
     @abstractmethod
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """uint8 [N,H,W,3] (H, W inside ``shapes``), float32 [N,S] -> uint8 [N,H,W,3]."""
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        """uint8 [N,H,W,3] (H, W inside ``shapes``), float32 [N,S], float32 [N] or None -> uint8 [N,H,W,3]."""
 
-    def stylize(self, frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def stylize(self, frame: np.ndarray, weights: np.ndarray, stroke: float = DEFAULT_STROKE) -> np.ndarray:
         """One HxWx3 uint8 RGB frame (any size >= 8x8) -> stylized HxWx3 uint8 RGB."""
-        return self.stylize_batch([frame], check_weights(weights, len(self.styles))[None])[0]
+        return self.stylize_batch([frame], check_weights(weights, len(self.styles))[None], stroke)[0]
 
-    def stylize_batch(self, frames: Sequence[np.ndarray], weights: np.ndarray) -> list[np.ndarray]:
+    def stylize_batch(
+        self, frames: Sequence[np.ndarray], weights: np.ndarray, stroke: float = DEFAULT_STROKE
+    ) -> list[np.ndarray]:
         """Same-size HxWx3 uint8 frames and [N,S] (or one shared [S]) weights, in one network call.
 
-        Returns one HxWx3 uint8 frame per input, in order.
+        ``stroke`` is the brush size relative to the picture (``common.stroke``). Returns one
+        HxWx3 uint8 frame per input, in order, at the input's size.
         """
         if len(frames) == 0:
             return []
@@ -96,16 +128,45 @@ class FrameBackend(ABC):
         if any(f.shape != checked[0].shape for f in checked):
             raise InputError(f"frames of one batch must have the same size, got {[f.shape for f in checked]}")
         wts = check_weights_batch(weights, len(checked), len(self.styles))
-        th, tw = self._target_size(h, w)
+        try:
+            stroke = check_stroke(stroke)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        scale, net_stroke = stroke_plan(h, w, stroke, self.strokes)
+        if scale == 1.0:
+            th, tw = self._target_size(h, w)
+        else:
+            th, tw = self._target_size(max(8, round(h * scale)), max(8, round(w * scale)))
         if (th, tw) != (h, w):
             prepared = [self._fit(f, th, tw) for f in checked]
         else:
             prepared = checked
         batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)
-        out = self._run(batch, wts)
+        strokes = None if net_stroke is None else np.full(len(checked), net_stroke, np.float32)
+        out = self._run(batch, wts, strokes)
         if (th, tw) == (h, w):
             return list(out)
         return [self._unfit(o, h, w) for o in out]
+
+    def run_network(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None = None) -> np.ndarray:
+        """The bare network call, for a server that hosts this model for remote clients (Triton).
+
+        The client has already done what :meth:`stylize_batch` does around the call: ``images``
+        is uint8 [N,H,W,3] with H, W multiples of the stride, ``weights`` [N,S], ``strokes`` [N]
+        in the network's own units (:func:`stroke_plan`), given exactly when the model has a
+        stroke input.
+        """
+        n, h, w = images.shape[:3]
+        m = self.shapes.multiple
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or h % m or w % m:
+            raise InputError(
+                f"images must be uint8 [N,H,W,3] with H, W multiples of {m}, got {images.dtype}{images.shape}"
+            )
+        wts = check_weights_batch(weights, n, len(self.styles))
+        if (strokes is None) != (not self.strokes):
+            raise InputError("this model takes a stroke input" if self.strokes else "this model has no stroke input")
+        stk = None if strokes is None else np.ascontiguousarray(strokes, np.float32).reshape(n)
+        return self._run(np.ascontiguousarray(images), wts, stk)
 
     def _target_size(self, h: int, w: int) -> tuple[int, int]:
         """The (H, W) the network runs at for an h x w frame (backends with gaps in their range override)."""

@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engines.runtime.base import ModelFileError
 
@@ -29,11 +30,16 @@ class ModelInfo:
     path: Path
     styles: list[str]
     sources: list[str]
-    generator: dict[str, int]
+    generator: dict[str, Any]
     format_version: int
     stride: int
     checkpoint_sha256: str
     quantized: str = ""  # "int8" for a model from `python -m engines quantize`, else ""
+
+    @property
+    def strokes(self) -> tuple[float, ...]:
+        """The stroke anchors of a v2 model, whose graph has a ``stroke`` input; () for v1."""
+        return tuple(float(s) for s in self.generator.get("strokes", ()))
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:

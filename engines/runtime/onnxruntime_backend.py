@@ -47,6 +47,7 @@ class OnnxRuntimeBackend(FrameBackend):
 
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
+        self.strokes = self.info.strokes
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -73,8 +74,11 @@ class OnnxRuntimeBackend(FrameBackend):
         self.num_threads = opts.intra_op_num_threads
         log.info("%s loaded %s (%d threads)", self.name, onnx_path, self.num_threads)
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        (out,) = self._session.run(["stylized"], {"image": images, "style": weights})
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        feeds = {"image": images, "style": weights}
+        if strokes is not None:
+            feeds["stroke"] = strokes
+        (out,) = self._session.run(["stylized"], feeds)
         return out
 
     def close(self) -> None:

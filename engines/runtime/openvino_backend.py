@@ -58,6 +58,7 @@ class OpenVinoBackend(FrameBackend):
 
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
+        self.strokes = self.info.strokes
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
         self.name = "openvino-cpu"
         self.config = openvino_config(num_threads, precision)
@@ -101,7 +102,10 @@ class OpenVinoBackend(FrameBackend):
             if compiled is None:
                 model = self._model.clone()
                 n, h, w = shape
-                model.reshape({"image": [n, h, w, 3], "style": [n, len(self.styles)]})
+                shapes = {"image": [n, h, w, 3], "style": [n, len(self.styles)]}
+                if self.strokes:
+                    shapes["stroke"] = [n]
+                model.reshape(shapes)
                 compiled = self._compiled[key] = self._compile(model)
                 while len(self._compiled) > MAX_STATIC_SHAPES:
                     self._compiled.popitem(last=False)
@@ -113,9 +117,10 @@ class OpenVinoBackend(FrameBackend):
             entry = requests[key] = (compiled, compiled.create_infer_request())
         return entry[1]
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         req = self._request(images.shape[:3])
-        req.infer({0: images, 1: weights}, share_inputs=True, share_outputs=True)
+        feeds = {0: images, 1: weights} if strokes is None else {0: images, 1: weights, 2: strokes}
+        req.infer(feeds, share_inputs=True, share_outputs=True)
         return np.array(req.get_output_tensor(0).data, copy=True)
 
     def close(self) -> None:

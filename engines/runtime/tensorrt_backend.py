@@ -63,6 +63,7 @@ class TensorRTBackend(FrameBackend):
         engine_dir = Path(engine_dir)
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
+        self.strokes = self.info.strokes
         # Refuse a plan that was built for another model, precision, TensorRT or GPU.
         manifest = verified_manifest(onnx_path, engine_dir)
         self.precision = manifest.precision
@@ -95,6 +96,7 @@ class TensorRTBackend(FrameBackend):
         self._image = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
         self._out = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
         self._style = cuda.DeviceBuffer(max_b * len(self.styles) * 4, self._stream)
+        self._stroke = cuda.DeviceBuffer(max_b * 4, self._stream) if self.strokes else None
         self.max_batch = max_b
         # The union of the profile ranges (frames outside are resized into the nearest range).
         self.shapes = ShapeRange(
@@ -121,7 +123,7 @@ class TensorRTBackend(FrameBackend):
         (mn_h, mn_w), (mx_h, mx_w), _ = self._profiles[0]
         return target_size(h, w, ShapeRange((mn_h, mn_w), (mx_h, mx_w), self.shapes.multiple))
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         n, h, w, _ = images.shape
         out = np.empty_like(images)
         with self._lock:
@@ -135,6 +137,10 @@ class TensorRTBackend(FrameBackend):
                 ctx.set_tensor_address("image", self._image.ptr)
                 ctx.set_tensor_address("style", self._style.ptr)
                 ctx.set_tensor_address("stylized", self._out.ptr)
+                if self._stroke is not None and strokes is not None:
+                    ctx.set_input_shape("stroke", (b,))
+                    ctx.set_tensor_address("stroke", self._stroke.ptr)
+                    self._stroke.upload(np.ascontiguousarray(strokes[start : start + b]))
                 self._image.upload(img)
                 self._style.upload(sty)
                 if not ctx.execute_async_v3(self._stream_handle):
@@ -146,8 +152,8 @@ class TensorRTBackend(FrameBackend):
         return out
 
     def close(self) -> None:
-        for buf in ("_image", "_out", "_style"):
-            if hasattr(self, buf):
+        for buf in ("_image", "_out", "_style", "_stroke"):
+            if getattr(self, buf, None) is not None:
                 getattr(self, buf).free()
                 delattr(self, buf)
         self._contexts = []

@@ -89,20 +89,22 @@ class TorchBackend(FrameBackend):
         self.precision = precision
         self._lock = threading.Lock()
         self.styles = ckpt.style_names
+        self.strokes = generator.config.strokes
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=generator.config.stride)
         self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
         log.info("%s loaded %s", self.name, checkpoint_path)
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         torch = self._torch
         with self._lock, torch.inference_mode():
             img = torch.from_numpy(images).to(self._device, non_blocking=True)
             sty = torch.from_numpy(weights).to(self._device, non_blocking=True)
+            stk = None if strokes is None else torch.from_numpy(strokes).to(self._device, non_blocking=True)
             if self.precision == "fp16":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    out = self._module(img, sty)
+                    out = self._module(img, sty, stk)
             else:
-                out = self._module(img, sty)
+                out = self._module(img, sty, stk)
             return out.cpu().numpy()  # .cpu() synchronises with the device
 
     def close(self) -> None:

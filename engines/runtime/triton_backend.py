@@ -70,6 +70,7 @@ class TritonBackend(FrameBackend):
         self.shared_memory = shared_memory
         meta = self._describe()
         self.styles = list(meta["styles"])
+        self.strokes = tuple(float(s) for s in meta.get("strokes", ()))
         self.stride = int(meta.get("stride", 4))
         self.max_batch = int(meta["max_batch"])
         self.version = str(meta.get("version", ""))
@@ -120,6 +121,7 @@ class TritonBackend(FrameBackend):
         facts = {k.removeprefix("stylecast."): v["string_value"] for k, v in config.get("parameters", {}).items()}
         if "styles" in facts:
             out: dict[str, Any] = {"styles": json.loads(facts["styles"]), "stride": facts.get("stride", 4)}
+            out["strokes"] = json.loads(facts.get("strokes", "[]"))
             out["precision"] = facts.get("precision", "fp32")
             out["backend"] = config.get("backend") or config.get("platform")
         else:
@@ -166,11 +168,14 @@ class TritonBackend(FrameBackend):
 
     # ------------------------------------------------------------------ inference
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         n = images.shape[0]
         if n > self.max_batch:  # the server's limit: send it in parts
             m = self.max_batch
-            parts = [self._run(images[i : i + m], weights[i : i + m]) for i in range(0, n, m)]
+            parts = [
+                self._run(images[i : i + m], weights[i : i + m], None if strokes is None else strokes[i : i + m])
+                for i in range(0, n, m)
+            ]
             return np.concatenate(parts)
         import tritonclient.grpc as grpcclient
 
@@ -181,11 +186,16 @@ class TritonBackend(FrameBackend):
                 style = grpcclient.InferInput("style", list(weights.shape), "FP32")
                 out = grpcclient.InferRequestedOutput("stylized")
                 style.set_data_from_numpy(np.ascontiguousarray(weights, np.float32))
+                inputs = [image, style]
+                if strokes is not None:  # [N,1]: Triton's batched view of the model's [N] input
+                    stroke = grpcclient.InferInput("stroke", [n, 1], "FP32")
+                    stroke.set_data_from_numpy(np.ascontiguousarray(strokes, np.float32).reshape(n, 1))
+                    inputs.append(stroke)
                 if self.shared_memory:
                     self._through_shm(client, image, out, images)
                 else:
                     image.set_data_from_numpy(np.ascontiguousarray(images))
-                res = client.infer(self.model, [image, style], outputs=[out], client_timeout=self.timeout_s)
+                res = client.infer(self.model, inputs, outputs=[out], client_timeout=self.timeout_s)
                 if self.shared_memory:
                     return self._read_shm(images.shape)
                 result = res.as_numpy("stylized")
