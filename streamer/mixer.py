@@ -9,6 +9,10 @@ anyway), so ``[2, 0]`` -> ``[0, 1]`` moves at the same pace as ``[1, 0]`` ->
 ``[0, 1]``. Strength (blend with the original, 0..1) moves the same way. The
 resolution changes at once: there is nothing between two frame sizes. A
 resolution of ``"auto"`` leaves the size to the session (:mod:`streamer.autores`).
+The stroke (brush size relative to the picture, ``common.stroke``) changes at
+once too: a slider sends its steps as it moves, and a model without a stroke
+input resamples the frame for it, so every in-between value would be another
+frame size to compile.
 
 Control messages are validated completely before anything is applied: a bad
 message changes nothing and raises :class:`ControlError` with the reason.
@@ -20,12 +24,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from common.mix import style_index
 from common.sizes import parse_size
+from common.stroke import DEFAULT_STROKE, check_stroke
 from streamer.config import AUTO_RESOLUTION
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a client's numbers must survive becoming float32
@@ -76,14 +81,24 @@ class MixState:
     strength: float
     resolution: str
     preset: str | None
+    stroke: float = DEFAULT_STROKE
 
     def to_json(self) -> dict[str, Any]:
         return {
             "weights": list(self.weights),
             "strength": self.strength,
+            "stroke": self.stroke,
             "resolution": self.resolution,
             "preset": self.preset,
         }
+
+
+class FrameMix(NamedTuple):
+    """What one frame is made with: normalised float32 weights [S], strength 0..1, stroke."""
+
+    weights: np.ndarray
+    strength: float
+    stroke: float
 
 
 class Mixer:
@@ -113,6 +128,7 @@ class Mixer:
         first = presets[0].weights if presets else tuple(1.0 if i == 0 else 0.0 for i in range(len(styles)))
         self._target = np.asarray(first, np.float32)
         self._strength_target = 1.0
+        self._stroke = DEFAULT_STROKE
         self._resolution = resolution
         self._preset: str | None = presets[0].name if presets else None
         # Interpolation endpoints: normalised weights and strength at the start of the change.
@@ -131,6 +147,7 @@ class Mixer:
             strength=self._strength_target,
             resolution=self._resolution,
             preset=self._preset,
+            stroke=self._stroke,
         )
 
     @property
@@ -143,15 +160,15 @@ class Mixer:
         """The processing box (width, height) the client chose; None on ``"auto"``."""
         return None if self.auto else parse_size(self._resolution)
 
-    def step(self, now: float | None = None) -> tuple[np.ndarray, float]:
-        """The mix for the frame being made now: (normalised float32 weights [S], strength 0..1)."""
+    def step(self, now: float | None = None) -> FrameMix:
+        """The mix for the frame being made now."""
         now = self._clock() if now is None else now
         t = 1.0 if self._duration <= 0 else min(max((now - self._t0) / self._duration, 0.0), 1.0)
         if t >= 1.0:
-            return self._to, self._s_to
+            return FrameMix(self._to, self._s_to, self._stroke)
         e = _smoothstep(t)
         w = self._from + (self._to - self._from) * e
-        return w.astype(np.float32), self._s_from + (self._s_to - self._s_from) * e
+        return FrameMix(w.astype(np.float32), self._s_from + (self._s_to - self._s_from) * e, self._stroke)
 
     def restyle(self, styles: Sequence[str], presets: Sequence[Preset], keep: Sequence[int]) -> None:
         """The model changed (a style added or deleted) between frames: carry the mix over.
@@ -192,11 +209,17 @@ class Mixer:
         raise ControlError(f"unknown message type {kind!r}; expected set, preset or ping")
 
     def _apply_set(self, msg: Mapping[str, Any]) -> MixState:
-        unknown = set(msg) - {"type", "weights", "strength", "resolution", "transition_ms"}
+        unknown = set(msg) - {"type", "weights", "strength", "stroke", "resolution", "transition_ms"}
         if unknown:
             raise ControlError(f"unknown field(s) {', '.join(sorted(unknown))} in set")
         weights = self._parse_weights(msg["weights"]) if "weights" in msg else None
         strength = _number(msg["strength"], "strength", 0.0, 1.0) if "strength" in msg else None
+        stroke = None
+        if "stroke" in msg:
+            try:
+                stroke = check_stroke(msg["stroke"])
+            except ValueError as e:
+                raise ControlError(str(e)) from None
         resolution = msg.get("resolution")
         if resolution is not None and resolution != AUTO_RESOLUTION and resolution not in self.resolutions:
             choices = ", ".join([AUTO_RESOLUTION, *self.resolutions])
@@ -213,6 +236,8 @@ class Mixer:
             self._preset = None
         if resolution is not None:
             self._resolution = resolution
+        if stroke is not None:
+            self._stroke = stroke
         return self.state
 
     def _apply_preset(self, msg: Mapping[str, Any]) -> MixState:
@@ -226,7 +251,7 @@ class Mixer:
     def _retarget(self, weights: np.ndarray | None, strength: float | None) -> None:
         # Start the new transition from wherever the mix is now (mid-transition included).
         now = self._clock()
-        cur_w, cur_s = self.step(now)
+        cur_w, cur_s, _ = self.step(now)
         self._from, self._s_from = cur_w.copy(), cur_s
         if weights is not None:
             self._target = weights

@@ -5,14 +5,17 @@
     python -m streamer.preview --video clip.mp4 --loop         # play a file in the window
     python -m streamer.preview --mix "0:0.5,2:0.5"             # start from a blend of styles 0 and 2
     python -m streamer.preview --mix "moss:1" --strength 0.7   # by name, 70 % over the original
+    python -m streamer.preview --stroke 2                      # bold strokes (0.5 fine .. 2 bold)
     python -m streamer.preview --video clip.mp4 --output out.mp4            # file -> file (no display needed)
+    python -m streamer.preview --video clip.mp4 --output bold.mp4 --stroke 1.5
     python -m streamer.preview --camera 0 --output rec.mp4 --max-frames 300  # record 300 stylized frames
     python -m streamer.preview --model my.onnx --backend onnxruntime-cpu     # another model / runtime
 
 In the window: one trackbar per style weight (0-100) and one for the strength;
 ``n``/``p`` next/previous preset (the page's presets: each style alone, a few
-50/50 pairs, all styles), ``s`` saves a PNG snapshot, ``q`` or Esc quits. The
-frame rate, inference time and active backend are drawn on the picture.
+50/50 pairs, all styles), ``[``/``]`` finer/bolder strokes (quarter-octave
+steps from 0.5 to 2), ``s`` saves a PNG snapshot, ``q`` or Esc quits. The
+frame rate, inference time, active backend and stroke are drawn on the picture.
 
 The camera is read in a background thread that keeps only the newest frame, so
 the picture stays current when stylizing is slower than the camera; a video
@@ -39,6 +42,7 @@ import numpy as np
 from common.mix import parse_mix
 from common.paths import DEFAULT_MODEL
 from common.sizes import parse_size
+from common.stroke import DEFAULT_STROKE, STROKE_MAX, STROKE_MIN, check_stroke
 from engines.runtime.base import BACKEND_CHOICES, Backend, EngineError, InputError
 from engines.runtime.precision import PRECISIONS
 from streamer.video import FrameStylizer, VideoError, capture_fps, default_presets, open_capture, stylize_file
@@ -47,6 +51,8 @@ log = logging.getLogger("streamer.preview")
 
 WINDOW = "stylecast preview"
 KEY_QUIT = {ord("q"), ord("Q"), 27}  # 27 = Esc
+KEY_FINER, KEY_BOLDER = ord("["), ord("]")
+STROKE_STEP = 2.0**0.25  # a quarter octave per key press
 
 
 class PreviewError(RuntimeError):
@@ -219,6 +225,13 @@ class PreviewWindow:
         self.preset_name = name
         log.info("preset: %s", name)
 
+    def set_stroke(self, stroke: float) -> None:
+        """A new brush size, kept within the control's range (the ends stop there)."""
+        # Rounded, so that four steps up and four down come back to exactly where they began.
+        self.stylizer.stroke = round(min(STROKE_MAX, max(STROKE_MIN, stroke)), 4)
+        self.note = f"stroke {self.stylizer.stroke:g}"
+        log.info("stroke: %g", self.stylizer.stroke)
+
     def snapshot(self) -> Path | None:
         if self._last_frame is None:
             return None
@@ -238,7 +251,8 @@ class PreviewWindow:
         backend = self.stylizer.backend
         lines = [
             f"{self.overlay.fps:5.1f} fps  infer {self.stylizer.last_infer_ms:5.1f} ms",
-            f"{backend.name} {backend.precision}  {frame_bgr.shape[1]}x{frame_bgr.shape[0]}",
+            f"{backend.name} {backend.precision}  {frame_bgr.shape[1]}x{frame_bgr.shape[0]}  "
+            f"stroke {self.stylizer.stroke:.2f}",
         ]
         if self.preset_name:
             lines.append(f"preset: {self.preset_name}")
@@ -258,6 +272,8 @@ class PreviewWindow:
             self.set_preset(-1)
         elif key == ord("s"):
             self.snapshot()
+        elif key in (KEY_FINER, KEY_BOLDER):
+            self.set_stroke(self.stylizer.stroke * (STROKE_STEP if key == KEY_BOLDER else 1.0 / STROKE_STEP))
         # The window's close button: no more visible window.
         try:
             if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
@@ -373,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--strength", type=float, default=1.0, help="stylized over original, 0..1 (default: 1)")
     p.add_argument(
+        "--stroke",
+        type=float,
+        default=DEFAULT_STROKE,
+        help=f"brush size relative to the picture, {STROKE_MIN:g} (fine) to {STROKE_MAX:g} (bold); "
+        f"the same look at every --size (default: {DEFAULT_STROKE:g}; keys [ and ] change it)",
+    )
+    p.add_argument(
         "--size",
         default=None,
         metavar="WxH",
@@ -434,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.strength <= 1.0:
         raise PreviewError(f"--strength must be between 0 and 1, got {args.strength}")
+    try:
+        stroke = check_stroke(args.stroke)
+    except ValueError as e:
+        raise PreviewError(f"--{e}") from None
     if args.max_frames is not None and args.max_frames <= 0:
         raise PreviewError("--max-frames must be positive")
     if args.headless and args.output is None:
@@ -451,7 +478,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         first_style = np.eye(len(backend.styles), dtype=np.float32)[0]
         weights = np.asarray(parse_mix(args.mix, backend.styles), np.float32) if args.mix else first_style
-        stylizer = FrameStylizer(backend, weights, args.strength, size)
+        stylizer = FrameStylizer(backend, weights, args.strength, size, stroke)
         is_camera = args.video is None
         cap = open_capture(args.camera, args.video)
         try:

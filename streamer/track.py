@@ -208,9 +208,9 @@ class StylizedTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         frame = await self.source.get()  # MediaStreamError here ends the track cleanly
         try:
-            weights, strength = self.mixer.step()
+            mix = self.mixer.step()
             box = self._box(frame)
-            result = await asyncio.wrap_future(self.worker.submit(frame, box, weights, strength))
+            result = await asyncio.wrap_future(self.worker.submit(frame, box, mix.weights, mix.strength, mix.stroke))
         except asyncio.CancelledError:
             raise
         except Exception as e:

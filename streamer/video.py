@@ -24,6 +24,7 @@ import av
 import cv2
 import numpy as np
 
+from common.stroke import DEFAULT_STROKE
 from engines.runtime.base import Backend
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,15 @@ class FrameStylizer:
 
     ``weights`` one per style (any scale, at least one positive, else the original is
     shown), ``strength`` 0..1 blends the stylized picture over the original, ``size``
-    (width, height) is the processing and output resolution (``None``: the frame's own).
+    (width, height) is the processing and output resolution (``None``: the frame's own),
+    ``stroke`` the brush size relative to the picture (``common.stroke``, 0.5 to 2).
     """
 
     backend: Backend
     weights: np.ndarray
     strength: float = 1.0
     size: tuple[int, int] | None = None
+    stroke: float = DEFAULT_STROKE
     last_infer_ms: float = field(default=0.0, init=False)
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
@@ -73,7 +76,7 @@ class FrameStylizer:
             return frame_bgr
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         t0 = time.perf_counter()
-        out_rgb = self.backend.stylize(rgb, weights)
+        out_rgb = self.backend.stylize(rgb, weights, self.stroke)
         self.last_infer_ms = (time.perf_counter() - t0) * 1000.0
         out = cv2.cvtColor(out_rgb, cv2.COLOR_RGB2BGR)
         if strength < 1.0:

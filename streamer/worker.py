@@ -33,6 +33,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from common.sizes import fit_size
+from common.stroke import DEFAULT_STROKE
 from engines.runtime.base import Backend
 from streamer.mixer import remap_weights
 
@@ -76,6 +77,7 @@ class _Job:
     box: tuple[int, int]
     weights: np.ndarray
     strength: float
+    stroke: float
     future: concurrent.futures.Future[Result]
     rgb: np.ndarray | None = None
     batch: int = 0
@@ -129,16 +131,22 @@ class InferenceWorker:
                 job.future.cancel()
 
     def submit(
-        self, frame: av.VideoFrame, box: tuple[int, int], weights: np.ndarray, strength: float
+        self,
+        frame: av.VideoFrame,
+        box: tuple[int, int],
+        weights: np.ndarray,
+        strength: float,
+        stroke: float = DEFAULT_STROKE,
     ) -> concurrent.futures.Future[Result]:
-        """Queue one frame; ``box`` is the processing (w, h) limit, ``weights`` normalised [S].
+        """Queue one frame; ``box`` is the processing (w, h) limit, ``weights`` normalised [S],
+        ``stroke`` the brush size relative to the picture (``common.stroke``).
 
         Await it with ``asyncio.wrap_future``. Raises ``RuntimeError`` after :meth:`stop`.
         """
         if self._stopped:
             raise RuntimeError("the inference worker has stopped")
         fut: concurrent.futures.Future[Result] = concurrent.futures.Future()
-        self._queue.put(_Job(frame, box, weights, float(strength), fut))
+        self._queue.put(_Job(frame, box, weights, float(strength), float(stroke), fut))
         return fut
 
     def swap(self, backend: Backend, keep: Sequence[int]) -> Backend:
@@ -199,15 +207,15 @@ class InferenceWorker:
                 ready.append(j)
             except Exception as e:
                 j.future.set_exception(e)
-        # Same-size frames go through the network together.
-        groups: dict[tuple[int, ...], list[_Job]] = {}
+        # Same-size frames with the same stroke go through the network together.
+        groups: dict[tuple[tuple[int, ...], float], list[_Job]] = {}
         for j in ready:
             assert j.rgb is not None
             j.weights = self._fit(j.weights)
             if j.strength <= 0.0:  # all original: no network call
                 j.future.set_result(self._finish(j, j.rgb))
                 continue
-            groups.setdefault(j.rgb.shape, []).append(j)
+            groups.setdefault((j.rgb.shape, j.stroke), []).append(j)
         for group in groups.values():
             outs = self._infer(group)
             for j, out in zip(group, outs, strict=True):
@@ -238,7 +246,7 @@ class InferenceWorker:
             t0 = time.perf_counter()
             try:
                 weights = np.stack([j.weights for j in group])
-                outs = self.backend.stylize_batch(frames, weights)
+                outs = self.backend.stylize_batch(frames, weights, group[0].stroke)
                 self._record(group, (time.perf_counter() - t0) * 1000)
                 return list(outs)
             except Exception:
@@ -249,7 +257,7 @@ class InferenceWorker:
             t0 = time.perf_counter()
             try:
                 assert j.rgb is not None
-                results.append(self.backend.stylize(j.rgb, j.weights))
+                results.append(self.backend.stylize(j.rgb, j.weights, j.stroke))
                 self._record([j], (time.perf_counter() - t0) * 1000)
             except Exception as e:
                 results.append(e)

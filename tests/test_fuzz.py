@@ -82,7 +82,7 @@ async def test_any_json_control_message_gets_a_reply_and_keeps_the_mix_finite(ti
         text = json.dumps(message)  # NaN and Infinity go out as JSON's non-standard tokens
         reply = session.handle_message(text)
         assert reply["type"] in ("ack", "error", "pong"), reply
-        weights, strength = session.mixer.step()
+        weights, strength, _ = session.mixer.step()
         assert np.isfinite(weights).all() and abs(float(weights.sum()) - 1.0) < 1e-4, weights
         assert np.isfinite(strength) and 0.0 <= strength <= 1.0
         json.dumps(reply, allow_nan=False)  # every reply is valid JSON for the page

@@ -128,6 +128,7 @@ async def test_frames_come_back_stylized_and_weights_change_the_output(
         "state": {
             "weights": [1.0, 0.0, 0.0],
             "strength": 1.0,
+            "stroke": 1.0,
             "resolution": "auto",
             "preset": None,
             "auto_resolution": "160x120",
@@ -208,10 +209,10 @@ class SlowBackend(FrameBackend):
         self.name, self.styles, self.shapes, self.reason = inner.name, inner.styles, inner.shapes, "slow on purpose"
         self.calls = 0
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         self.calls += 1
         time.sleep(self.delay_s)
-        return self.inner._run(images, weights)
+        return self.inner._run(images, weights, strokes)
 
 
 async def test_slow_backend_drops_frames_instead_of_queueing(start_server: StartServer, backend: FrameBackend) -> None:
@@ -253,11 +254,11 @@ class PixelSlowBackend(SlowBackend):
         self.full_pixels = full[0] * full[1]
         self.widths: list[int] = []
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         n, h, w = images.shape[:3]
         self.widths.append(w)
         time.sleep(self.delay_s * n * h * w / self.full_pixels)
-        return self.inner._run(images, weights)
+        return self.inner._run(images, weights, strokes)
 
 
 async def test_auto_resolution_settles_on_a_smaller_size_when_the_backend_is_too_slow(
@@ -291,10 +292,10 @@ class FailingBackend(FrameBackend):
         self.inner, self.bad_width = inner, bad_width
         self.name, self.styles, self.shapes, self.reason = inner.name, inner.styles, inner.shapes, "fails on purpose"
 
-    def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
         if images.shape[2] == self.bad_width:
             raise RuntimeError(f"no kernel for width {self.bad_width}")
-        return self.inner._run(images, weights)
+        return self.inner._run(images, weights, strokes)
 
 
 async def test_failing_inference_shows_the_error_and_spares_other_sessions(

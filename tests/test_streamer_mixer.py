@@ -34,7 +34,7 @@ def test_presets_one_per_style_pairs_and_all() -> None:
 
 def test_weight_change_moves_smoothly_and_lands_exactly() -> None:
     mixer, clock = make(transition_ms=300)
-    start, _ = mixer.step()
+    start = mixer.step().weights
     np.testing.assert_allclose(start, [1, 0, 0])
     mixer.apply({"type": "set", "weights": {"moss": 3}})
     assert mixer.state.weights == (0.0, 0.0, 3.0)  # the ack reports what was asked for
@@ -57,14 +57,14 @@ def test_a_change_mid_transition_starts_from_where_the_mix_is() -> None:
     mixer, clock = make(transition_ms=400)
     mixer.apply({"type": "set", "weights": [0, 1, 0]})
     clock.t += 0.2
-    halfway, _ = mixer.step()
+    halfway = mixer.step().weights
     assert 0.2 < halfway[1] < 0.8
     mixer.apply({"type": "set", "weights": [0, 0, 1], "strength": 0.5})
-    again, strength = mixer.step()
+    again, strength, _ = mixer.step()
     np.testing.assert_allclose(again, halfway, atol=1e-6)  # continuous, no jump back or forward
     assert strength == pytest.approx(1.0)
     clock.t += 0.4
-    w, strength = mixer.step()
+    w, strength, _ = mixer.step()
     np.testing.assert_allclose(w, [0, 0, 1])
     assert strength == pytest.approx(0.5)
 
@@ -132,11 +132,11 @@ def test_a_new_style_joins_at_weight_zero_and_a_transition_goes_on() -> None:
     mixer, clock = make(transition_ms=400)
     mixer.apply({"type": "set", "weights": [0, 1, 0]})
     clock.t += 0.2
-    halfway, _ = mixer.step()
+    halfway = mixer.step().weights
     styles = [*STYLES, "mine"]
     mixer.restyle(styles, build_presets(styles), [0, 1, 2, -1])
     assert mixer.state.weights == (0.0, 1.0, 0.0, 0.0) and mixer.styles == styles
-    now, _ = mixer.step()
+    now = mixer.step().weights
     np.testing.assert_allclose(now, [*halfway, 0], atol=1e-6)  # no jump at the swap
     clock.t += 1
     np.testing.assert_allclose(mixer.step()[0], [0, 1, 0, 0])
@@ -152,3 +152,22 @@ def test_deleting_the_only_style_in_use_moves_to_the_first_preset() -> None:
     np.testing.assert_allclose(mixer.step()[0], [1, 0, 0])
     with pytest.raises(ControlError, match="mine"):
         mixer.apply({"type": "set", "weights": {"mine": 1}})
+
+
+def test_stroke_is_validated_applied_at_once_and_acked() -> None:
+    mixer, clock = make(transition_ms=300)
+    assert mixer.step().stroke == 1.0 and mixer.state.to_json()["stroke"] == 1.0
+    state = mixer.apply({"type": "set", "stroke": 1.5})
+    assert state.stroke == 1.5 and mixer.step().stroke == 1.5  # no glide: the next frame has it
+    for bad, message in [
+        (3, "from 0.5 \\(fine\\) to 2 \\(bold\\)"),
+        (0.25, "from 0.5"),
+        (float("nan"), "from 0.5"),
+        ("1.5", "must be a number"),
+        (True, "must be a number"),
+        (None, "must be a number"),
+    ]:
+        before = mixer.state
+        with pytest.raises(ControlError, match=message):
+            mixer.apply({"type": "set", "stroke": bad, "strength": 0.2})
+        assert mixer.state == before  # a bad stroke changes nothing, the strength included

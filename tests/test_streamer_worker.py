@@ -86,10 +86,10 @@ def test_a_failing_frame_in_a_batch_fails_alone(backend: FrameBackend) -> None:
 
         name, styles, shapes = backend.name, backend.styles, backend.shapes
 
-        def _run(self, images: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
             if any(not img[0, 0].any() for img in images):
                 raise ValueError("black corner")
-            return backend._run(images, weights)
+            return backend._run(images, weights, strokes)
 
     w = InferenceWorker(Picky(), max_batch=4)
     good, bad = pattern(64, 48), pattern(64, 48)
@@ -139,3 +139,30 @@ def test_a_swap_between_frames_runs_frames_queued_with_the_old_weights(
         worker.swap(backend, [0, 1])
     assert worker.swap(backend, [0, 1, 2]) is four  # back, for the other tests of this module
     four.close()
+
+
+def test_frames_with_different_strokes_run_apart_and_the_stroke_reaches_the_network(
+    tiny_v2_onnx: Path,
+) -> None:
+    backend = load_backend(tiny_v2_onnx, backend="onnxruntime")
+    calls: list[tuple[int, list[float]]] = []
+    inner = backend._run
+
+    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        assert strokes is not None
+        calls.append((images.shape[0], strokes.tolist()))
+        return inner(images, weights, strokes)
+
+    backend._run = run  # type: ignore[method-assign]
+    w = InferenceWorker(backend, max_batch=4)
+    weights = np.array([1, 0, 0], np.float32)
+    img = pattern(640, 480)
+    # Queued before the thread starts: one batch of three, two strokes among them.
+    futs = [w.submit(frame_of(img, i), (640, 480), weights, 1.0, s) for i, s in enumerate([1.0, 2.0, 1.0])]
+    w.start()
+    try:
+        outs = [f.result(timeout=60).frame.to_ndarray(format="rgb24") for f in futs]
+    finally:
+        w.stop()
+    assert sorted(calls) == [(1, [2.0]), (2, [1.0, 1.0])]
+    assert np.array_equal(outs[0], outs[2]) and not np.array_equal(outs[0], outs[1])

@@ -34,6 +34,8 @@ export const ui = {
   resolution: $("resolution"),
   strength: $("strength"),
   strengthValue: $("strength-value"),
+  stroke: $("stroke"),
+  strokeValue: $("stroke-value"),
   transition: $("transition"),
   presets: $("presets"),
   styles: $("styles"),
@@ -63,6 +65,7 @@ export const state = {
   info: null, // /api/info
   weights: [], // one 0..1 value per style, as the sliders show them
   strength: 1,
+  stroke: 1,
   resolution: null,
   preset: null,
   connected: false,
@@ -223,6 +226,7 @@ function buildControls(info) {
   state.resolution = ui.resolution.value || null;
   buildStyles(info);
   showStrength(state.strength);
+  showStroke(state.stroke);
   showLearn(info.new_styles || {});
 }
 
@@ -330,6 +334,12 @@ function showStrength(s) {
   ui.strengthValue.textContent = `${v}%`;
 }
 
+// The brush slider moves in quarter octaves: position p (-4..4) is stroke 2^(p/4), 0.5 to 2.
+function showStroke(s) {
+  ui.stroke.value = String(Math.round(Math.log2(s) * 4));
+  ui.strokeValue.textContent = `${s.toFixed(2).replace(/\.?0+$/, "")}×`;
+}
+
 function markPreset(name) {
   state.preset = name;
   for (const b of ui.presets.querySelectorAll("button")) {
@@ -350,6 +360,12 @@ ui.strength.addEventListener("input", () => {
   state.strength = Number(ui.strength.value) / 100;
   ui.strengthValue.textContent = `${ui.strength.value}%`;
   queueSet({ strength: state.strength });
+});
+
+ui.stroke.addEventListener("input", () => {
+  state.stroke = Math.round(2 ** (Number(ui.stroke.value) / 4) * 10000) / 10000;
+  showStroke(state.stroke);
+  queueSet({ stroke: state.stroke });
 });
 
 ui.resolution.addEventListener("change", () => {
@@ -412,6 +428,10 @@ function onControlMessage(ev) {
     if (typeof s.strength === "number" && document.activeElement !== ui.strength) {
       state.strength = s.strength;
       showStrength(s.strength);
+    }
+    if (typeof s.stroke === "number" && document.activeElement !== ui.stroke) {
+      state.stroke = s.stroke;
+      showStroke(s.stroke);
     }
     if (s.auto_resolution) showAutoSize(s.auto_resolution);
   } else if (msg.type === "stats") {
@@ -540,7 +560,7 @@ async function connect(track) {
   };
   dc.onopen = () => {
     // Send the page's settings once, so the server and the sliders agree.
-    queueSet({ weights: [...state.weights], strength: state.strength, resolution: state.resolution });
+    queueSet({ weights: [...state.weights], strength: state.strength, stroke: state.stroke, resolution: state.resolution });
     ping();
     pingTimer = setInterval(ping, PING_INTERVAL_MS);
   };
