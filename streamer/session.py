@@ -2,12 +2,12 @@
 
 Control messages (JSON text on the data channel labelled ``control``)::
 
-    -> {"type": "set", "weights": {"moss": 1} | [w0, w1, ...], "strength": 0..1,
+    -> {"type": "set", "weights": {"moss": 1} | [w0, w1, ...], "strength": 0..1, "stroke": 0.5..2,
         "resolution": "320x240" | "auto", "transition_ms": 0..5000}   (any subset)
     -> {"type": "preset", "name": "moss"}
     -> {"type": "ping", "t": 123.4}
-    <- {"type": "ack", "state": {"weights": [...], "strength": x, "resolution": "WxH" | "auto", "preset": name|null,
-        "auto_resolution": "WxH"}}           (auto_resolution: only on "auto", the size it applies now)
+    <- {"type": "ack", "state": {"weights": [...], "strength": x, "stroke": s, "resolution": "WxH" | "auto",
+        "preset": name|null, "auto_resolution": "WxH"}}   (auto_resolution: only on "auto", the size it applies now)
     <- {"type": "pong", "t": 123.4}
     <- {"type": "styles", "styles": [...], "presets": [...], "state": {...}, "change": "added NAME"}
                                           (the model changed: a style was learned or deleted)
