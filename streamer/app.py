@@ -2,10 +2,14 @@
 
 ``create_app(config, backend)`` builds everything (no module-level state): the
 shared inference worker starts with the app and stops with it, and shutdown
-tells every page, then closes every peer connection. With ``config.token`` set,
+tells every page, then closes every peer connection. Every request must name
+this server in its Host, and a state-changing one with an Origin must come from
+this server's page or an ``--allowed-origin`` (``streamer.security.AccessPolicy``:
+no page on another site can drive a local server). With ``config.token`` set,
 the API, the thumbnails and (unless ``public_metrics``) ``/metrics`` need it
 (``streamer.security``); ``/health`` answers everyone but names no sessions or
-paths without it. Routes::
+paths without it. Bodies are bounded before they are parsed (``streamer.sdp``).
+Routes::
 
     GET  /                 the page (static/index.html)
     GET  /static/...       the page's files
@@ -45,11 +49,13 @@ from streamer.learning import (
     StyleJobs,
     UploadError,
     check_name,
-    check_upload,
+    parse_index,
+    prepare_painting,
     training_unavailable,
 )
 from streamer.mixer import Preset, build_presets
-from streamer.security import KeyedBuckets, presented_token, token_matches
+from streamer.sdp import MAX_BODY_BYTES, BoundsError, check_sdp, read_bounded, require_type
+from streamer.security import STATE_CHANGING, AccessPolicy, KeyedBuckets, presented_token, token_matches
 from streamer.session import OfferError, Session
 from streamer.worker import InferenceWorker
 
@@ -69,6 +75,7 @@ class Server:
         self.sessions_started = 0
         self.counters = Counters()  # refusals and drops, server-wide (no session detail)
         self.offers = KeyedBuckets(config.offer_rate, config.offer_burst)  # per client address
+        self.access = AccessPolicy.for_server(config.host, config.allowed_hosts, config.allowed_origins)
         self.shutting_down = False
         # What is served now; a learned style swaps in a new version (publish()).
         self.model_path = Path(config.model_path)
@@ -87,7 +94,9 @@ class Server:
             size=config.learn_size,
             threads=config.learn_threads,
             max_queued=config.max_queued_styles,
+            per_client=config.max_styles_per_client,
         )
+        self.decode_gate = asyncio.Semaphore(1)  # uploads are decoded one at a time (streamer.painting)
         self.registry = metrics.registry_for(
             lambda: self.sessions.values(),
             self.worker,
@@ -102,6 +111,32 @@ class Server:
         """Whether the request may see what the token guards (always, where no token is set)."""
         token = self.config.token
         return token is None or token_matches(token, presented_token(request.headers, request.query))
+
+    @web.middleware
+    async def boundary(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Host and Origin, before anything else (the token included): the page next door stops here."""
+        host = request.headers.get("Host")
+        if not self.access.host_allowed(host):
+            self.counters.foreign += 1
+            log.debug("refused %s %s: foreign Host %r", request.method, request.path, host)
+            return _error(403, self.access.refusal(host))
+        origin = request.headers.get("Origin")
+        own = origin is not None and self.access.same_origin(origin, request.scheme, host or "")
+        cross = origin is not None and not own and self.access.cross_origin_allowed(origin)
+        if request.method == "OPTIONS" and cross:
+            return web.Response(status=204, headers=_cors(origin or "", preflight=True))
+        if request.method in STATE_CHANGING and origin is not None and not (own or cross):
+            self.counters.foreign += 1
+            log.debug("refused %s %s: foreign Origin %r", request.method, request.path, origin)
+            return _error(
+                403,
+                f"a page from {origin} may not change anything on this server: only its own page "
+                "(or an origin given with --allowed-origin) may",
+            )
+        response = await handler(request)
+        if cross:
+            response.headers.update(_cors(origin or ""))
+        return response
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -251,54 +286,69 @@ class Server:
         return job
 
     async def add_style(self, request: web.Request) -> web.Response:
+        """Cheap refusals first (off, shutting down, wrong type, too large, no room for this client),
+        then the bounded read, the name, and the picture decoded in a child process."""
         if self.new_styles_off is not None:
             return _error(403, self.new_styles_off)
         if self.shutting_down:
             return _error(503, "the server is shutting down")
+        if not request.content_type.startswith("multipart/"):
+            return _error(415, "send the painting as multipart/form-data with fields image (the file) and name")
         if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 65536:
+            self.counters.oversized += 1
             return _error(413, f"the upload is {request.content_length / 2**20:.1f} MB; at most "
                                f"{MAX_UPLOAD_BYTES // 2**20} MB")  # fmt: skip
+        client = request.remote or "?"
         try:
+            self.jobs.check_room(client)  # before a byte of the upload is read
             data, filename, raw_name = await _read_upload(request)
             name = check_name(raw_name, [*self.styles, *self.jobs.names_in_flight()])
-            loop = asyncio.get_running_loop()
-            suffix, w, h = await loop.run_in_executor(None, check_upload, data)
-            job = self.jobs.new_job("add", name)
+            job = self.jobs.new_job("add", name, client=client)
         except UploadError as e:
             return _error(e.status, str(e))
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(filename or "painting").stem)[:60]
-        job.painting = job.folder / f"{stem or 'painting'}{suffix}"
-        await loop.run_in_executor(None, job.painting.write_bytes, data)
+        job.painting = job.folder / f"{stem or 'painting'}.png"
+        try:
+            w, h = await prepare_painting(data, job.painting, self.decode_gate)
+        except UploadError as e:
+            await self.jobs.cancel(job)  # never queued: its folder goes
+            return _error(e.status, str(e))
         self.jobs.submit(job)
         log.info("painting %r uploaded (%dx%d, %d bytes): job %s", name, w, h, len(data), job.id)
-        return web.json_response(self._job_json(job), status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
+        body = {**self._job_json(job), "cancel_token": job.cancel_token}  # the uploader's alone
+        return web.json_response(body, status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
 
     async def delete_style(self, request: web.Request) -> web.Response:
         if self.new_styles_off is not None:
             return _error(403, self.new_styles_off)
-        try:
-            index = int(request.match_info["index"])
-        except ValueError:
-            return _error(404, "styles are addressed by index: DELETE /api/styles/INDEX")
+        index = parse_index(request.match_info["index"])
+        if index is None:
+            return _error(404, "styles are addressed by their index in ASCII digits: DELETE /api/styles/INDEX")
         if not 0 <= index < len(self.styles):
             return _error(404, f"there is no style {index}; the model has {len(self.styles)}")
         if index < self.shipped_styles:
             return _error(403, f"{self.styles[index]!r} came with the shipped model and cannot be deleted")
         try:
-            job = self.jobs.new_job("delete", self.styles[index])
+            job = self.jobs.new_job("delete", self.styles[index], client=request.remote or "?")
         except UploadError as e:
             return _error(e.status, str(e))
         self.jobs.submit(job)
-        return web.json_response(self._job_json(job), status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
+        body = {**self._job_json(job), "cancel_token": job.cancel_token}
+        return web.json_response(body, status=202, headers={"Location": f"/api/styles/jobs/{job.id}"})
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        return web.json_response({"jobs": [self._job_json(j) for j in self.jobs.jobs.values()]})
+        return web.json_response(
+            {"jobs": [self._job_json(j) for j in self.jobs.jobs.values()], "kept": self.jobs.kept()}
+        )
 
     async def get_job(self, request: web.Request) -> web.Response:
         return web.json_response(self._job_json(self._job(request)))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         job = self._job(request)
+        token = request.headers.get("X-Cancel-Token") or request.query.get("cancel_token")
+        if not job.may_cancel(token):
+            return _error(403, "only the page that asked for this job can cancel it (it holds the job's cancel token)")
         try:
             await self.jobs.cancel(job)
         except UploadError as e:
@@ -307,16 +357,15 @@ class Server:
 
     async def job_preview(self, request: web.Request) -> web.StreamResponse:
         job = self._job(request)
-        if not job.previews or not job.preview.is_file():
+        data = await asyncio.get_running_loop().run_in_executor(None, job.preview_bytes)
+        if data is None:
             raise web.HTTPNotFound(text="no preview yet")
-        data = await asyncio.get_running_loop().run_in_executor(None, job.preview.read_bytes)
         return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def style_thumbnail(self, request: web.Request) -> web.StreamResponse:
-        try:
-            index = int(request.match_info["index"])
-        except ValueError:
-            raise web.HTTPNotFound() from None
+        index = parse_index(request.match_info["index"])
+        if index is None:
+            raise web.HTTPNotFound()
         path = self.thumbnail(index)
         if path is None:
             raise web.HTTPNotFound(text=f"no thumbnail for style {index}")
@@ -341,11 +390,17 @@ class Server:
             self.counters.offers_limited += 1
             return _error(503, f"{self.config.max_pending} connections are being set up already; try again shortly")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+            require_type(request, "application/json")
+            raw = await read_bounded(request, MAX_BODY_BYTES)
+            body = json.loads(raw)
+            if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
+                return _error(400, "the body must be JSON {'sdp': <string>, 'type': 'offer'}")
+            check_sdp(body["sdp"])
+        except BoundsError as e:
+            self.counters.oversized += e.status == 413
+            return _error(e.status, str(e))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             return _error(400, f"the body must be JSON {{'sdp': ..., 'type': 'offer'}}: {e}")
-        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
-            return _error(400, "the body must be JSON {'sdp': <string>, 'type': 'offer'}")
         if len(self.sessions) >= self.config.max_sessions:
             return _error(
                 503,
@@ -424,6 +479,8 @@ class Server:
         await self.close_all()
 
     async def worker_context(self, app: web.Application) -> AsyncIterator[None]:
+        if self.new_styles_off is None:
+            await asyncio.get_running_loop().run_in_executor(None, self.jobs.clean_leftovers)
         self.worker.start()
         yield
         await self.jobs.close()
@@ -436,8 +493,6 @@ class Server:
 
 async def _read_upload(request: web.Request) -> tuple[bytes, str | None, str | None]:
     """(image bytes, its file name, the name field) of a multipart upload, at most MAX_UPLOAD_BYTES read."""
-    if not request.content_type.startswith("multipart/"):
-        raise UploadError("send the painting as multipart/form-data with fields image (the file) and name")
     reader = await request.multipart()
     data, filename, name = None, None, None
     while (part := await reader.next()) is not None:
@@ -468,6 +523,23 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _cors(origin: str, preflight: bool = False) -> dict[str, str]:
+    """CORS headers for an ``--allowed-origin`` (never sent to any other origin)."""
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if preflight:
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, X-Stylecast-Token, If-Match",
+                "Access-Control-Expose-Headers": "Location, Link, ETag",
+                "Access-Control-Max-Age": "600",
+            }
+        )
+    else:
+        headers["Access-Control-Expose-Headers"] = "Location, Link, ETag"
+    return headers
+
+
 SERVER_KEY = web.AppKey("stylecast_server", Server)
 
 
@@ -478,7 +550,8 @@ def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
     server object is at ``app[SERVER_KEY]`` (sessions, worker, counters).
     """
     server = Server(config, backend)
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[server.guard])  # an SDP offer is a few kB
+    # Host and Origin first, then the token; an SDP offer is a few kB (streamer.sdp bounds it further).
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[server.boundary, server.guard])
     app[SERVER_KEY] = server
     app.router.add_get("/", server.index)
     app.router.add_get("/api/info", server.info)

@@ -129,6 +129,24 @@ class StreamerConfig:
         metavar="TOKEN",
     )
     no_auth: bool = opt(False, "serve without a token on a non-loopback address (refused otherwise)")
+    allowed_hosts: tuple[str, ...] = opt(
+        (),
+        "another name this server may be reached by (repeatable), e.g. a LAN name or the name a reverse "
+        "proxy forwards; requests for any other Host get 403, so a page on another site cannot reach the "
+        "server through DNS rebinding. Default: the --host address, localhost, and on 0.0.0.0 this "
+        "machine's names and addresses; '*' allows any (only behind a proxy that checks Host itself)",
+        flag="--allowed-host",
+        action="append",
+        metavar="NAME",
+    )
+    allowed_origins: tuple[str, ...] = opt(
+        (),
+        "a web origin (scheme://host[:port]) whose pages may POST, PATCH and DELETE here besides the "
+        "server's own page (repeatable); it also gets CORS headers. Default: none",
+        flag="--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+    )
     public_metrics: bool = opt(False, "serve /metrics without the token (for a scraper on a trusted network)")
     cert: Path | None = opt(None, "TLS certificate (PEM); with --key the server speaks https")
     key: Path | None = opt(None, "TLS private key (PEM) for --cert")
@@ -140,6 +158,11 @@ class StreamerConfig:
     tls_dir: Path = opt(user_data_dir() / "tls", "where --self-signed keeps its certificate and key")
     control_rate: float = opt(30.0, "control messages a session may send per second (excess dropped)")
     control_burst: int = opt(60, "control messages a session may send at once")
+    control_bytes: int = opt(
+        65536,
+        "control-channel bytes a session may send per second, counted before any is parsed; a session "
+        "over --flood-factor times this in a second is closed (large messages cost every stream)",
+    )
     flood_factor: float = opt(
         10.0,
         "close a session that sends control messages at this many times --control-rate for a second "
@@ -172,6 +195,9 @@ class StreamerConfig:
     learn_size: int | None = opt(None, "crop side in px when learning a painting (default: add-style's)")
     learn_threads: int | None = opt(None, "CPU threads the learning process uses (default: all cores)")
     max_queued_styles: int = opt(4, "paintings that may wait for their turn to be learned")
+    max_styles_per_client: int = opt(
+        2, "paintings one client address may have queued or learning at once (more get 429)"
+    )
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -183,6 +209,14 @@ class StreamerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.control_burst < 1 or self.offer_burst < 1 or self.max_pending < 1:
             raise ValueError("control_burst, offer_burst and max_pending must be at least 1")
+        if self.control_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"control_bytes ({self.control_bytes}) must hold at least one message of max_message_bytes "
+                f"({self.max_message_bytes})"
+            )
+        for origin in self.allowed_origins:
+            if origin.strip() != "*" and not origin.strip().lower().startswith(("http://", "https://")):
+                raise ValueError(f"--allowed-origin takes scheme://host[:port], got {origin!r}")
         if self.max_session_minutes is not None and self.max_session_minutes <= 0:
             raise ValueError(f"max_session_minutes must be positive, got {self.max_session_minutes}")
         if self.max_sessions < 1:

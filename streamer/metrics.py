@@ -98,6 +98,14 @@ class _ServerCollector(Collector):
             "Control messages dropped over a session's rate limit.",
             value=c.control_dropped,
         )
+        yield CounterMetricFamily(
+            "stylecast_foreign_requests",
+            "Requests refused for a Host or Origin that is not this server's (another site's page).",
+            value=c.foreign,
+        )
+        yield CounterMetricFamily(
+            "stylecast_oversized_requests", "Requests refused for a body or SDP over its bounds.", value=c.oversized
+        )
 
 
 def registry_for(

@@ -1,8 +1,17 @@
-"""What keeps the server closed and fair: the access token, rate limits, and TLS certificates.
+"""What keeps the server closed and fair: who may talk to it, the access token, rate limits, TLS.
 
+* :class:`AccessPolicy`: the web page next door. A server on 127.0.0.1 is reachable
+  from every page the user opens; with DNS rebinding such a page can read the answers
+  too. So every request's ``Host`` must name this server (the bound address,
+  ``localhost``, the machine's own addresses on a wildcard bind, or an
+  ``--allowed-host``), and a state-changing request (POST, PUT, PATCH, DELETE) that
+  carries an ``Origin`` must come from this server's own origin or an
+  ``--allowed-origin``. Requests without an Origin (curl, WHIP clients) rely on the
+  token and the Host check. As Jupyter does against the same threat.
 * :func:`token_matches`: the token check, in constant time (``hmac.compare_digest``),
   from an ``Authorization: Bearer`` header, an ``X-Stylecast-Token`` header or a
-  ``token`` query parameter (the page's first load).
+  ``token`` query parameter (the page's first load). A token that is not text (bytes
+  that are no UTF-8) simply does not match.
 * :class:`TokenBucket`: ``rate`` events a second on average, ``burst`` at once; an
   injected clock so tests step time exactly. :class:`KeyedBuckets` keeps one per key
   (a client IP) and forgets idle ones, so its memory is bounded by the active keys.
@@ -27,6 +36,70 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Stylecast-Token"
 LOOPBACK_NAMES = ("localhost",)
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANY = "*"
+
+
+def host_name(host_header: str) -> str:
+    """The host part of a Host header (``name[:port]`` or ``[v6]:port``), lower case, no trailing dot."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        end = h.find("]")
+        h = h[1:end] if end > 0 else h[1:]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def origin_key(origin: str) -> str:
+    """An origin as compared here: lower case, no trailing slash (``https://Example.org/`` -> ``https://example.org``)."""
+    return origin.strip().lower().rstrip("/")
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Which Host names and Origins this server answers (see the module docstring)."""
+
+    hosts: frozenset[str]  # lower-case names and addresses; "*" allows any
+    origins: frozenset[str]  # origin_key()s allowed besides the server's own; "*" allows any
+
+    @classmethod
+    def for_server(cls, bind: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> AccessPolicy:
+        """The bound address and ``localhost``; on a wildcard bind every name and address of this machine."""
+        hosts = {*LOOPBACK_HOSTS, host_name(bind) if ":" not in bind else bind.lower()}
+        if bind in WILDCARD_BINDS:
+            names, addresses = machine_names()
+            hosts |= {n.lower() for n in names} | {a.lower() for a in addresses}
+        hosts |= {ANY if h.strip() == ANY else host_name(h) for h in allowed_hosts}
+        hosts.discard("")
+        origins = {ANY if o.strip() == ANY else origin_key(o) for o in allowed_origins}
+        return cls(frozenset(hosts), frozenset(origins))
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if ANY in self.hosts:
+            return True
+        return bool(host_header) and host_name(host_header or "") in self.hosts
+
+    @staticmethod
+    def same_origin(origin: str, scheme: str, host_header: str) -> bool:
+        """``origin`` is this server's own: the scheme and Host the request reached it by."""
+        return origin_key(origin) == f"{scheme}://{host_header.strip().lower()}"
+
+    def cross_origin_allowed(self, origin: str) -> bool:
+        """Whether ``origin`` (another site's) was configured with --allowed-origin: it may change
+        things here and gets CORS headers. ``null`` (sandboxed frames, file:// pages) only with '*'."""
+        return ANY in self.origins or (origin_key(origin) != "null" and origin_key(origin) in self.origins)
+
+    def refusal(self, host_header: str | None) -> str:
+        """The plain reason a Host is refused, with what to do about it."""
+        shown = ", ".join(sorted(h for h in self.hosts if h != ANY)[:8])
+        return (
+            f"this server does not answer to the host {host_header!r} (it answers to {shown}); "
+            "a page on another site cannot reach it. To open it under another name, start it with "
+            "--allowed-host NAME"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -48,10 +121,15 @@ def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str
 
 
 def token_matches(expected: str, presented: str | None) -> bool:
-    """Constant-time comparison (a wrong token takes as long as a right one)."""
+    """Constant-time comparison (a wrong token takes as long as a right one). A token that cannot
+    be text (undecodable bytes arrive as surrogates) is a wrong token, never an error."""
     if presented is None:
         return False
-    return hmac.compare_digest(expected.encode(), presented.encode())
+    try:
+        candidate = presented.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(expected.encode(), candidate)
 
 
 @dataclass
@@ -69,12 +147,13 @@ class TokenBucket:
             raise ValueError(f"a token bucket needs rate > 0 and burst >= 1, got {self.rate}, {self.burst}")
         self.tokens, self.stamp = float(self.burst), self.clock()
 
-    def take(self) -> bool:
+    def take(self, amount: float = 1.0) -> bool:
+        """Spend ``amount`` tokens if there are that many (a byte budget spends a message's size)."""
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= amount:
+            self.tokens -= amount
             return True
         return False
 
@@ -150,6 +229,24 @@ def _covers(cert_path: Path, names: list[str], addresses: list[str]) -> bool:
     return set(names) <= have_names and set(addresses) <= have_ips
 
 
+def warn_if_readable_by_others(key: Path) -> bool:
+    """Log a warning when a private key file can be read by users other than its owner."""
+    try:
+        mode = key.stat().st_mode & 0o777
+    except OSError:
+        return False
+    if mode & 0o077:
+        log.warning(
+            "the TLS key %s can be read by other users (mode %o): anyone who can read it can pose as "
+            "this server; chmod 600 %s",
+            key,
+            mode,
+            key,
+        )
+        return True
+    return False
+
+
 def self_signed(folder: Path, days: int = 365) -> tuple[Path, Path, bool]:
     """(certificate, key, newly made) for this machine in ``folder``, made if missing or stale.
 
@@ -164,6 +261,7 @@ def self_signed(folder: Path, days: int = 365) -> tuple[Path, Path, bool]:
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     names, addresses = machine_names()
     if key_path.is_file() and _covers(cert_path, names, addresses):
+        warn_if_readable_by_others(key_path)
         return cert_path, key_path, False
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -186,6 +284,9 @@ def self_signed(folder: Path, days: int = 365) -> tuple[Path, Path, bool]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the key is readable by its owner only
+    # O_CREAT's mode applies only to a new file: an old key.pem keeps its mode unless set here,
+    # before a byte of the new key is written.
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

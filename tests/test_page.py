@@ -406,3 +406,74 @@ async def test_page_learns_a_dropped_painting_and_shows_it_as_a_slider_without_r
     shot = tmp_path / "learned.png"
     await page.screenshot(path=str(shot))
     print(f"page screenshot: {shot}")
+
+
+ATTACKER_PAGE = """<!doctype html><meta charset="utf-8"><title>next door</title>
+<iframe name="sink" style="display:none"></iframe>
+<form id="f" method="post" enctype="multipart/form-data" target="sink">
+  <input type="file" name="image" id="file"><input name="name" value="Next door">
+</form>
+<script>
+window.results = {};
+async function attempt(name, fn) {
+  try { window.results[name] = await fn(); } catch (e) { window.results[name] = "blocked: " + e.name; }
+}
+(async () => {
+  const victim = new URLSearchParams(location.search).get("victim");
+  const offer = JSON.stringify({sdp: "v=0\\r\\n", type: "offer"});
+  // A JSON POST needs a CORS preflight, which the server does not grant: the fetch fails.
+  await attempt("json offer", async () => (await fetch(victim + "/offer", {method: "POST",
+      headers: {"Content-Type": "application/json"}, body: offer})).status);
+  // text/plain needs no preflight: it is sent, and the browser hides the (refusing) answer.
+  await attempt("text offer", async () => (await fetch(victim + "/offer", {method: "POST", mode: "no-cors",
+      headers: {"Content-Type": "text/plain"}, body: offer})).type);
+  // multipart needs no preflight either: an upload of a real PNG, by fetch and by a form post.
+  const png = await (await fetch("/painting.png")).blob();
+  const form = new FormData(); form.append("image", png, "p.png"); form.append("name", "By fetch");
+  await attempt("fetch upload", async () => (await fetch(victim + "/api/styles", {method: "POST",
+      mode: "no-cors", body: form})).type);
+  const dt = new DataTransfer(); dt.items.add(new File([png], "p.png", {type: "image/png"}));
+  document.getElementById("file").files = dt.files;
+  const f = document.getElementById("f"); f.action = victim + "/api/styles";
+  await attempt("form upload", async () => { f.submit(); await new Promise(r => setTimeout(r, 1500)); return "sent"; });
+  // Reading the server's answers from another origin: refused by the browser (no CORS headers).
+  await attempt("read info", async () => (await fetch(victim + "/api/info")).status);
+  await attempt("delete", async () => (await fetch(victim + "/api/styles/0", {method: "DELETE"})).status);
+  window.done = true;
+})();
+</script>"""
+
+
+async def test_a_page_on_another_origin_cannot_offer_upload_or_read(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    """A real Chromium page served from a second origin (another loopback port) tries what a page
+    the user happens to visit could: its fetches and form posts fail, and the server starts nothing."""
+    import io
+
+    from aiohttp import web
+    from PIL import Image
+
+    server = await start_server(allow_new_styles=True, models_dir=tmp_path / "models")
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(png, "PNG")
+    attacker = web.Application()
+    attacker.router.add_get("/", lambda r: web.Response(text=ATTACKER_PAGE, content_type="text/html"))
+    attacker.router.add_get("/painting.png", lambda r: web.Response(body=png.getvalue(), content_type="image/png"))
+    runner = web.AppRunner(attacker)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        other = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        page = await launch()
+        await page.goto(f"{other}/?victim={server.url}")
+        await page.wait_for_function("window.done === true", timeout=60_000)
+        results = await page.evaluate("window.results")
+    finally:
+        await runner.cleanup()
+    assert results["json offer"].startswith("blocked"), results  # the preflight is not granted
+    assert results["read info"].startswith("blocked") and results["delete"].startswith("blocked"), results
+    # The no-cors ones were sent; the server refused them (counted), and started nothing.
+    assert server.server.counters.foreign >= 3, (server.server.counters, results)
+    assert not server.server.sessions and not server.server.jobs.jobs
+    assert not (tmp_path / "models" / "jobs").exists() or not any((tmp_path / "models" / "jobs").iterdir())
