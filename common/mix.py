@@ -15,10 +15,14 @@ from collections.abc import Sequence
 
 
 def style_index(key: str, styles: Sequence[str]) -> int:
-    """A style named by its name (first) or its index -> the index."""
+    """A style named by its name (first) or its index in ASCII digits -> the index.
+
+    Only ASCII digits make an index: ``str.isdigit`` also accepts '\u0669' (Arabic-Indic nine)
+    and '\u00b2', which ``int()`` reads as 9 or refuses with its own message.
+    """
     if key in styles:
         return list(styles).index(key)
-    if key.isdigit():
+    if key.isascii() and key.isdigit():
         idx = int(key)
         if idx < len(styles):
             return idx

@@ -48,7 +48,9 @@ from engines.runtime.base import EngineError
 from engines.runtime.versions import (
     CHECKPOINT_FILE,
     ONNX_FILE,
+    PID_FILE,
     VERSION_FILE,
+    WORK_PREFIXES,
     VersionRecord,
     lineage,
     next_number,
@@ -57,6 +59,14 @@ from engines.runtime.versions import (
 log = logging.getLogger("engines.learn")
 PREVIEW_SIZE = (256, 192)  # (w, h) of the preview tile
 DEFAULT_MODELS_DIR = user_data_dir() / "models"
+
+
+def work_folder(models_dir: Path, prefix: str = WORK_PREFIXES[0]) -> Path:
+    """A fresh work folder with this process's pid in it: a server starting later removes it only
+    once that process is gone (``streamer.learning.StyleJobs.clean_leftovers``)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=models_dir))
+    (work / PID_FILE).write_text(f"{os.getpid()}\n")
+    return work
 
 
 class Events:
@@ -74,8 +84,12 @@ class Events:
         try:
             self.stream.write(json.dumps({"event": event, **fields}) + "\n")
             self.stream.flush()
-        except BrokenPipeError:  # the server went away: nobody is waiting for this version
-            os._exit(3)
+        except BrokenPipeError:
+            # The server went away: nobody is waiting for this version. Leave through the finally
+            # blocks, as a SIGTERM does, so the work folder goes too; the dead pipe is swapped for
+            # /dev/null first, or the exit's own flush would fail on it again.
+            self.stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+            raise SystemExit(3) from None
 
 
 def _checkpoint_of(model: Path) -> Path:
@@ -104,6 +118,7 @@ def _publish(
 
     export_onnx(work / CHECKPOINT_FILE, work / ONNX_FILE)  # checked against torch on ONNX Runtime
     (work / "thumbnails").mkdir(exist_ok=True)
+    (work / PID_FILE).unlink(missing_ok=True)  # a version folder belongs to no process
     for i, thumb in enumerate(thumbs):
         if thumb is not None and thumb.is_file():
             shutil.copyfile(thumb, work / "thumbnails" / f"{i}.jpg")
@@ -156,7 +171,7 @@ def add(
     base_sha, shipped = lineage(model)
     name = name or default_style_name(painting)
     models_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".learning-", dir=models_dir))
+    work = work_folder(models_dir)
     try:
         kwargs: dict[str, Any] = {}
         if steps is not None:
@@ -236,7 +251,7 @@ def delete(model: Path, style: str, models_dir: Path, events: Callable[..., None
     started = time.monotonic()
     smaller = remove_style(g, index)
     models_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".deleting-", dir=models_dir))
+    work = work_folder(models_dir, WORK_PREFIXES[1])
     try:
         styles = [s for i, s in enumerate(ckpt.styles) if i != index]
         train = {**ckpt.train, "deleted": [*ckpt.train.get("deleted", []), style]}

@@ -158,15 +158,22 @@ def tls_context(config: StreamerConfig) -> ssl.SSLContext | None:
     """The server's TLS context for --cert/--key or --self-signed; None for plain http."""
     if not config.tls:
         return None
-    from streamer.security import self_signed
+    from streamer.security import self_signed, warn_if_readable_by_others
 
     cert, key = config.cert, config.key
     if config.self_signed:
         cert, key, made = self_signed(config.tls_dir)
         log.info("%s self-signed certificate %s", "made a" if made else "reusing the", cert)
     assert cert is not None and key is not None
+    for what, path in (("--cert", cert), ("--key", key)):
+        if not Path(path).is_file():
+            raise ValueError(f"{what} {path}: no such file")
+    warn_if_readable_by_others(Path(key))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key))
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"cannot use the certificate {cert} with the key {key}: {e}") from e
     return context
 
 

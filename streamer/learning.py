@@ -1,25 +1,35 @@
 """New styles from the page: upload checks, the job queue, and the child process that learns.
 
-``POST /api/styles`` (multipart ``image`` and ``name``) checks the upload here
-(:func:`check_upload`, :func:`check_name`), saves it in the job's folder and queues
-a :class:`Job`. :class:`StyleJobs` runs one job at a time as a child process,
+``POST /api/styles`` (multipart ``image`` and ``name``) checks the upload here: room in
+the queue and within the client's share first (:meth:`StyleJobs.check_room`, before
+the body is read), then the name (:func:`check_name`), then the picture, decoded and
+reduced one upload at a time in a child process under a memory cap
+(:func:`prepare_painting`, ``streamer.painting``); the reduced painting goes to the
+job's folder and a :class:`Job` is queued. The upload's answer carries a cancel token:
+only the page that uploaded a painting can cancel it. :class:`StyleJobs` runs one job at a time as a child process,
 ``sys.executable -m engines.learn`` (never in the server's process: training would
 take the GIL and the memory every stream shares), at the lowest CPU priority, and
 reads its JSON-line progress (step, ETA, preview). When the child has written the
 new model version, ``on_published(folder)`` swaps it in (``streamer.app``).
 
-Jobs live in memory: a restart forgets the queue, never a finished version.
+Jobs live in memory: a restart forgets the queue, never a finished version. A job's
+folder goes when the job ends (the painting is kept in the new version's folder, the
+last preview in memory), and whatever a killed server left behind (job folders, a
+learner's ``.learning-*`` work folder whose process is gone) is removed at start-up
+(:meth:`StyleJobs.clean_leftovers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import importlib.util
-import io
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -30,16 +40,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.runtime.versions import PID_FILE, WORK_PREFIXES
+
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MIN_SIDE = 64  # px: smaller has no brushwork to learn
-MAX_SIDE = 12_000  # px
-MAX_PIXELS = 50_000_000  # a 7000x7000 painting scan is fine; a decompression bomb is not
 MAX_NAME = 40
-FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+KEEP_SIDE = 1024  # px: the short side an uploaded painting is reduced to (v2 learns from up to 960)
+DECODE_BUDGET_MB = 768  # address space of the child that decodes one upload
+DECODE_TIMEOUT_S = 60.0
 # What a name may not hold: markup and quote characters (the name is shown on every page).
 UNSAFE_NAME = re.compile(r"[<>&\"'`\\/]")
+# Letters that look like Latin ones in other scripts, folded to the Latin letter before names are
+# compared, so "The Great Wav\u0435" (Cyrillic e) cannot pass for "The Great Wave" beside it.
+CONFUSABLES = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04bb\u0410\u0412\u0415\u041a"
+    "\u041c\u041d\u041e\u0420\u0421\u0422\u0423\u0425\u0406\u0408\u0405\u0391\u0392\u0395\u0396\u0397"
+    "\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u03bf\u03bd\u03b1\u03b9\u0261\u0131",
+    "aeopcyxijsdhABEKMHOPCTYXIJSABEZHIKMNOPTYXovaigi",
+)
+# Scripts whose letters may share one name (Japanese mixes these three).
+SCRIPT_GROUPS = {"HIRAGANA": "CJK", "KATAKANA": "CJK", "CJK": "CJK"}
 # What learning needs besides the serving extra (pip install 'stylecast[train]').
 TRAIN_MODULES = ("torch", "safetensors", "onnx", "onnxscript", "PIL", "trainer")
 
@@ -63,49 +84,87 @@ def training_unavailable() -> str | None:
     return None
 
 
+def _script(c: str) -> str | None:
+    """The script of a letter ("LATIN", "CYRILLIC", "CJK", ...); None for digits, spaces, punctuation."""
+    if not c.isalpha():
+        return None
+    first = unicodedata.name(c, "UNKNOWN").split(" ")[0]
+    return SCRIPT_GROUPS.get(first, first)
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by: NFKC, case folded, look-alike letters folded to Latin."""
+    return unicodedata.normalize("NFKC", name).translate(CONFUSABLES).casefold()
+
+
 def check_name(raw: str | None, existing: list[str]) -> str:
-    """The style name, trimmed; ``UploadError`` if it is empty, too long, markup, or taken."""
-    name = " ".join((raw or "").split())
+    """The style name, NFKC-normalised and trimmed; ``UploadError`` saying why it cannot be one.
+
+    Refused: empty, too long, markup, quotes, slashes or control characters; a leading ``-``
+    (it would read as an option); only digits (a control message's ``"0"`` means style 0);
+    letters of more than one script (``Wav\u0435`` with a Cyrillic e); and a name that is
+    another style's once case and look-alike letters are folded.
+    """
+    name = " ".join(unicodedata.normalize("NFKC", raw or "").split())
     if not name:
         raise UploadError("give the painting a name")
     if len(name) > MAX_NAME:
         raise UploadError(f"the name is {len(name)} characters long; at most {MAX_NAME}")
     if UNSAFE_NAME.search(name) or any(unicodedata.category(c).startswith("C") for c in name):
         raise UploadError("the name may not contain < > & quotes, slashes or control characters: use plain words")
-    if name.casefold() in {s.casefold() for s in existing}:
-        raise UploadError(f"there is a style named {name!r} already; pick another name")
+    if name.startswith("-"):
+        raise UploadError("the name may not start with '-': begin it with a letter or a digit")
+    if name.replace(" ", "").isdigit():
+        raise UploadError(f"the name {name!r} is only digits, which mean a style's number: add a word")
+    scripts = {s for c in name if (s := _script(c)) is not None}
+    if len(scripts) > 1:
+        raise UploadError(
+            f"the name mixes letters of {' and '.join(sorted(s.title() for s in scripts))} scripts: "
+            "use one script, so it cannot pass for another style's name"
+        )
+    key = name_key(name)
+    for other in existing:
+        if name_key(other) == key:
+            raise UploadError(f"there is a style named {other!r} already; pick another name")
     return name
 
 
-def check_upload(data: bytes) -> tuple[str, int, int]:
-    """(file suffix, width, height) of an uploaded painting; ``UploadError`` saying what is wrong.
+def parse_index(text: str) -> int | None:
+    """A style or job index from a URL or a key: ASCII digits only (int() also reads '\u0669' and '\u0969')."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else None
 
-    The header is read first, so a huge declared size is refused before anything is
-    decoded; then the whole image is decoded once (blocking: call it off the event loop).
+
+async def prepare_painting(data: bytes, out: Path, gate: asyncio.Semaphore) -> tuple[int, int]:
+    """Check an upload and write it reduced to ``out`` (PNG); its (width, height), or ``UploadError``.
+
+    One upload at a time (``gate``), in a child process (``python -m streamer.painting``) under a
+    memory cap, so a large or hostile picture costs the server neither memory nor event-loop time.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise UploadError("the file is empty (0 bytes)")
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"the file is {len(data) / 2**20:.1f} MB; at most {MAX_UPLOAD_BYTES // 2**20} MB", 413)
+    async with gate:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "streamer.painting", str(out), f"--max-side={KEEP_SIDE}",
+            f"--budget-mb={DECODE_BUDGET_MB}",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(data), DECODE_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise UploadError(f"the picture took over {DECODE_TIMEOUT_S:.0f} s to read; send a smaller file") from None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, (w, h) = im.format or "", im.size
-            if fmt not in FORMATS:
-                raise UploadError(f"{fmt or 'this'} images are not supported: upload a JPEG, PNG or WebP painting")
-            if min(w, h) < MIN_SIDE:
-                raise UploadError(f"the picture is {w}x{h} pixels; it needs at least {MIN_SIDE} on each side")
-            if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
-                raise UploadError(
-                    f"the picture is {w}x{h} pixels; at most {MAX_SIDE} a side and {MAX_PIXELS // 10**6} megapixels"
-                )
-            im.load()  # the whole file decodes (a truncated or corrupt one fails here)
-    except UploadError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise UploadError(f"the file is not an image this server can read (JPEG, PNG or WebP): {e}") from None
-    return FORMATS[fmt], w, h
+        facts = json.loads(stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        log.warning("the painting check failed: %s", stderr.decode(errors="replace")[-500:])
+        raise UploadError("the picture could not be read (the check failed); try a JPEG, PNG or WebP file") from None
+    if "error" in facts:
+        out.unlink(missing_ok=True)
+        raise UploadError(str(facts["error"]))
+    return int(facts["width"]), int(facts["height"])
 
 
 @dataclass
@@ -114,8 +173,11 @@ class Job:
 
     kind: str  # "add" or "delete"
     name: str
-    folder: Path  # the job's scratch folder (upload, preview, log)
+    folder: Path  # the job's scratch folder (upload, preview, log); removed when the job ends
     painting: Path | None = None
+    client: str = "?"  # the address that asked (each has StyleJobs.per_client places)
+    cancel_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # given to the uploader only
+    last_preview: bytes | None = None  # the newest preview, kept once the folder is gone
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = "queued"  # queued, learning, exporting, publishing, done, failed, cancelled
     step: int = 0
@@ -136,6 +198,17 @@ class Job:
     @property
     def active(self) -> bool:
         return self.state not in ("done", "failed", "cancelled")
+
+    def may_cancel(self, token: str | None) -> bool:
+        """Only whoever holds the job's cancel token (the page that uploaded it) may cancel it."""
+        return token is not None and hmac.compare_digest(self.cancel_token.encode(), token.encode("utf-8", "replace"))
+
+    def preview_bytes(self) -> bytes | None:
+        """The newest preview JPEG: from the job's folder while it runs, from memory after."""
+        if self.previews and self.preview.is_file():
+            with contextlib.suppress(OSError):
+                return self.preview.read_bytes()
+        return self.last_preview
 
     def to_json(self, position: int | None) -> dict[str, Any]:
         now = time.monotonic()
@@ -177,6 +250,7 @@ class StyleJobs:
         size: int | None = None,
         threads: int | None = None,
         max_queued: int = 4,
+        per_client: int = 2,
         keep_finished: int = 50,
     ) -> None:
         self.work_dir = work_dir
@@ -188,6 +262,7 @@ class StyleJobs:
         self.size = size
         self.threads = threads
         self.max_queued = max_queued
+        self.per_client = per_client  # jobs one client address may have queued or running
         self.keep_finished = keep_finished
         self.jobs: dict[str, Job] = {}
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -203,14 +278,46 @@ class StyleJobs:
         waiting = self.waiting()
         return waiting.index(job) if job in waiting else None
 
-    def new_job(self, kind: str, name: str) -> Job:
-        """A job with its own scratch folder (``UploadError`` 503 if the queue is full)."""
+    def check_room(self, client: str) -> None:
+        """``UploadError`` unless a job from ``client`` can be queued now: 503 when the queue is full,
+        429 when this client has its share in it. Cheap: called before an upload is read."""
         if len(self.waiting()) >= self.max_queued:
             raise UploadError(f"{self.max_queued} paintings are waiting already; try again when one is done", 503)
+        mine = sum(1 for j in self.jobs.values() if j.active and j.client == client)
+        if mine >= self.per_client:
+            raise UploadError(
+                f"you have {mine} paintings queued or learning already; add another when one is done", 429
+            )
+
+    def new_job(self, kind: str, name: str, client: str = "?") -> Job:
+        """A job with its own scratch folder (``UploadError`` 503/429 if there is no room for it)."""
+        self.check_room(client)
         job_id = uuid.uuid4().hex[:12]
-        job = Job(kind, name, self.work_dir / job_id, id=job_id)
+        job = Job(kind, name, self.work_dir / job_id, client=client, id=job_id)
         job.folder.mkdir(parents=True, exist_ok=True)
         return job
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what a killed server or learner left: every job folder (jobs live in memory, so
+        none survives a restart) and ``.learning-*`` work folders whose learner is gone."""
+        removed: list[Path] = []
+        if self.work_dir.is_dir():
+            for folder in self.work_dir.iterdir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        work = [f for prefix in WORK_PREFIXES for f in self.models_dir.glob(prefix + "*")]
+        for folder in work:
+            if not _owner_alive(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        if removed:
+            log.info("removed %d leftover job or learning folder(s) from an earlier run", len(removed))
+        return removed
+
+    def kept(self) -> dict[str, Any]:
+        """What this server keeps on disk and in memory for new styles (``GET /api/styles/jobs``)."""
+        folders = sorted(p.name for p in self.work_dir.iterdir()) if self.work_dir.is_dir() else []
+        return {"job_folders": folders, "jobs_in_memory": len(self.jobs), "keep_finished": self.keep_finished}
 
     def submit(self, job: Job) -> Job:
         self.jobs[job.id] = job
@@ -230,8 +337,11 @@ class StyleJobs:
             return
         if job.state == "publishing":
             raise UploadError("the new style is being swapped in; it can be deleted once it is done", 409)
+        queued = job.state == "queued"
         job.state = "cancelled"
         job.finished = time.monotonic()
+        if queued:  # never ran: nothing else will clean up after it
+            self._finish(job)
         proc = job.process
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -257,6 +367,12 @@ class StyleJobs:
             self.jobs.pop(j.id, None)
             shutil.rmtree(j.folder, ignore_errors=True)
 
+    def _finish(self, job: Job) -> None:
+        """The job ended (done, failed, cancelled): keep its last preview in memory, remove its folder.
+        The painting lives on in the new version's folder; the upload is not kept twice."""
+        job.last_preview = job.preview_bytes()
+        shutil.rmtree(job.folder, ignore_errors=True)
+
     # ------------------------------------------------------------------ running
 
     def command(self, job: Job) -> list[str]:
@@ -267,7 +383,8 @@ class StyleJobs:
             cmd += ["--threads", str(self.threads)]
         if job.kind == "add":
             assert job.painting is not None
-            cmd += ["--painting", str(job.painting), "--name", job.name, "--preview", str(job.preview)]
+            # --name=VALUE: a name is never read as an option, whatever it starts with.
+            cmd += ["--painting", str(job.painting), f"--name={job.name}", "--preview", str(job.preview)]
             if self.content is not None:
                 cmd += ["--content", str(self.content)]
             if self.steps is not None:
@@ -275,7 +392,7 @@ class StyleJobs:
             if self.size is not None:
                 cmd += ["--size", str(self.size)]
         else:
-            cmd += ["--style", job.name]
+            cmd += [f"--style={job.name}"]
         return cmd
 
     async def _run(self) -> None:
@@ -294,6 +411,7 @@ class StyleJobs:
                 job.process = None
                 if job.finished is None:
                     job.finished = time.monotonic()
+                self._finish(job)
 
     async def _run_one(self, job: Job) -> None:
         job.state = "learning"
@@ -344,6 +462,21 @@ class StyleJobs:
         elif kind == "done":
             return Path(event["folder"])
         return None
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the learner that made a ``.learning-*`` folder (its ``pid`` file) still runs."""
+    try:
+        pid = int((folder / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return False  # no pid: from before pid files, or half made; nobody is using it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _tail(path: Path, lines: int = 3) -> str:

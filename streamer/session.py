@@ -71,9 +71,10 @@ class Session:
         # Control messages: a token bucket; over it, messages are dropped with at most one
         # error reply a second, so a flood costs this session's messages, not others' frames.
         self.bucket = TokenBucket(config.control_rate, config.control_burst, clock)
+        self.byte_bucket = TokenBucket(config.control_bytes, config.control_bytes, clock)
         self.control_dropped = 0
         self._dropped_reply_at = -1e9
-        self._window = (clock(), 0)  # (start, messages) of the current second, for the flood check
+        self._window = (clock(), 0, 0)  # (start, messages, bytes) of the current second, for the flood check
         self.config = config
         self.worker = worker
         self.backend_name = backend_name
@@ -174,24 +175,33 @@ class Session:
     def receive(self, message: str | bytes) -> dict[str, Any] | None:
         """A message off the channel, through the rate limit: the reply to send, or None (dropped).
 
-        A session sending at ``flood_factor`` times the rate for a second is closed: each
-        message costs decryption and parsing before it can be dropped, on the loop that
-        every session's video shares.
+        A session sending at ``flood_factor`` times the message rate, or the byte rate, for a
+        second is closed: each message costs decryption, reassembly and parsing before it can
+        be dropped, on the loop that every session's video shares, and large ones cost more
+        (256 KiB messages at 40 a second stay far under the message rate).
         """
         now = self.clock()
-        start, count = self._window
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
+        start, count, nbytes = self._window
         if now - start >= 1.0:
-            start, count = now, 0
-        self._window = (start, count + 1)
-        if count + 1 > self.config.control_rate * self.config.flood_factor and not self.closed:
+            start, count, nbytes = now, 0, 0
+        count, nbytes = count + 1, nbytes + size
+        self._window = (start, count, nbytes)
+        cfg = self.config
+        if (count > cfg.control_rate * cfg.flood_factor or nbytes > cfg.control_bytes * cfg.flood_factor) and not (
+            self.closed
+        ):
             log.info(
-                "session %s: closing, it flooded the control channel (%d messages in a second)", self.id, count + 1
+                "session %s: closing, it flooded the control channel (%d messages, %d bytes in a second)",
+                self.id,
+                count,
+                nbytes,
             )
             self.say({"type": "bye", "message": "closed for flooding the control channel"})
             if self._close_task is None:
                 self._close_task = asyncio.get_running_loop().create_task(self.close())
             return None
-        if self.bucket.take():
+        if self.byte_bucket.take(size) and self.bucket.take():
             return self.handle_message(message)
         self.control_dropped += 1
         self.counters.control_dropped += 1
@@ -202,7 +212,8 @@ class Session:
         return {
             "type": "error",
             "message": f"too many control messages: at most {self.config.control_rate:g} a second "
-            f"(bursts of {self.config.control_burst}); {self.control_dropped} dropped so far",
+            f"(bursts of {self.config.control_burst}) and {self.config.control_bytes} bytes a second; "
+            f"{self.control_dropped} dropped so far",
         }
 
     def handle_message(self, message: str | bytes) -> dict[str, Any]:

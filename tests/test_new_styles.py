@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -78,6 +79,30 @@ async def upload(http: aiohttp.ClientSession, url: str, data: bytes | None, name
         return resp.status, await resp.json()
 
 
+async def cancel(http: aiohttp.ClientSession, url: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Cancel a job as the page that asked for it does: with the job's cancel token."""
+    headers = {"X-Cancel-Token": job["cancel_token"]}
+    async with http.delete(f"{url}/api/styles/jobs/{job['id']}", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        return dict(await resp.json())
+
+
+async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def _as(png: bytes, fmt: str) -> bytes:
+    """The same picture in another format (PIL writes TIFF and BMP too)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
 async def wait_job(
     http: aiohttp.ClientSession, url: str, job_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 120
 ) -> list[dict[str, Any]]:
@@ -122,17 +147,31 @@ async def test_bad_uploads_are_refused_with_a_plain_reason(start_server: StartSe
         (good, 'Nice" onload="x', 400, "may not contain"),
         (good, "x" * 41, 400, "at most 40"),
         (good, "ember", 400, "named 'ember' already"),  # a style of the tiny model
-        (None, "No file", 400, "fields image (the file)"),  # a form without a file
+        (None, "No file", 415, "fields image (the file)"),  # a form without a file is urlencoded, not multipart
+        (_as(good, "TIFF"), "Tiff", 400, "TIFF images are not taken"),  # the README promises JPEG, PNG, WebP
+        (_as(good, "BMP"), "Bmp", 400, "BMP images are not taken"),
+        (good, "-Kandinsky", 400, "may not start with '-'"),  # would read as an option of the learner
+        (good, "0", 400, "only digits"),  # "0" is style 0 in every control message
+        (good, "12 34", 400, "only digits"),
+        (good, "Emb\u0435r", 400, "mixes letters of Cyrillic and Latin"),  # a Cyrillic e
+        (good, "\u0415mber", 400, "mixes letters"),  # a Cyrillic capital E: one Cyrillic letter
+        (good, "\u0433\u043b\u0430\u0441", 202, ""),  # all Cyrillic is a fine name
+        (good, "ＥＭＢＥＲ", 400, "named 'ember' already"),  # full-width letters: NFKC makes them ember
     ]
     async with aiohttp.ClientSession() as http:
         for data, name, status, text in cases:
             code, body = await upload(http, srv.url, data, name)
+            if status == 202:
+                assert code == 202, (name, code, body)
+                await cancel(http, srv.url, body)
+                continue
             assert code == status and text in body["error"], (name, code, body)
+            assert "<_io" not in body["error"]  # no Python reprs in a message for people
         async with http.post(f"{srv.url}/api/styles", json={"image": "x"}) as resp:
-            assert resp.status == 400 and "multipart/form-data" in (await resp.json())["error"]
+            assert resp.status == 415 and "multipart/form-data" in (await resp.json())["error"]
         async with http.get(f"{srv.url}/api/info") as resp:
             info = await resp.json()
-    assert info["new_styles"]["enabled"] and info["new_styles"]["jobs"] == []  # nothing was queued
+    assert info["new_styles"]["enabled"] and info["new_styles"]["jobs"] == []  # nothing left queued
     assert [s["name"] for s in info["styles"]] == ["ember", "glacier", "moss"]
 
 
@@ -241,7 +280,7 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
 
 
 async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_server: StartServer) -> None:
-    srv = await start_server(learn_steps=2000)  # the first job runs until cancelled
+    srv = await start_server(learn_steps=2000, max_styles_per_client=4)  # the first job runs until cancelled
     async with aiohttp.ClientSession() as http:
         code, first = await upload(http, srv.url, painting_png(seed=1), "First")
         assert code == 202
@@ -252,17 +291,109 @@ async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_ser
         assert third["queue_position"] == 1
         code, body = await upload(http, srv.url, painting_png(seed=4), "First")  # a name in flight
         assert code == 400 and "already" in body["error"]
-        async with http.delete(f"{srv.url}/api/styles/jobs/{third['id']}") as resp:
-            assert (await resp.json())["state"] == "cancelled"
-        async with http.delete(f"{srv.url}/api/styles/jobs/{first['id']}") as resp:
-            assert (await resp.json())["state"] == "cancelled"
+        # Only the page that uploaded a painting may cancel it: without its token, or with another's, 403.
+        for headers in ({}, {"X-Cancel-Token": second["cancel_token"]}, {"X-Cancel-Token": "\u00ff" * 22}):
+            async with http.delete(f"{srv.url}/api/styles/jobs/{third['id']}", headers=headers) as resp:
+                assert resp.status == 403 and "only the page" in (await resp.json())["error"]
+        async with http.get(f"{srv.url}/api/styles/jobs") as resp:
+            listing = await resp.json()
+        assert "cancel_token" not in str(listing)  # no one else learns the tokens
+        assert sorted(listing["kept"]["job_folders"]) == sorted(j["id"] for j in (first, second, third))
+        assert (await cancel(http, srv.url, third))["state"] == "cancelled"
+        assert (await cancel(http, srv.url, first))["state"] == "cancelled"
         # the second one starts once the first is gone
         await wait_job(http, srv.url, second["id"], lambda j: j["state"] == "learning" and j["step"] > 0)
-        async with http.delete(f"{srv.url}/api/styles/jobs/{second['id']}") as resp:
-            assert (await resp.json())["state"] == "cancelled"
+        assert (await cancel(http, srv.url, second))["state"] == "cancelled"
         async with http.get(f"{srv.url}/api/info") as resp:
             info = await resp.json()
     assert [s["name"] for s in info["styles"]] == ["ember", "glacier", "moss"]  # nothing was published
-    # a cancelled job leaves no half-written version behind
+    # a cancelled job leaves no half-written version behind, and no job folder
+    await wait_for(lambda: not any((srv.server.config.models_dir / "jobs").iterdir()), "the job folders to go")
     assert not [p.name for p in srv.server.config.models_dir.iterdir() if p.name != "jobs"]
     assert srv.server.jobs.running is None or srv.server.jobs.running.state == "cancelled"
+
+
+async def test_nothing_of_a_killed_server_survives_a_restart(tiny_onnx: Path, tmp_path: Path) -> None:
+    """SIGKILL the server mid-learning: its learner notices the dead pipe and removes its work folder
+    on its way out, and the next start removes the job folders and any work folder whose process is gone."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+
+    def start() -> tuple[subprocess.Popen[bytes], str, Path]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = tmp_path / f"server-{port}.log"
+        cmd = [
+            sys.executable, "-m", "streamer", "--model", str(tiny_onnx), "--port", str(port), "--allow-new-styles",
+            "--models-dir", str(models), "--learn-steps", "5000", "--learn-size", "32", "--precision", "fp32",
+        ]  # fmt: skip
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=out, stderr=subprocess.STDOUT)
+        return proc, f"http://127.0.0.1:{port}", log
+
+    async def wait_up(url: str, log: Path) -> None:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url + "/health") as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"the server did not come up: {log.read_text()[-2000:]}")
+
+    proc, url, log = start()
+    try:
+        await wait_up(url, log)
+        async with aiohttp.ClientSession() as http:
+            code, job = await upload(http, url, painting_png(), "Doomed")
+            assert code == 202, job
+            await wait_job(http, url, job["id"], lambda j: j["state"] == "learning" and j["step"] > 0)
+        work = list(models.glob(".learning-*"))
+        assert len(work) == 1 and (models / "jobs" / job["id"]).is_dir()
+        learner = int((work[0] / "pid").read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        await wait_for(lambda: not _alive(learner), "the learner to notice the dead pipe and exit", timeout=60)
+        assert not work[0].exists()  # it cleaned up on its way out (a broken pipe, as on SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # What a learner killed outright would leave, beside one whose process still runs (ours, here).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (models / ".learning-dead").mkdir()
+    (models / ".learning-dead" / "pid").write_text(str(dead.pid))
+    (models / ".deleting-nopid").mkdir()
+    (models / ".learning-live").mkdir()
+    (models / ".learning-live" / "pid").write_text(str(os.getpid()))
+    assert (models / "jobs" / job["id"]).is_dir()  # the killed server's job folder
+
+    proc, url, log = start()
+    try:
+        await wait_up(url, log)
+        left = sorted(p.name for p in models.iterdir())
+        assert left == [".learning-live", "jobs"] and not any((models / "jobs").iterdir()), left
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/api/styles/jobs") as r:
+                assert (await r.json())["kept"]["job_folders"] == []
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+    with contextlib.suppress(OSError):
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return True

@@ -31,6 +31,10 @@ VERSION_FILE = "version.json"
 ONNX_FILE = "model.onnx"
 CHECKPOINT_FILE = "model.safetensors"
 FOLDER = re.compile(r"^v(\d{4,})$")
+# A version in the making lives in a work folder with one of these prefixes and the pid of the
+# process writing it (PID_FILE), until it is renamed vNNNN; a folder whose process is gone is litter.
+WORK_PREFIXES = (".learning-", ".deleting-")
+PID_FILE = "pid"
 
 
 @dataclass(frozen=True)

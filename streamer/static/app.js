@@ -759,6 +759,8 @@ ui.snapshot.addEventListener("click", () => {
 // ---------------------------------------------------------------- add a painting
 
 const JOB_KEY = "stylecast-job"; // the job this tab started, so a reload keeps following it
+// The server gives a job's cancel token to the page that asked for the job, and to no one else.
+const cancelKey = (id) => `stylecast-cancel-${id}`;
 const JOB_POLL_MS = 1000;
 let jobTimer = null;
 let previewUrl = null;
@@ -820,6 +822,7 @@ ui.learnForm.addEventListener("submit", async (ev) => {
     const job = await resp.json().catch(() => ({}));
     if (resp.status !== 202) return showMessage(`The painting was not accepted: ${job.error || `HTTP ${resp.status}`}`);
     sessionStorage.setItem(JOB_KEY, job.id);
+    if (job.cancel_token) sessionStorage.setItem(cancelKey(job.id), job.cancel_token);
     ui.learnForm.reset();
     ui.learnFileText.replaceChildren(...dropText.cloneNode(true).childNodes);
     showJob(job);
@@ -837,6 +840,7 @@ async function deleteStyle(style) {
   const resp = await api(`/api/styles/${style.index}`, { method: "DELETE" });
   const job = await resp.json().catch(() => ({}));
   if (resp.status !== 202) return showMessage(`Could not delete ${style.name}: ${job.error || `HTTP ${resp.status}`}`);
+  if (job.cancel_token) sessionStorage.setItem(cancelKey(job.id), job.cancel_token);
   showJob(job);
   followJob(job.id);
 }
@@ -867,6 +871,7 @@ function followJob(id) {
       clearInterval(jobTimer);
       jobTimer = null;
       sessionStorage.removeItem(JOB_KEY);
+      sessionStorage.removeItem(cancelKey(job.id));
       if (job.state === "done" && !state.connected) loadInfo(); // no channel to hear the news on
       if (job.state === "failed") showMessage(`Learning “${job.name}” failed: ${job.error}`);
     }
@@ -890,9 +895,10 @@ function showJob(job) {
   };
   ui.learnText.textContent = texts[job.state] || job.state;
   ui.learnProgress.value = job.steps ? job.step / job.steps : job.state === "done" ? 1 : 0;
-  ui.learnCancel.hidden = !["queued", "learning"].includes(job.state);
+  const cancelToken = sessionStorage.getItem(cancelKey(job.id));
+  ui.learnCancel.hidden = !cancelToken || !["queued", "learning"].includes(job.state);
   ui.learnCancel.onclick = async () => {
-    const resp = await api(`/api/styles/jobs/${job.id}`, { method: "DELETE" });
+    const resp = await api(`/api/styles/jobs/${job.id}`, { method: "DELETE", headers: { "X-Cancel-Token": cancelToken || "" } });
     const body = await resp.json().catch(() => ({}));
     if (resp.ok) showJob(body);
     else showMessage(`Could not cancel: ${body.error || `HTTP ${resp.status}`}`);
