@@ -17,7 +17,11 @@ import asyncio
 import contextlib
 import fractions
 import json
+import os
+import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +37,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from engines.runtime import Backend, load_backend
 from streamer.app import SERVER_KEY, Server, create_app
 from streamer.config import StreamerConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz): pts are in 1/90000 s
 
@@ -266,3 +272,49 @@ async def local_server(model: Path, backend: str = "auto", **config: Any) -> Asy
             yield srv
     finally:
         loaded.close()
+
+
+# ----------------------------------------------------------------------------- a server process
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB (Linux /proc), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(model: Path, log_path: Path, extra: list[str] | None = None) -> Any:
+    """``python -m streamer`` on 127.0.0.1 in its own process (its memory and CPU its own), with
+    ``extra`` options; yields (url, process) once it serves, terminates it afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamer", "--model", str(model), "--port", str(port), *(extra or [])]
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    try:
+        for _ in range(600):
+            if "serving on" in log_path.read_text() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-2000:]}")
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loopback import Peer, loopback_ice, pattern
+from bench.loopback import Peer, free_port, loopback_ice, pattern
 from bench.results import RESULTS_DIR, write_json
 from common.cpu import cpu_summary
 from common.paths import DEFAULT_MODEL
@@ -45,12 +44,6 @@ from common.sizes import parse_size
 
 log = logging.getLogger("bench.scale")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

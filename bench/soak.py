@@ -17,29 +17,27 @@ real aiortc connections on loopback:
 
 Reported: the well-behaved peers' fps in the baseline, during chaos, and in the
 two seconds from each flood's start (or its whole length, if longer), as a share of
-the baseline; the server's RSS once a second (start, end, max, slope); sessions stuck. A table and JSON; nothing passes
-or fails on a time (``tests/test_soak.py`` runs a 60-second version).
+the baseline; the server's RSS once a second (start, end, max, and its slope after the first
+``--settle-minutes``); sessions stuck. A table and JSON; nothing passes or fails on a time
+(``tests/test_soak.py`` runs a 60-second version).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.loopback import Peer, loopback_ice, pattern
+from bench.loopback import Peer, loopback_ice, pattern, rss_mib, server_process
 from bench.results import RESULTS_DIR, write_json
 from common.cpu import cpu_summary
 from common.paths import DEFAULT_MODEL
@@ -48,52 +46,6 @@ from common.sizes import parse_size
 log = logging.getLogger("bench.soak")
 REPO = Path(__file__).resolve().parents[1]
 IDLE_TIMEOUT_S = 3.0
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MiB (Linux /proc), None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def server_process(model: Path, peers: int, log_path: Path) -> Any:
-    """``python -m streamer`` on 127.0.0.1 in its own process; yields (url, process)."""
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "streamer", "--model", str(model), "--port", str(port),
-        "--max-sessions", str(peers + 8), "--idle-timeout", str(IDLE_TIMEOUT_S),
-        "--offer-rate", "5", "--offer-burst", "20", "--max-pending", "8", "--resolutions", "320x240",
-    ]  # fmt: skip
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    try:
-        for _ in range(600):
-            if "serving on" in log_path.read_text() or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-2000:]}")
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @dataclass
@@ -128,12 +80,21 @@ async def flood(peer: Peer, seconds: float, chaos: Chaos) -> None:
 
 
 async def run_soak(
-    model: Path, peers: int, seconds: float, baseline_s: float, size: tuple[int, int], seed: int, log_path: Path
+    model: Path,
+    peers: int,
+    seconds: float,
+    baseline_s: float,
+    size: tuple[int, int],
+    seed: int,
+    log_path: Path,
+    settle_s: float = 300.0,
 ) -> dict[str, Any]:
     import aiohttp
 
     rng = random.Random(seed)
-    with server_process(model, peers, log_path) as (url, proc), loopback_ice():
+    extra = ["--max-sessions", str(peers + 8), "--idle-timeout", str(IDLE_TIMEOUT_S), "--offer-rate", "5",
+             "--offer-burst", "20", "--max-pending", "8", "--resolutions", "320x240"]  # fmt: skip
+    with server_process(model, log_path, extra) as (url, proc), loopback_ice():
         async with aiohttp.ClientSession() as http:
             good = [Peer(pattern(*size, seed=i)) for i in range(peers)]
             for p in good:
@@ -209,7 +170,10 @@ async def run_soak(
             stuck = int(health.get("sessions", 0)) - sum(1 for p in good if p.pc.connectionState == "connected")
             for p in [*good, *chaos.peers]:
                 await p.close()
-    slope = _slope(rss[len(rss) // 5 :]) if len(rss) > 5 else float("nan")  # after warm-up, MiB per minute
+    # After warm-up (the first settle_s of chaos, or its first fifth if shorter), MiB per minute.
+    settle = min(settle_s, 0.2 * (rss[-1][0] - rss[0][0])) if rss else 0.0
+    later = [(t, m) for t, m in rss if t - rss[0][0] >= settle]
+    slope = _slope(later) if len(later) > 5 else float("nan")
     return {
         "bench": "soak",
         "peers": peers,
@@ -227,7 +191,8 @@ async def run_soak(
         else None,
         "chaos_over_baseline": round(statistics.fmean(during) / statistics.fmean(baseline), 3),
         "rss_mib": rss,
-        "rss_slope_mib_per_min": round(slope, 2),
+        "rss_slope_mib_per_min": round(slope, 3),
+        "rss_slope_after_s": round(settle, 1),
         "stuck_sessions": stuck,
         "server_log_errors": sum(
             "Traceback" in line or " ERROR " in line for line in log_path.read_text().splitlines()
@@ -255,7 +220,8 @@ def print_report(r: dict[str, Any]) -> None:
     if rss:
         print(
             f"server RSS: {rss[0][1]} MiB at the start, {rss[-1][1]} MiB at the end, max {max(m for _, m in rss)} MiB, "
-            f"slope {r['rss_slope_mib_per_min']} MiB/min; sessions stuck: {r['stuck_sessions']}; "
+            f"slope after {r['rss_slope_after_s'] / 60:.1f} min {r['rss_slope_mib_per_min']} MiB/min; "
+            f"sessions stuck: {r['stuck_sessions']}; "
             f"errors in the server log: {r['server_log_errors']}"
         )
 
@@ -268,12 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=float, default=30.0, help="seconds the good peers stream alone first")
     p.add_argument("--size", default="160x120", help="frame size every peer sends (default: 160x120)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the chaos")
+    p.add_argument(
+        "--settle-minutes", type=float, default=5.0,
+        help="the RSS slope is taken after this much of the chaos (or its first fifth, if shorter; default: 5)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "soak.json", help="results file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"stylecast-soak-{os.getpid()}.log"
     result = asyncio.run(
-        run_soak(args.model, args.peers, args.minutes * 60, args.baseline, parse_size(args.size), args.seed, log_path)
+        run_soak(
+            args.model,
+            args.peers,
+            args.minutes * 60,
+            args.baseline,
+            parse_size(args.size),
+            args.seed,
+            log_path,
+            settle_s=args.settle_minutes * 60,
+        )  # fmt: skip
     )
     result["command"] = "python -m bench.soak " + " ".join(sys.argv[1:] if argv is None else argv)
     result["cpu"] = cpu_summary()

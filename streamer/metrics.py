@@ -10,10 +10,11 @@ the fps sent back; the inference-time histogram; sessions now, allowed and start
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -47,6 +48,34 @@ PER_SESSION: tuple[tuple[str, str, str, Callable[[Session], float]], ...] = (
 )
 
 
+LAG_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class LoopLag:
+    """How long the event loop was held: a task asks to wake every ``period_s`` and records how
+    late it woke (a handler that parses for 2 s shows up as a 2000 ms lag). ``max_ms`` is the worst
+    since start; the histogram goes to /metrics as ``stylecast_loop_lag_ms``."""
+
+    def __init__(self, period_s: float = 0.05) -> None:
+        self.period_s = period_s
+        self.max_ms = 0.0
+        self.histogram = Histogram(
+            "stylecast_loop_lag_ms",
+            "How late the event loop woke a 50 ms timer (ms): time some handler held the loop.",
+            buckets=LAG_BUCKETS_MS,
+            registry=None,
+        )
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.period_s)
+            lag_ms = max(0.0, (loop.time() - t0 - self.period_s) * 1000.0)
+            self.max_ms = max(self.max_ms, lag_ms)
+            self.histogram.observe(lag_ms)
+
+
 class _ServerCollector(Collector):
     """Reads the sessions, the worker and the session counts each time /metrics is asked for."""
 
@@ -57,9 +86,11 @@ class _ServerCollector(Collector):
         max_sessions: int,
         sessions_started: Callable[[], int],
         counters: Counters,
+        lag: LoopLag | None = None,
     ) -> None:
         self.sessions, self.worker = sessions, worker
         self.max_sessions, self.sessions_started, self.counters = max_sessions, sessions_started, counters
+        self.lag = lag
 
     def collect(self) -> Iterator[Any]:
         sessions = list(self.sessions())
@@ -72,10 +103,15 @@ class _ServerCollector(Collector):
             for s in sessions:
                 family.add_metric([s.id], float(value(s)))
             yield family
-        for metric in self.worker.infer_ms.collect():
+        histograms = [self.worker.infer_ms, *([self.lag.histogram] if self.lag else [])]
+        for metric in (m for h in histograms for m in h.collect()):
             # The same series as before the client library: buckets, sum and count (no _created).
             metric.samples = [x for x in metric.samples if not x.name.endswith("_created")]
             yield metric
+        if self.lag is not None:
+            yield GaugeMetricFamily(
+                "stylecast_loop_lag_max_ms", "The longest the event loop was held since start (ms).", self.lag.max_ms
+            )
         yield CounterMetricFamily(
             "stylecast_inference_frames", "Frames stylized by the inference worker.", value=self.worker.frames
         )
@@ -114,10 +150,11 @@ def registry_for(
     max_sessions: int,
     sessions_started: Callable[[], int],
     counters: Counters,
+    lag: LoopLag | None = None,
 ) -> CollectorRegistry:
     """A registry of one app's metrics (``auto_describe`` off: the collector is read only when scraped)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(sessions, worker, max_sessions, sessions_started, counters))
+    registry.register(_ServerCollector(sessions, worker, max_sessions, sessions_started, counters, lag))
     return registry
 
 
