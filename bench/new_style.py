@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("learning %s (stream at %.1f fps before)", painting.name, base_fps)
             job = await learn_one(http, srv.url, painting, name)
             during = fps_between(peer.arrivals, job["t0"], job["t1"])
-            q = quality(vgg, srv.server.backend, painting, job["style_index"], photos, photo_stats)
+            q = quality(vgg, srv.server.model.backend, painting, job["style_index"], photos, photo_stats)
             row = {
                 "painting": painting.name,
                 "name": name,
@@ -168,7 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             rows.append(row)
             log.info("%s", row)
-        backend = srv.server.backend
+        backend = srv.server.model.backend
         served = {"name": backend.name, "precision": backend.precision, "styles": len(backend.styles)}
         await peer.close()
     return {

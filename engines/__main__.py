@@ -33,9 +33,10 @@ import sys
 from pathlib import Path
 
 from common.cli import add_options, from_args
-from engines.runtime.base import BACKEND_CHOICES, EngineError, InputError
+from engines.runtime.base import EngineError, InputError
 from engines.runtime.manifest import EngineSpec, default_engine_dir
 from engines.runtime.precision import PRECISIONS, PSNR_FLOOR
+from engines.runtime.registry import backend_choices
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(func=cmd_triton_repo)
     t = tsub.add_parser("serve", help="run a real Triton server (PyTriton) hosting the model on one of our backends")
     t.add_argument("onnx", type=Path, help="exported stylecast model (.onnx, or .safetensors for torch backends)")
-    t.add_argument("--backend", default="auto", choices=[b for b in BACKEND_CHOICES if b != "triton"],
+    t.add_argument("--backend", default="auto", choices=[b for b in backend_choices() if b != "triton"],
                    help="runtime inside the server (default: auto, the fastest here)")  # fmt: skip
     t.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS), help="(default: auto)")
     t.add_argument("--name", default="stylecast", help="the model's name on the server (default: stylecast)")
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("info", help="model styles and the backend load_backend would pick here, with the reason")
     p.add_argument("model", type=Path, help=".onnx or .safetensors")
-    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="auto (default) or a backend name")
+    p.add_argument("--backend", default="auto", choices=backend_choices(), help="auto (default) or a backend name")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument(
         "--precision",

@@ -29,6 +29,7 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 from common.cli import add_options, from_args
 from common.paths import DEFAULT_MODEL
+from engines.runtime.base import Backend
 from streamer.config import StreamerConfig
 
 log = logging.getLogger("streamer")
@@ -66,10 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("the shipped default model %s is missing; pass --model PATH (a stylecast .onnx file)", DEFAULT_MODEL)
         return 2
 
+    from streamer import allocator
+
+    log.info(allocator.tune())  # before the threads start: they take their arenas on first use
+
     # Imported here so --help works without the serving stack installed.
     from aiohttp import web
 
-    from engines.runtime import EngineError, load_backend
+    from engines.runtime import EngineError
     from streamer.app import create_app
 
     try:
@@ -77,18 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         log.error("cannot use the TLS certificate: %s", e)
         return 2
-    config = newest_version(config)
     try:
-        backend = load_backend(
-            config.model_path,
-            backend=config.backend,
-            num_threads=config.num_threads,
-            precision=config.precision,
-            triton_url=config.triton_url,
-            triton_model=config.triton_model,
-            triton_timeout_s=config.triton_timeout_s,
-            triton_shared_memory=config.triton_shared_memory,
-        )
+        config, backend = load_served(config)
     except EngineError as e:
         log.error("cannot load %s on backend %r: %s", config.model_path, config.backend, e)
         return 2
@@ -109,6 +104,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend.close()
     log.info("stopped")
     return 0
+
+
+def load_served(config: StreamerConfig) -> tuple[StreamerConfig, Backend]:
+    """The newest version of ``--model`` loaded on the configured backend; where that backend cannot
+    load it (a learned version has no TensorRT plan of its own), the model as given, with a warning
+    that says why. A restart never leaves a backend pointed at a model it cannot run."""
+    from engines.runtime import EngineError, ModelFileError, load_backend
+
+    def load(c: StreamerConfig) -> Backend:
+        return load_backend(
+            c.model_path,
+            backend=c.backend,
+            num_threads=c.num_threads,
+            precision=c.precision,
+            triton_url=c.triton_url,
+            triton_model=c.triton_model,
+            triton_timeout_s=c.triton_timeout_s,
+            triton_shared_memory=c.triton_shared_memory,
+        )
+
+    newest = newest_version(config)
+    if newest is config:
+        return config, load(config)
+    try:
+        return newest, load(newest)
+    except (EngineError, ModelFileError) as e:
+        log.warning("the newest version %s cannot run on %s (%s): serving %s as given", newest.model_path,
+                    config.backend, e, config.model_path)  # fmt: skip
+        return config, load(config)
 
 
 def newest_version(config: StreamerConfig) -> StreamerConfig:

@@ -13,8 +13,8 @@ from typing import Any
 from common.cli import opt
 from common.paths import DEFAULT_MODEL, user_data_dir
 from common.sizes import format_size, parse_size
-from engines.runtime.base import BACKEND_CHOICES
 from engines.runtime.precision import PRECISIONS
+from engines.runtime.registry import backend_choices
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # The resolution choice that lets each session pick among ``resolutions`` by measured speed
@@ -46,9 +46,9 @@ class StreamerConfig:
     )
     backend: str = opt(
         "auto",
-        "inference runtime: " + ", ".join(BACKEND_CHOICES) + "; auto picks the fastest available and says why "
-        "(on /health and in the page)",
-        choices=BACKEND_CHOICES,
+        "inference runtime: " + ", ".join(backend_choices()) + "; auto picks the first that runs here, in a "
+        "preferred order, and says why (on /health and in the page)",
+        choices=backend_choices(),
         metavar="NAME",
     )
     precision: str = opt(

@@ -43,8 +43,9 @@ from common.mix import parse_mix
 from common.paths import DEFAULT_MODEL
 from common.sizes import parse_size
 from common.stroke import DEFAULT_STROKE, STROKE_MAX, STROKE_MIN, check_stroke
-from engines.runtime.base import BACKEND_CHOICES, Backend, EngineError, InputError
+from engines.runtime.base import Backend, EngineError, InputError
 from engines.runtime.precision import PRECISIONS
+from engines.runtime.registry import backend_choices
 from streamer.video import FrameStylizer, VideoError, capture_fps, default_presets, open_capture, stylize_file
 
 log = logging.getLogger("streamer.preview")
@@ -410,9 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=BACKEND_CHOICES,
+        choices=backend_choices(),
         metavar="NAME",
-        help=f"inference backend (default: auto): {', '.join(BACKEND_CHOICES)} "
+        help=f"inference backend (default: auto): {', '.join(backend_choices())} "
         "(auto picks the fastest available and says why)",
     )
     p.add_argument(

@@ -37,6 +37,7 @@ from streamer.config import StreamerConfig
 from streamer.counters import Counters
 from streamer.mixer import ControlError, Mixer, Preset, finite_float32
 from streamer.security import TokenBucket
+from streamer.served import ServedModel
 from streamer.track import LatestFrame, StylizedTrack
 from streamer.worker import InferenceWorker
 
@@ -58,9 +59,7 @@ class Session:
         self,
         config: StreamerConfig,
         worker: InferenceWorker,
-        styles: list[str],
-        presets: list[Preset],
-        backend_name: str,
+        served: Callable[[], ServedModel],
         on_closed: Callable[[Session], None] | None = None,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -77,10 +76,13 @@ class Session:
         self._window = (clock(), 0, 0)  # (start, messages, bytes) of the current second, for the flood check
         self.config = config
         self.worker = worker
-        self.backend_name = backend_name
+        # The server's current model, read through its one reference: after a swap, the next stats
+        # message names the runtime actually in use.
+        self.served = served
+        model = served()
         self.mixer = Mixer(
-            styles,
-            presets,
+            list(model.styles),
+            list(model.presets),
             config.resolutions,
             config.default_resolution,
             transition_ms=config.transition_ms,
@@ -321,7 +323,8 @@ class Session:
             "dropped": self.frames_dropped,
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
-            "backend": self.backend_name,
+            "backend": self.served().backend.name,
+            "precision": self.served().backend.precision,
             # The size actually sent (processing size); the requested box until the first frame.
             "resolution": (ts.resolution if ts and ts.resolution else f"{w}x{h}"),
             "error": ts.error if ts else None,

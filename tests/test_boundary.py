@@ -123,7 +123,7 @@ async def test_a_foreign_origin_may_not_offer_upload_or_delete(start: Start, tmp
         assert code == 400, body  # past the boundary; aiortc refuses this toy offer
         code, body, _ = await call(http, "POST", srv.url + "/offer", json=offer)
         assert code == 400, body
-    assert not srv.server.sessions and not srv.server.jobs.jobs  # nothing started
+    assert not srv.server.sessions and not srv.server.styles_api.jobs.jobs  # nothing started
 
 
 async def test_offers_must_be_json_not_text_plain(start: Start) -> None:

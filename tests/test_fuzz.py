@@ -73,7 +73,7 @@ async def test_any_json_control_message_gets_a_reply_and_keeps_the_mix_finite(ti
 
     backend = load_backend(tiny_onnx, "onnxruntime", precision="fp32")
     server = Server(StreamerConfig(model_path=tiny_onnx), backend)
-    session = Session(server.config, server.worker, server.styles, server.presets, backend.name)
+    session = Session(server.config, server.worker, lambda: server.model)
     logging.getLogger("streamer.session").setLevel(logging.WARNING)
 
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -201,12 +201,12 @@ async def test_uploads_stay_off_unless_allowed_and_say_why(
         exposed = Server(
             StreamerConfig(model_path=tiny_onnx, host="0.0.0.0", no_auth=True, allow_new_styles=True), backend
         )
-        assert exposed.new_styles_off is not None and "access token" in exposed.new_styles_off
+        assert exposed.styles_api.off is not None and "access token" in exposed.styles_api.off
         guarded = StreamerConfig(model_path=tiny_onnx, host="0.0.0.0", token="t", allow_new_styles=True)
-        assert Server(guarded, backend).new_styles_off is None
+        assert Server(guarded, backend).styles_api.off is None
         # Without the train extra (here: a module that is not installed) the reason names it.
         monkeypatch.setattr(learning, "TRAIN_MODULES", (*learning.TRAIN_MODULES, "no_such_module_xyz"))
-        off = Server(StreamerConfig(model_path=tiny_onnx, allow_new_styles=True), backend).new_styles_off
+        off = Server(StreamerConfig(model_path=tiny_onnx, allow_new_styles=True), backend).styles_api.off
         assert off is not None and "no_such_module_xyz not installed" in off and "stylecast[train]" in off
     finally:
         backend.close()
@@ -217,7 +217,7 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
     server = srv.server
     frame = pattern(96, 64)
     old_weights = [np.eye(3, dtype=np.float32)[i] for i in range(3)] + [np.asarray([0.2, 0.5, 0.3], np.float32)]
-    before = [server.backend.stylize(frame, w) for w in old_weights]
+    before = [server.model.backend.stylize(frame, w) for w in old_weights]
     async with aiohttp.ClientSession() as http:
         peer = Peer(pattern(160, 120))
         await peer.connect(http, srv.url)
@@ -247,10 +247,10 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
         await peer.wait_frames(5, timeout=30)
 
         # The old styles give the same pixels, bit for bit, on the new version.
-        after = [server.backend.stylize(frame, np.append(w, np.float32(0))) for w in old_weights]
+        after = [server.model.backend.stylize(frame, np.append(w, np.float32(0))) for w in old_weights]
         for a, b in zip(before, after, strict=True):
             assert np.array_equal(a, b)
-        new = server.backend.stylize(frame, np.eye(4, dtype=np.float32)[3])
+        new = server.model.backend.stylize(frame, np.eye(4, dtype=np.float32)[3])
         assert not any(np.array_equal(new, b) for b in before)
 
         async with http.get(f"{srv.url}/api/info") as resp:
@@ -263,9 +263,9 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
 
     # A restart serves the newest version.
     again = await start_server()
-    assert again.server.styles == ["ember", "glacier", "moss", "Stripes"]
-    assert again.server.version is not None and again.server.version.record.change == "added Stripes"
-    assert np.array_equal(again.server.backend.stylize(frame, np.eye(4, dtype=np.float32)[3]), new)
+    assert list(again.server.model.styles) == ["ember", "glacier", "moss", "Stripes"]
+    assert again.server.model.version is not None and again.server.model.version.record.change == "added Stripes"
+    assert np.array_equal(again.server.model.backend.stylize(frame, np.eye(4, dtype=np.float32)[3]), new)
 
     # Shipped styles cannot be deleted; the learned one can, and sessions lose it.
     async with aiohttp.ClientSession() as http:
@@ -275,8 +275,8 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
             assert resp.status == 202
             job = await resp.json()
         await wait_job(http, again.url, job["id"], done)
-    assert again.server.styles == ["ember", "glacier", "moss"]
-    assert np.array_equal(again.server.backend.stylize(frame, old_weights[0]), before[0])
+    assert list(again.server.model.styles) == ["ember", "glacier", "moss"]
+    assert np.array_equal(again.server.model.backend.stylize(frame, old_weights[0]), before[0])
 
 
 async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_server: StartServer) -> None:
@@ -310,7 +310,7 @@ async def test_a_second_upload_queues_behind_the_first_and_jobs_cancel(start_ser
     # a cancelled job leaves no half-written version behind, and no job folder
     await wait_for(lambda: not any((srv.server.config.models_dir / "jobs").iterdir()), "the job folders to go")
     assert not [p.name for p in srv.server.config.models_dir.iterdir() if p.name != "jobs"]
-    assert srv.server.jobs.running is None or srv.server.jobs.running.state == "cancelled"
+    assert srv.server.styles_api.jobs.running is None or srv.server.styles_api.jobs.running.state == "cancelled"
 
 
 async def test_nothing_of_a_killed_server_survives_a_restart(tiny_onnx: Path, tmp_path: Path) -> None:
@@ -397,3 +397,76 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     return True
+
+
+def test_learning_is_off_on_tensorrt_and_says_why(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A learned version would need a plan of its own (minutes of building on the GPU): refused, with the reason.
+    TensorRT cannot run here, so a real ONNX Runtime backend stands in under the kind's name."""
+    from engines.runtime import FrameBackend
+    from streamer.app import Server
+
+    inner = load_backend(tiny_onnx, "onnxruntime-cpu", precision="fp32")
+
+    class AsTensorRT(FrameBackend):
+        name, styles, shapes, precision = "tensorrt", inner.styles, inner.shapes, "fp16"
+
+        def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+            return inner._run(images, weights, strokes)
+
+    config = StreamerConfig(model_path=tiny_onnx, allow_new_styles=True, models_dir=tmp_path / "models")
+    off = Server(config, AsTensorRT()).styles_api.off
+    assert off is not None and "TensorRT" in off and "python -m engines build" in off
+    inner.close()
+
+
+def test_a_restart_never_points_the_backend_at_a_version_it_cannot_load(
+    tiny_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+    import shutil
+
+    from engines.runtime.model import file_sha256
+    from engines.runtime.versions import VersionRecord
+    from streamer.__main__ import load_served
+
+    models = tmp_path / "models"
+    broken = models / "v0001"
+    broken.mkdir(parents=True)
+    shutil.copyfile(tiny_onnx, broken / "model.onnx")
+    record = VersionRecord(1, file_sha256(tiny_onnx), str(tiny_onnx), ("ember", "glacier", "moss", "x"), 3,
+                           "added x", "2026-12-02T00:00:00+00:00")  # fmt: skip
+    (broken / "version.json").write_text(json.dumps(record.to_json()))
+    (broken / "model.onnx").write_bytes(b"half a model")  # a version whose file cannot be loaded
+    config = StreamerConfig(model_path=tiny_onnx, models_dir=models, backend="onnxruntime-cpu", precision="fp32")
+    with caplog.at_level(logging.WARNING):
+        served, backend = load_served(config)
+    assert served.model_path == tiny_onnx and backend.styles == ["ember", "glacier", "moss"]
+    assert "cannot run on onnxruntime-cpu" in caplog.text and "serving" in caplog.text
+    backend.close()
+
+
+def test_a_new_version_loads_on_the_running_backend_and_precision(
+    tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The swap loads the new file as load_backend(name=running.name, precision=running.precision): for every
+    CPU kind and precision that runs here it must come back the same (a name with a precision in it did not)."""
+    import shutil
+
+    from common.cpu import cpu_bf16_flag
+    from streamer.app import Server
+
+    version = tmp_path / "v0001"
+    version.mkdir()
+    shutil.copyfile(tiny_onnx, version / "model.onnx")
+    shutil.copyfile(tiny_checkpoint, version / "model.safetensors")  # the torch backend runs the checkpoint
+    runs = [("openvino-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("torch-cpu", "fp32")]
+    if cpu_bf16_flag():
+        runs.append(("openvino-cpu", "bf16"))
+    for kind, precision in runs:
+        backend = load_backend(tiny_onnx, kind, precision=precision, num_threads=1)
+        server = Server(StreamerConfig(model_path=tiny_onnx, backend="auto", precision="auto"), backend)
+        new = server._load(version / "model.onnx")
+        assert (new.name, new.precision) == (kind, precision)
+        new.close()
+        backend.close()

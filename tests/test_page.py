@@ -475,5 +475,5 @@ async def test_a_page_on_another_origin_cannot_offer_upload_or_read(
     assert results["read info"].startswith("blocked") and results["delete"].startswith("blocked"), results
     # The no-cors ones were sent; the server refused them (counted), and started nothing.
     assert server.server.counters.foreign >= 3, (server.server.counters, results)
-    assert not server.server.sessions and not server.server.jobs.jobs
+    assert not server.server.sessions and not server.server.styles_api.jobs.jobs
     assert not (tmp_path / "models" / "jobs").exists() or not any((tmp_path / "models" / "jobs").iterdir())

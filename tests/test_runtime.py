@@ -13,7 +13,7 @@ import pytest
 
 from common.cpu import cpu_bf16_flag, cpu_info
 from engines.export import compare_uint8
-from engines.runtime import AUTO_ORDER, Backend, EngineError, InputError, ModelFileError, load_backend
+from engines.runtime import PREFERRED, Backend, EngineError, InputError, ModelFileError, load_backend
 from engines.runtime.frames import pad_to_multiple
 from engines.runtime.precision import PSNR_FLOOR, probe_inputs, psnr
 
@@ -39,16 +39,69 @@ def frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def test_auto_picks_fastest_available_and_says_why(tiny_onnx: Path) -> None:
+def test_auto_picks_the_first_that_runs_in_the_preferred_order_and_says_why(tiny_onnx: Path) -> None:
     backend = load_backend(tiny_onnx)
     assert isinstance(backend, Backend)
-    assert backend.name in {"tensorrt-fp16", "torch-cuda", "onnxruntime-cuda", "openvino-cpu"}
-    assert backend.reason.startswith(f"picked {backend.name}")
-    # Every faster candidate that was skipped is named with its reason.
-    for faster in AUTO_ORDER[: AUTO_ORDER.index(backend.name.replace("-fp16", "").replace("-fp32", ""))]:
-        assert f"{faster}: " in backend.reason
+    assert backend.name in {"tensorrt", "torch-cuda", "onnxruntime-cuda", "openvino-cpu"}
+    assert backend.reason.startswith(f"picked {backend.name}, the first that runs here in the preferred order")
+    assert "fastest" not in backend.reason  # the GPU part of the order was never measured
+    # Every kind before it that was skipped is named with its reason.
+    for before in PREFERRED[: PREFERRED.index(backend.name)]:
+        assert f"{before}: " in backend.reason
     assert backend.styles == ["ember", "glacier", "moss"]
     backend.close()
+
+
+def test_every_kind_is_declared_once_and_every_backend_name_round_trips(tiny_onnx: Path) -> None:
+    """A backend's .name and .precision are what load_backend accepts, so a model loaded later (a learned
+    style) runs on the same backend at the same precision. Every class is covered: those that cannot run
+    here say why, and load_backend refuses them with that reason."""
+    from engines.runtime import registry
+    from engines.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from engines.runtime.openvino_backend import OpenVinoBackend
+    from engines.runtime.tensorrt_backend import TensorRTBackend
+    from engines.runtime.torch_backend import TorchBackend
+    from engines.runtime.triton_backend import TritonBackend
+
+    kinds = registry.kinds()
+    assert set(kinds) == {*PREFERRED, "triton"}
+    classes = {"tensorrt": TensorRTBackend, "torch-cuda": TorchBackend, "torch-cpu": TorchBackend,
+               "onnxruntime-cuda": OnnxRuntimeBackend, "onnxruntime-cpu": OnnxRuntimeBackend,
+               "openvino-cpu": OpenVinoBackend, "triton": TritonBackend}  # fmt: skip
+    assert set(classes) == set(kinds)
+    ran = 0
+    for name, kind in kinds.items():
+        reason = kind.unavailable_reason()
+        if kind.device == "remote":
+            continue  # tests/test_triton.py loads it from a real server
+        if reason is not None:
+            with pytest.raises(EngineError, match=re.escape(reason[:40])):
+                load_backend(tiny_onnx, name)
+            continue
+        for precision in kind.precisions:
+            try:
+                first = load_backend(tiny_onnx, name, precision=precision, num_threads=1)
+            except EngineError as e:  # e.g. no int8 sibling for this model: the message says so
+                assert "cannot run at" in str(e) or "int8" in str(e), e
+                continue
+            assert isinstance(first, classes[name]) and first.name == name and first.precision == precision
+            again = load_backend(tiny_onnx, first.name, precision=first.precision, num_threads=1)
+            assert (again.name, again.precision) == (first.name, first.precision)
+            first.close()
+            again.close()
+            ran += 1
+    assert ran >= 3  # openvino fp32 and bf16 or fp16, onnxruntime fp32, torch fp32 at least
+
+
+@pytest.mark.parametrize(("alias", "kind", "precision"), [("openvino", "openvino-cpu", "auto"),
+                                                         ("tensorrt-fp16", "tensorrt", "fp16"),
+                                                         ("torch-cuda-fp16", "torch-cuda", "fp16")])  # fmt: skip
+def test_old_names_still_resolve(alias: str, kind: str, precision: str) -> None:
+    from engines.runtime.registry import resolve
+
+    assert resolve(alias, "auto") == (kind, precision)
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt-fp64'"):
+        resolve("tensorrt-fp64", "auto")
 
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)

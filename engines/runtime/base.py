@@ -54,32 +54,11 @@ class ShapeRange:
         )
 
 
-# Every backend ``load_backend`` can be asked for, fastest first (the order "auto" tries).
-# GPU backends before CPU ones; among CPU runtimes OpenVINO was the fastest for every net
-# measured on our machines, eager torch the slowest.
-AUTO_ORDER = (
-    "tensorrt",
-    "torch-cuda",
-    "onnxruntime-cuda",
-    "openvino-cpu",
-    "onnxruntime-cpu",
-    "torch-cpu",
-)
-ALIASES = {
-    "tensorrt-fp16": "tensorrt",
-    "openvino": "openvino-cpu",
-    "onnxruntime": "onnxruntime-cpu",
-    "torch": "torch-cpu",
-}
-REMOTE = ("triton",)  # backends on another server: asked for by name, never picked by auto
-BACKEND_CHOICES = ("auto", *AUTO_ORDER, *REMOTE, *ALIASES)  # what a --backend option accepts
-
-
 @runtime_checkable
 class Backend(Protocol):
     """What the streamer, the preview and the benches see of an engine: everything they use."""
 
-    name: str  # e.g. "openvino-cpu", "onnxruntime-cpu", "tensorrt-fp16", "torch-cuda"
+    name: str  # the kind load_backend accepts: "openvino-cpu", "onnxruntime-cpu", "tensorrt", "torch-cuda", ...
     styles: list[str]  # style names, index i <-> weights[i]
     shapes: ShapeRange  # the frame sizes it runs without resizing
     precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"

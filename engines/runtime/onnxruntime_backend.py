@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ import numpy as np
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend
 from engines.runtime.model import read_model_info
+from engines.runtime.precision import Candidate
+from engines.runtime.registry import Kind, Plan, Request, not_installed
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +87,26 @@ class OnnxRuntimeBackend(FrameBackend):
 
     def close(self) -> None:
         self.__dict__.pop("_session", None)
+
+
+def _plan_on(device: str) -> Callable[[Request], Plan | str]:
+    def plan(req: Request) -> Plan | str:
+        files = req.files
+        if reason := files.need_onnx():
+            return reason
+        ort = partial(OnnxRuntimeBackend, device=device, num_threads=req.num_threads)
+        candidates = []
+        if files.int8.is_file():
+            candidates.append(Candidate("int8", partial(ort, files.int8), f"quantized model {files.int8.name}"))
+        if not files.quantized:
+            candidates.append(Candidate("fp32", partial(ort, files.onnx)))
+        missing = () if files.int8.is_file() else (files.no_int8,)
+        return Plan("ONNX Runtime", candidates, files.no_int8, unavailable=missing)
+
+    return plan
+
+
+KINDS = (
+    Kind("onnxruntime-cuda", ("int8", "fp32"), "cuda", cuda_unavailable_reason, _plan_on("cuda")),
+    Kind("onnxruntime-cpu", ("int8", "fp32"), "cpu", partial(not_installed, "onnxruntime"), _plan_on("cpu")),
+)

@@ -28,15 +28,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.cpu import cpu_bf16_flag
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend
-from engines.runtime.manifest import openvino_config, verified_manifest
+from engines.runtime.manifest import Manifest, default_engine_dir, openvino_config, verified_manifest
 from engines.runtime.model import read_model_info
+from engines.runtime.precision import Candidate
+from engines.runtime.registry import Kind, Plan, Request, built, not_installed
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +131,36 @@ class OpenVinoBackend(FrameBackend):
     def close(self) -> None:
         self._compiled.clear()
         self._local = threading.local()
+
+
+def _plan(req: Request) -> Plan | str:
+    """int8 (a quantized sibling), bf16 (where the CPU has bf16 units), fp32; fp16 only when asked."""
+    files = req.files
+    if reason := files.need_onnx():
+        return reason
+
+    def ov(path: Path, precision: str) -> Callable[[], OpenVinoBackend]:
+        # A model cache built for this precision (python -m engines build) serves where there is one.
+        folder = req.engine_dir or default_engine_dir(path, "openvino", precision)
+        cache = folder if built(folder, "openvino") and Manifest.read(folder).precision == precision else None
+        return partial(OpenVinoBackend, path, num_threads=req.num_threads, precision=precision, engine_dir=cache)
+
+    candidates: list[Candidate] = []
+    unavailable: list[str] = []
+    if files.int8.is_file():
+        candidates.append(Candidate("int8", ov(files.int8, "int8"), f"quantized model {files.int8.name}"))
+    else:
+        unavailable.append(f"int8: {files.no_int8}")
+    if not files.quantized:
+        flag = cpu_bf16_flag()
+        if flag or req.precision == "bf16":  # without bf16 units it is emulated: slower, never picked by auto
+            candidates.append(Candidate("bf16", ov(files.onnx, "bf16"), f"the CPU has {flag}" if flag else "emulated"))
+        else:
+            unavailable.append("bf16: this CPU has neither amx_bf16 nor avx512_bf16")
+        if req.precision == "fp16":  # measured no faster than fp32 on these CPUs: only when asked for
+            candidates.append(Candidate("fp16", ov(files.onnx, "fp16")))
+        candidates.append(Candidate("fp32", ov(files.onnx, "fp32")))
+    return Plan("OpenVINO", candidates, files.no_int8, unavailable=tuple(unavailable))
+
+
+KINDS = (Kind("openvino-cpu", ("int8", "bf16", "fp16", "fp32"), "cpu", partial(not_installed, "openvino"), _plan),)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ import numpy as np
 from engines.runtime import cuda
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend, target_size
-from engines.runtime.manifest import verified_manifest
+from engines.runtime.manifest import Manifest, default_engine_dir, verified_manifest
 from engines.runtime.model import read_model_info
+from engines.runtime.precision import PRECISIONS, Candidate
+from engines.runtime.registry import Kind, Plan, Request, built
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class TensorRTBackend(FrameBackend):
             multiple=self.info.stride,
         )
         self._lock = threading.Lock()
-        self.name = f"tensorrt-{manifest.precision}"
+        self.name = "tensorrt"  # the kind: load_backend(model, "tensorrt", precision=...) gives it again
         log.info("%s loaded %s (%d profiles)", self.name, engine_dir, len(self._profiles))
 
     def _profile_for(self, h: int, w: int, n: int) -> int:
@@ -160,3 +163,32 @@ class TensorRTBackend(FrameBackend):
         if getattr(self, "_stream", None) is not None:
             self.cudart.cudaStreamDestroy(self._stream)
             self._stream = None
+
+
+def _plan(req: Request) -> Plan | str:
+    """The plans built for this model (one per precision), checked against ONNX Runtime in float32."""
+    from engines.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    files = req.files
+    if reason := files.need_onnx():
+        return reason
+    onnx = files.onnx
+    folders = [req.engine_dir] if req.engine_dir else [default_engine_dir(onnx, "tensorrt", p) for p in PRECISIONS]
+    plans = [
+        Candidate(Manifest.read(f).precision, partial(TensorRTBackend, f, onnx), f"plan in {f}")
+        for f in folders
+        if built(f, "tensorrt")
+    ]
+    prec = req.precision if req.precision != "auto" else "fp16"
+    folder = req.engine_dir or default_engine_dir(onnx, "tensorrt", prec)
+    build = (
+        f"no TensorRT plan in {folder} (build it once: python -m engines build {onnx} --backend tensorrt "
+        f"--precision {prec} --out {folder})"
+    )
+    if not plans:
+        return build
+    # Plans have no float32 run of their own to compare with: ONNX Runtime on the CPU is the reference.
+    return Plan("TensorRT", plans, build, reference=partial(OnnxRuntimeBackend, onnx, num_threads=req.num_threads))
+
+
+KINDS = (Kind("tensorrt", ("int8", "fp16", "fp32"), "cuda", unavailable_reason, _plan),)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import numpy as np
 
 from engines.runtime.base import EngineError, ModelFileError, ShapeRange
 from engines.runtime.frames import FrameBackend
+from engines.runtime.precision import Candidate
+from engines.runtime.registry import Kind, Plan, Request, not_installed
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ class TorchBackend(FrameBackend):
         self.styles = ckpt.style_names
         self.strokes = generator.config.strokes
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=generator.config.stride)
-        self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
+        self.name = f"torch-{device}"  # the kind; the precision is .precision
         log.info("%s loaded %s", self.name, checkpoint_path)
 
     def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
@@ -109,3 +113,20 @@ class TorchBackend(FrameBackend):
 
     def close(self) -> None:
         self.__dict__.pop("_module", None)
+
+
+def _plan_on(device: str) -> Callable[[Request], Plan | str]:
+    def plan(req: Request) -> Plan | str:
+        if reason := req.files.need_checkpoint():
+            return reason
+        run = partial(TorchBackend, req.files.checkpoint, device=device, num_threads=req.num_threads)
+        precisions = ("fp16", "fp32") if device == "cuda" else ("fp32",)
+        return Plan(f"torch on {device}", [Candidate(p, partial(run, precision=p)) for p in precisions])
+
+    return plan
+
+
+KINDS = (
+    Kind("torch-cuda", ("fp16", "fp32"), "cuda", cuda_unavailable_reason, _plan_on("cuda")),
+    Kind("torch-cpu", ("fp32",), "cpu", partial(not_installed, "torch"), _plan_on("cpu")),
+)

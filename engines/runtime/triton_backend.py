@@ -30,6 +30,7 @@ import numpy as np
 
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend
+from engines.runtime.registry import Kind, Request
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +253,11 @@ class TritonBackend(FrameBackend):
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _remote(req: Request) -> str:
+    return "a Triton server runs the model: load_backend(..., backend='triton', triton_url=...) (never picked by auto)"
+
+
+# The server chooses the precision it runs; any of them may come back as .precision.
+KINDS = (Kind("triton", ("int8", "bf16", "fp16", "fp32"), "remote", unavailable_reason, _remote),)
