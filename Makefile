@@ -53,7 +53,7 @@ DEFAULT_STYLES := \
 	--style "$(P)/Pierre_Auguste_Renoir_Bal_du_moulin_de_la_Galette_1876.png=Moulin de la Galette" \
 	--style "$(P)/Katsushika_Hokusa_Poppies_1833_1834.png=Poppies" \
 	--style "$(P)/Giuseppe_Arcimboldo_Spring_1573.png=Spring"
-TRAIN_ARGS ?= --size 160 --batch 4 --steps 1600 --adversarial-start 300 --sample-every 200 --save-every 100
+TRAIN_ARGS ?= --arch 1 --size 160 --batch 4 --steps 3600 --adversarial-start 300 --sample-every 200 --save-every 100
 
 train-default: setup-dev
 	$(BIN)/python -m trainer train --content $(DATA)/content $(DEFAULT_STYLES) \

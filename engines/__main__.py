@@ -42,8 +42,10 @@ from engines.runtime.registry import backend_choices
 def cmd_export(args: argparse.Namespace) -> int:
     from engines.export import export_onnx
 
-    out = args.out or Path(args.checkpoint).with_suffix(".onnx")
-    path = export_onnx(args.checkpoint, out, opset=args.opset)  # always checked: checker + ORT vs torch
+    suffix = ".fp16.onnx" if args.precision == "fp16" else ".onnx"
+    out = args.out or Path(args.checkpoint).with_name(Path(args.checkpoint).stem + suffix)
+    # always checked: onnx.checker, then ONNX Runtime vs torch (fp16: against float32, at its PSNR floor)
+    path = export_onnx(args.checkpoint, out, opset=args.opset, precision=args.precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
@@ -147,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path, help="stylecast generator checkpoint (.safetensors)")
     p.add_argument("--out", type=Path, help="output .onnx path (default: the checkpoint path with .onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16"), default="fp32",
+        help="fp16: a float16 graph with uint8 ends, MODEL.fp16.onnx by default, what a TensorRT fp16 plan is "
+        "built from (TensorRT 11 has no FP16 flag); checked against float32 at the fp16 PSNR floor",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("build", help="ONNX -> TensorRT plan or OpenVINO model cache, with manifest.json")

@@ -3,11 +3,12 @@
 Two builders, one manifest scheme (``manifest.json`` in the output folder, see
 :mod:`engines.runtime.manifest`, which the runtime reads to refuse stale engines):
 
-* TensorRT (>= 10): ONNX parser -> builder config (FP16/INT8 flags, workspace
-  limit) -> one optimisation profile per shape range -> serialized plan
-  (``model.plan``). A timing cache file is loaded before and saved after every
-  build, so later builds (other precisions, other shape ranges) reuse kernel
-  timings.
+* TensorRT (10 and 11): the precision's own ONNX file (``<stem>.onnx`` fp32,
+  ``<stem>.fp16.onnx``, ``<stem>.int8.onnx`` with Q/DQ), checked against TensorRT's graph
+  rules -> a strongly typed network (no precision flags: 11 removed them) -> workspace
+  limit -> one optimisation profile per shape range -> serialized plan (``model.plan``).
+  A timing cache file is loaded before and saved after every build, so later builds
+  (other precisions, other shape ranges) reuse kernel timings.
 * OpenVINO (CPU): the serving backend compiles one static-shape model per frame
   size; the build compiles the min, opt and max size of every shape range with
   the serving properties into an OpenVINO model cache (folder ``cache``), which
@@ -38,6 +39,7 @@ from engines.runtime.manifest import (
     atomic_write,
     check_manifest,
     openvino_config,
+    precision_source,
     wanted_manifest,
 )
 from engines.runtime.model import read_model_info
@@ -49,7 +51,8 @@ def build_engine(onnx_path: str | Path, spec: EngineSpec, out_dir: str | Path) -
     """Build ``onnx_path`` for ``spec`` into ``out_dir`` (artifact + manifest.json); returns the manifest."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     info = read_model_info(onnx_path)  # clear error for a missing/corrupt/foreign file
-    manifest = wanted_manifest(onnx_path, spec)
+    source = precision_source(onnx_path, spec.precision) if spec.backend == "tensorrt" else onnx_path
+    manifest = wanted_manifest(source, spec)
     start = time.perf_counter()
     if spec.backend == "tensorrt":
         atomic_write(out_dir / manifest.artifact, _build_tensorrt(onnx_path, spec, len(info.styles)))
@@ -71,7 +74,9 @@ def ensure_engine(onnx_path: str | Path, spec: EngineSpec, out_dir: str | Path, 
     :class:`ManifestMismatch` is raised.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    wanted = wanted_manifest(onnx_path, spec)
+    wanted = wanted_manifest(
+        precision_source(onnx_path, spec.precision) if spec.backend == "tensorrt" else onnx_path, spec
+    )
     if not (out_dir / MANIFEST).is_file() or not (out_dir / wanted.artifact).exists():
         log.info("no cached %s engine in %s: building", spec.backend, out_dir)
         return build_engine(onnx_path, spec, out_dir)
@@ -87,37 +92,50 @@ def ensure_engine(onnx_path: str | Path, spec: EngineSpec, out_dir: str | Path, 
 
 
 def _build_tensorrt(onnx_path: Path, spec: EngineSpec, num_styles: int) -> bytes:
-    """TensorRT >= 10: parse the ONNX, configure, profile, build; returns the serialized plan."""
+    """TensorRT 10 or 11: a strongly typed network from the precision's own ONNX; returns the serialized plan.
+
+    No precision flags and no calibrator (TensorRT 11 removed both; 10 deprecated the calibrator):
+    the graph carries its precision, float16 inside ``<stem>.fp16.onnx``, Q/DQ nodes in
+    ``<stem>.int8.onnx``. The graph is checked against TensorRT's rules first
+    (:mod:`engines.tensorrt_rules`), so a file it would refuse fails here with the reason.
+    """
     import tensorrt as trt
 
+    from engines.runtime.tensorrt_backend import version_unsupported
+    from engines.tensorrt_rules import check_file
+
+    if reason := version_unsupported(trt.__version__):
+        raise EngineError(reason)
+    source = precision_source(onnx_path, spec.precision)
+    if not source.is_file():
+        make = {
+            "fp16": f"python -m engines export {onnx_path.with_suffix('.safetensors')} --precision fp16",
+            "int8": f"python -m engines quantize {onnx_path} --calib PHOTOS",
+        }.get(spec.precision, "")
+        raise EngineError(f"a {spec.precision} plan is built from {source}, which is missing (make it: {make})")
+    if problems := check_file(source):
+        raise EngineError(f"TensorRT would refuse {source}: " + "; ".join(problems))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # Strongly typed: required for a Q/DQ or float16 graph to build as written on 10.x; on 11 every
+    # network is, and the flag is accepted (and ignored) where it still exists.
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(1 << int(typed) if typed is not None else 0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
+        raise EngineError(f"TensorRT's ONNX parser rejected {source}: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mib << 20)
-    if spec.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8 falls back to fp16 where a layer has no int8 kernel
-    if spec.precision == "int8":
-        if spec.calibration_dir is None:
-            raise EngineError("an int8 build needs calibration images (--calibration-dir)")
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _make_calibrator(trt, spec, num_styles)
-
-    # One profile per shape range. image is [N,H,W,3]; style is [N,S].
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    # One profile per shape range. image is [N,H,W,3]; style is [N,S]; stroke (v2) is [N].
     for shape in spec.shapes:
         profile = builder.create_optimization_profile()
-        profile.set_shape(
-            "image",
-            (1, *shape.min_hw, 3),
-            (1, *shape.opt_hw, 3),
-            (spec.max_batch, *shape.max_hw, 3),
-        )
+        profile.set_shape("image", (1, *shape.min_hw, 3), (1, *shape.opt_hw, 3), (spec.max_batch, *shape.max_hw, 3))
         profile.set_shape("style", (1, num_styles), (1, num_styles), (spec.max_batch, num_styles))
+        if "stroke" in names:
+            profile.set_shape("stroke", (1,), (1,), (spec.max_batch,))
         config.add_optimization_profile(profile)
 
     cache_bytes = b""
@@ -135,51 +153,6 @@ def _build_tensorrt(onnx_path: Path, spec: EngineSpec, num_styles: int) -> bytes
     return bytes(plan)
 
 
-def _make_calibrator(trt: Any, spec: EngineSpec, num_styles: int) -> Any:
-    """An entropy calibrator fed with images from ``spec.calibration_dir`` at the opt shape."""
-    import cv2
-    import numpy as np
-
-    from engines.runtime.cuda import DeviceBuffer
-
-    assert spec.calibration_dir is not None
-    h, w = spec.shapes[0].opt_hw
-    files = sorted(p for p in spec.calibration_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise EngineError(f"no .png/.jpg calibration images in {spec.calibration_dir}")
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            super().__init__()
-            self.files = list(files)
-            self.image = DeviceBuffer(h * w * 3)
-            self.style = DeviceBuffer(num_styles * 4)
-            # Calibrate on an even mix: every style row contributes to the activation ranges.
-            self.style.upload(np.full((1, num_styles), 1.0 / num_styles, np.float32))
-
-        def get_batch_size(self) -> int:
-            return 1
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if not self.files:
-                return None
-            path = self.files.pop()
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise EngineError(f"cannot read calibration image {path}")
-            rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            self.image.upload(np.ascontiguousarray(rgb[None]))
-            return [self.image.ptr if n == "image" else self.style.ptr for n in names]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return None
-
-        def write_calibration_cache(self, cache: bytes) -> None:
-            return None
-
-    return Calibrator()
-
-
 def _build_openvino(onnx_path: Path, spec: EngineSpec, num_styles: int, cache: Path) -> dict[str, Any]:
     """Compile every shape of ``spec`` (batch 1) into a fresh OpenVINO model cache; returns the properties."""
     import openvino as ov
@@ -194,7 +167,10 @@ def _build_openvino(onnx_path: Path, spec: EngineSpec, num_styles: int, cache: P
     for profile in spec.shapes:
         for h, w in profile.sizes_hw:
             shaped = model.clone()
-            shaped.reshape({"image": [1, h, w, 3], "style": [1, num_styles]})
+            shapes = {"image": [1, h, w, 3], "style": [1, num_styles]}
+            if any(i.get_any_name() == "stroke" for i in model.inputs):
+                shapes["stroke"] = [1]
+            shaped.reshape(shapes)
             try:
                 core.compile_model(shaped, "CPU", props)
             except RuntimeError as e:

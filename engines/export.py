@@ -61,8 +61,14 @@ def export_onnx(
     opset: int = 18,
     example_hw: tuple[int, int] = (64, 64),
     check: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """Export ``checkpoint_path`` (a stylecast .safetensors) to ``out_path`` (.onnx).
+
+    ``precision="fp16"`` writes the float16 graph a TensorRT fp16 plan is built from (TensorRT 11
+    has no FP16 flag: its networks are strongly typed): weights and activations in float16, the
+    uint8 ends, the style normalisation and the final rounding in float32 (``UInt8Generator``).
+    It is checked against the float32 model, on ONNX Runtime, at the fp16 PSNR floor.
 
     The file is written atomically (temp file + rename) and is self-contained
     (no ``.onnx.data`` side file). ``example_hw`` is the trace size (height,
@@ -73,11 +79,15 @@ def export_onnx(
     """
     checkpoint_path = Path(checkpoint_path)
     out_path = Path(out_path)
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(
+            f"precision must be fp32 or fp16 (int8 comes from python -m engines quantize), got {precision!r}"
+        )
     generator, ckpt = load_generator(checkpoint_path)
     stride = generator.config.stride
     if example_hw[0] % stride or example_hw[1] % stride:
         raise ValueError(f"example_hw must be multiples of {stride}, got {example_hw}")
-    wrapper = UInt8Generator(generator).eval()
+    wrapper = UInt8Generator(generator, torch.float16 if precision == "fp16" else torch.float32).eval()
     num_styles = generator.config.num_styles
     strokes = generator.config.strokes
     image = torch.randint(0, 256, (2, *example_hw, 3), dtype=torch.uint8)
@@ -118,6 +128,7 @@ def export_onnx(
             "sources": json.dumps([s.source for s in ckpt.styles]),
             "generator": json.dumps(generator.config.to_dict()),
             "format_version": str(2 if strokes else 1),
+            "precision": precision,
             "stride": str(stride),
             "checkpoint_sha256": file_sha256(checkpoint_path),
         }
@@ -130,7 +141,10 @@ def export_onnx(
         onnx.save_model(model, tmp, save_as_external_data=False)
         if check:
             onnx.checker.check_model(tmp, full_check=True)
-            verify_onnx(tmp, generator)
+            if precision == "fp16":
+                verify_fp16(tmp, load_generator(checkpoint_path)[0])
+            else:
+                verify_onnx(tmp, generator)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the file is meant to be shared
         os.replace(tmp, out_path)
     except BaseException:
@@ -177,6 +191,7 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
         stride=int(meta["stride"]),
         checkpoint_sha256=meta["checkpoint_sha256"],
         quantized=meta.get("quantized", ""),
+        precision=meta.get("precision", "fp32"),
     )
 
 
@@ -223,6 +238,42 @@ def verify_onnx(
                 with torch.no_grad():
                     want = wrapper(*args).numpy()
                 compare_uint8(got, want, f"ONNX Runtime vs torch at {w}x{h}, mix {mix.tolist()}, strokes {pair}")
+
+
+def verify_fp16(onnx_path: str | Path, generator: StyleGenerator, seed: int = 0) -> None:
+    """A float16 export against the float32 model (torch), with the precision gate's tools: the
+    PSNR floor of fp16 (:data:`engines.runtime.precision.PSNR_FLOOR`) on the gate's probe frames
+    and on random ones, with a single style, a mix and (v2) every stroke anchor."""
+    import onnxruntime as ort
+
+    from engines.runtime.precision import PSNR_FLOOR, probe_inputs, psnr
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    reference = UInt8Generator(generator).eval()
+    s = generator.config.num_styles
+    frames, weights = probe_inputs(s)
+    images = np.stack(frames)
+    rng = np.random.default_rng(seed)
+    cases = [(images, weights), (rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8), weights)]
+    for strokes in (
+        [None] if not generator.config.strokes else [np.full(2, a, np.float32) for a in generator.config.strokes]
+    ):
+        for image, w in cases:
+            feeds = {INPUT_IMAGE: image, INPUT_STYLE: w}
+            args = [torch.from_numpy(image), torch.from_numpy(w)]
+            if strokes is not None:
+                feeds[INPUT_STROKE] = strokes
+                args.append(torch.from_numpy(strokes))
+            (got,) = sess.run([OUTPUT], feeds)
+            with torch.no_grad():
+                want = reference(*args).numpy()
+            for g, x in zip(got, want, strict=True):
+                db = psnr(g, x)
+                if db < PSNR_FLOOR["fp16"]:
+                    raise AssertionError(
+                        f"the float16 export is {db:.1f} dB from float32 at {image.shape[2]}x{image.shape[1]}, "
+                        f"below the fp16 floor {PSNR_FLOOR['fp16']:g} dB"
+                    )
 
 
 def compare_uint8(

@@ -13,7 +13,11 @@ the better one is kept:
 
 Only the convolutions are quantized: the uint8 input and output conversions, the
 style-affine MatMul and the instance norms stay in float, where rounding them
-would shift colours (the norms' statistics) or mix styles wrongly.
+would shift colours (the norms' statistics) or mix styles wrongly. Activations and
+weights are quantized to signed int8, symmetrically (zero points 0): the explicit
+Q/DQ form TensorRT builds an INT8 engine from (it takes no uint8 Q/DQ), so the same
+file serves OpenVINO and ONNX Runtime on the CPU and TensorRT on a GPU. A result that
+breaks one of TensorRT's graph rules (``engines.tensorrt_rules``) is not written.
 
 The quality gate, on the held-out photos, every style and two mixes: PSNR against
 the float32 output at least ``--psnr-floor`` dB on every image, and the quality bench's style
@@ -46,6 +50,7 @@ from common.sizes import format_size, parse_size
 from engines.runtime.base import EngineError
 from engines.runtime.model import META_PREFIX, read_model_info
 from engines.runtime.precision import PSNR_FLOOR, psnr
+from engines.tensorrt_rules import check_file
 from trainer.data import find_images, find_painting, load_rgb
 
 log = logging.getLogger(__name__)
@@ -73,13 +78,14 @@ class Gate:
     ms_float: float = float("nan")  # OpenVINO at the best float precision here
     float_precision: str = "fp32"
     misses: list[str] = field(default_factory=list)
+    tensorrt: list[str] = field(default_factory=list)  # TensorRT graph rules the result breaks
 
     @property
     def passed(self) -> bool:
         return not self.misses
 
     def judge(self, psnr_floor: float, max_loss: float) -> None:
-        self.misses = []
+        self.misses = [f"not a graph TensorRT can build: {p}" for p in self.tensorrt]
         if self.psnr_min_db < psnr_floor:
             self.misses.append(
                 f"PSNR {self.psnr_min_db:.1f} dB on the worst held-out image, {psnr_floor - self.psnr_min_db:.1f} dB "
@@ -117,8 +123,11 @@ def split_photos(folder: Path, calib: int, holdout: int) -> tuple[list[Path], li
     return [rest[i] for i in sorted(set(pick.tolist()))], [photos[i] for i in sorted(held)]
 
 
-def calibration_feeds(frames: list[np.ndarray], num_styles: int) -> list[dict[str, np.ndarray]]:
-    """One feed per frame: styles in turn, every fourth an even mix (every row's range is seen)."""
+def calibration_feeds(
+    frames: list[np.ndarray], num_styles: int, strokes: tuple[float, ...] = ()
+) -> list[dict[str, np.ndarray]]:
+    """One feed per frame: styles in turn, every fourth an even mix (every row's range is seen); a
+    model with a stroke input (v2) also goes through its stroke anchors in turn."""
     feeds = []
     for i, f in enumerate(frames):
         w = (
@@ -126,7 +135,10 @@ def calibration_feeds(frames: list[np.ndarray], num_styles: int) -> list[dict[st
             if i % 4 == 3
             else np.eye(num_styles, dtype=np.float32)[[i % num_styles]]
         )
-        feeds.append({"image": np.ascontiguousarray(f[None]), "style": w})
+        feed = {"image": np.ascontiguousarray(f[None]), "style": w}
+        if strokes:
+            feed["stroke"] = np.array([strokes[(i // 4) % len(strokes)]], np.float32)
+        feeds.append(feed)
     return feeds
 
 
@@ -156,9 +168,11 @@ def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],  # not the style MatMul, the norms or the uint8 ends
         per_channel=True,
-        activation_type=QuantType.QUInt8,
+        activation_type=QuantType.QInt8,  # signed, symmetric: the Q/DQ TensorRT takes
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        # biases stay float: TensorRT takes no int32 Q/DQ
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
 
 
@@ -175,9 +189,43 @@ def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> 
         model,
         nncf.Dataset(feeds),
         subset_size=len(feeds),
+        preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: zero points 0
         ignored_scope=nncf.IgnoredScope(types=others, validate=False),
     )
-    onnx.save_model(quantized, str(dst), save_as_external_data=False)
+    # NNCF quantizes a non-negative activation (after a ReLU) to uint8 and cannot be told otherwise
+    # (its hardware configs refuse forced signedness); TensorRT takes only signed int8 Q/DQ.
+    onnx.save_model(signed_qdq(quantized), str(dst), save_as_external_data=False)
+
+
+def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every uint8 Q/DQ pair with zero point 0 made signed int8 over the same range.
+
+    uint8 with zero point 0 and scale s covers [0, 255 s]; int8 with zero point 0 and scale
+    255 s / 127 covers [-255 s, 255 s]: the same positive range, one bit less fine (what
+    TensorRT would compute anyway, as it quantizes only to signed int8).
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    declared = {v.name: v for v in model.graph.value_info}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+
+    def unsigned_zero(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.UINT8 and not numpy_helper.to_array(t).any()
+
+    # Decided before anything changes: a zero point or scale may be shared by several nodes.
+    zero_points = {n.input[2] for n in qdq if unsigned_zero(n.input[2])}
+    scales = {n.input[1] for n in qdq if n.input[2] in zero_points and n.input[1] in inits}
+    for name in zero_points:
+        inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.int8), name))
+    for name in scales:
+        wider = (numpy_helper.to_array(inits[name]) * (255.0 / 127.0)).astype(numpy_helper.to_array(inits[name]).dtype)
+        inits[name].CopyFrom(numpy_helper.from_array(wider, name))
+    for n in qdq:  # the quantized tensors are int8 now
+        if n.op_type == "QuantizeLinear" and n.input[2] in zero_points and n.output[0] in declared:
+            declared[n.output[0]].type.tensor_type.elem_type = TensorProto.INT8
+    return model
 
 
 QUANTIZERS: dict[str, Callable[[Path, Path, list[dict[str, np.ndarray]]], None]] = {
@@ -269,6 +317,10 @@ def gate(
         # Mixes go through the same quantized layers with in-between affines: they must hold too.
         for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1]):
             dbs.append(psnr(q8.stylize(frame, mix), ref.stylize(frame, mix)))
+        # So must every stroke anchor of a v2 model (at the network's own units: the frame is small).
+        for anchor in ref.strokes:
+            img, one, st = frame[None], eye[:1], np.array([anchor], np.float32)
+            dbs.append(psnr(q8.run_network(img, one, st)[0], ref.run_network(img, one, st)[0]))
     result = Gate(
         method=method,
         psnr_min_db=min(dbs),
@@ -330,7 +382,7 @@ def quantize(
     wh = parse_size(size)
     calib_paths, held_paths = split_photos(Path(calib), calib_photos, holdout_photos)
     log.info("calibrating on %d photos, judging on %d held-out photos at %s", len(calib_paths), len(held_paths), size)
-    feeds = calibration_feeds(photo_frames(calib_paths, wh), len(info.styles))
+    feeds = calibration_feeds(photo_frames(calib_paths, wh), len(info.styles), info.strokes)
     held = photo_frames(held_paths, wh)
     vgg = VggMetrics()
     grams = _reference_grams(model, info.sources, [Path(p) for p in paintings], vgg)
@@ -344,6 +396,7 @@ def quantize(
             log.info("%s quantized %s in %.1f s", m, model.name, time.perf_counter() - t0)
             _stamp(model, dst, {"method": m, "calibration_photos": len(calib_paths), "size": format_size(wh)})
             g = gate(model, dst, m, held, grams, vgg, parse_size(speed_size), threads)
+            g.tensorrt = check_file(dst)
             g.judge(psnr_floor, max_loss)
             gates.append(g)
             candidates[m] = dst

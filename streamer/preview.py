@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=backend_choices(),
         metavar="NAME",
         help=f"inference backend (default: auto): {', '.join(backend_choices())} "
-        "(auto picks the fastest available and says why)",
+        "(auto picks the first that runs here, in a preferred order, and says why)",
     )
     p.add_argument(
         "--precision",

@@ -28,6 +28,16 @@ def require_tool(path: str | None, what: str, env: str, package: str | None = No
     pytest.skip(msg)
 
 
+def need_gpu(reason: str | None) -> None:
+    """Skip a GPU test with ``reason`` (None: it can run), or fail where STYLECAST_REQUIRE_GPU says a GPU
+    machine is expected (bench/gpu_check.sh sets it): there, anything missing is an error."""
+    if reason is None:
+        return
+    if os.environ.get("STYLECAST_REQUIRE_GPU"):
+        pytest.fail(f"{reason}, and STYLECAST_REQUIRE_GPU is set")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def chromium_path() -> str:
     return require_tool(CHROMIUM, "Chromium", "STYLECAST_REQUIRE_BROWSER")

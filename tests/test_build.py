@@ -126,11 +126,18 @@ def test_bad_manifest_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.tensorrt
-def test_tensorrt_build_and_cache(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_tensorrt_build_and_cache(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import need_gpu
+
+    from engines.export import export_onnx
     from engines.runtime import tensorrt_backend
 
-    if reason := tensorrt_backend.unavailable_reason():
-        pytest.skip(reason)
+    need_gpu(tensorrt_backend.unavailable_reason())
+    shutil.copyfile(tiny_onnx, tmp_path / "tiny.onnx")
+    tiny_onnx = tmp_path / "tiny.onnx"
+    export_onnx(tiny_checkpoint, tmp_path / "tiny.fp16.onnx", precision="fp16")
     spec = EngineSpec(
         precision="fp16",
         shapes=(ShapeProfile((64, 64), (240, 320), (480, 640)),),

@@ -69,6 +69,9 @@ def test_a_passing_model_is_written_marked_and_serves(
     assert g.passed and g.method == method and np.isfinite([g.psnr_min_db, g.style_int8, g.content_int8]).all()
     info = read_model_info(out)  # the float model's stylecast metadata, marked int8
     assert info.quantized == "int8" and info.styles == ["ember", "glacier", "moss"]
+    from engines.tensorrt_rules import check_file
+
+    assert check_file(out) == [] and g.tensorrt == []  # signed symmetric Q/DQ: what TensorRT builds INT8 from
     # Beside the float model it is a candidate of "auto", gated and timed like the others.
     auto = load_backend(model, "openvino-cpu", num_threads=1)
     assert "int8" in auto.precision_reason and "no m.int8.onnx" not in auto.precision_reason

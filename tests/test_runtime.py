@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_gpu
 
 from common.cpu import cpu_bf16_flag, cpu_info
 from engines.export import compare_uint8
@@ -189,8 +190,7 @@ def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
     from engines.runtime import onnxruntime_backend, torch_backend
 
     module = torch_backend if name.startswith("torch") else onnxruntime_backend
-    if reason := module.cuda_unavailable_reason():
-        pytest.skip(reason)
+    need_gpu(module.cuda_unavailable_reason())
     backend = load_backend(tiny_onnx, name, precision=precision)
     images, weights = frames(2, 64, 96), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
@@ -201,16 +201,22 @@ def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str) -> None:
+    import shutil
+
     from engines.runtime import tensorrt_backend
 
-    if reason := tensorrt_backend.unavailable_reason():
-        pytest.skip(reason)
+    need_gpu(tensorrt_backend.unavailable_reason())
     from engines.build import build_engine
+    from engines.export import export_onnx
     from engines.runtime.manifest import EngineSpec
 
-    build_engine(tiny_onnx, EngineSpec(precision=precision, timing_cache=tmp_path / "timing.cache"), tmp_path / "trt")
-    backend = load_backend(tiny_onnx, "tensorrt", precision=precision, engine_dir=tmp_path / "trt")
-    assert backend.name == f"tensorrt-{precision}" and backend.precision == precision
+    model = tmp_path / "tiny.onnx"
+    shutil.copyfile(tiny_onnx, model)
+    if precision == "fp16":  # strongly typed: an fp16 plan is built from the float16 graph
+        export_onnx(tiny_checkpoint, tmp_path / "tiny.fp16.onnx", precision="fp16")
+    build_engine(model, EngineSpec(precision=precision, timing_cache=tmp_path / "timing.cache"), tmp_path / "trt")
+    backend = load_backend(model, "tensorrt", precision=precision, engine_dir=tmp_path / "trt")
+    assert backend.name == "tensorrt" and backend.precision == precision
     images, weights = frames(2, 240, 320), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
     for g, w in zip(backend.stylize_batch(list(images), weights), want, strict=True):

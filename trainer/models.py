@@ -221,11 +221,14 @@ class Generator(nn.Module):
 
     @staticmethod
     def normalize_style(style: torch.Tensor, batch: int) -> torch.Tensor:
-        """[S] or [N,S] non-negative weights -> [N,S] rows summing to 1.
+        """[S] or [N,S] non-negative weights -> [N,S] rows summing to 1, in float32.
 
         The check for negative or all-zero weights lives at the API boundary
-        (:func:`check_style`); inside the graph a tiny epsilon keeps it finite.
+        (:func:`check_style`); inside the graph a tiny epsilon keeps it finite. The sum is
+        taken in float32 whatever the network runs in: weights "of any scale" would overflow
+        float16's 65504.
         """
+        style = style.float()
         if style.dim() == 1:
             style = style.unsqueeze(0).expand(batch, -1)
         return style / style.sum(dim=1, keepdim=True).clamp_min(1e-8)
@@ -247,7 +250,7 @@ class Generator(nn.Module):
         return out
 
     def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.normalize_style(style.to(image.dtype), image.shape[0])
+        w = self.normalize_style(style, image.shape[0]).to(image.dtype)
         a = self.style_affines(w)
         x = F.pixel_unshuffle(image * 2.0 - 1.0, 2)  # [N,12,H/2,W/2]
         x = F.relu(self.stem_norm(self.stem(x), a[0]))
@@ -429,7 +432,7 @@ class GeneratorV2(nn.Module):
 
     def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
         n = image.shape[0]
-        w = self.normalize_style(style.to(image.dtype), n)  # [N,S]
+        w = self.normalize_style(style, n).to(image.dtype)  # [N,S]
         t = self.stroke_weights(stroke, n, image.dtype)  # [N,K]
         a = iter(self.style_affines((w[:, :, None] * t[:, None, :]).reshape(n, -1)))
         x = F.relu(self.n_down1(self.down1(image * 2.0 - 1.0), next(a)))  # [N,h,H/2,W/2]

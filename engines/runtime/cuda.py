@@ -78,3 +78,32 @@ class DeviceBuffer:
         if self.ptr:
             self.rt.cudaFree(self.ptr)
             self.ptr = 0
+
+
+class PinnedBuffer:
+    """Page-locked host memory (``cudaMallocHost``), seen as a flat uint8 numpy array.
+
+    Copies between it and the device run asynchronously on a stream; from pageable numpy
+    memory the driver would first copy into a staging buffer of its own, synchronously.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        import ctypes
+
+        self.rt = cudart()
+        self.nbytes = nbytes
+        self.ptr: int = int(check(self.rt.cudaMallocHost(nbytes), "cudaMallocHost"))
+        self.array = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(self.ptr))
+
+    def view(self, shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+        """The first bytes of the buffer as an array of ``shape`` and ``dtype`` (no copy)."""
+        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if count > self.nbytes:
+            raise EngineError(f"{count} bytes do not fit a {self.nbytes}-byte pinned buffer")
+        return self.array[:count].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = np.empty(0, np.uint8)
+            self.rt.cudaFreeHost(self.ptr)
+            self.ptr = 0

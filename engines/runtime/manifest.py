@@ -48,6 +48,10 @@ KEY_FIELDS = (
     "compute_capability",
 )
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "stylecast" / "tensorrt-timing.cache"
+# TensorRT major versions the build and the runtime are written for (pyproject: tensorrt>=10,<12).
+TENSORRT_MAJORS = (10, 11)
+# TensorRT networks are strongly typed (always, in 11): a precision is a graph of that precision.
+SOURCE_SUFFIX = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx"}
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 ARTIFACTS = {"tensorrt": "model.plan", "openvino": "cache"}
 
@@ -104,7 +108,8 @@ class EngineSpec:
     backend: str = opt("tensorrt", "engine to build", choices=BACKENDS)
     precision: str = opt(
         "fp16",
-        "TensorRT: fp16, fp32 or int8 (needs --calibration-dir); OpenVINO: fp32, bf16 or fp16 inference",
+        "TensorRT: fp32, fp16 (built from MODEL.fp16.onnx: python -m engines export --precision fp16) or int8 "
+        "(from MODEL.int8.onnx: python -m engines quantize); OpenVINO: fp32, bf16 or fp16 inference",
         choices=PRECISIONS,
     )
     shapes: tuple[ShapeProfile, ...] = opt(
@@ -122,7 +127,6 @@ class EngineSpec:
     timing_cache: Path | None = opt(
         DEFAULT_TIMING_CACHE, "TensorRT timing cache file, read before and written after each build"
     )
-    calibration_dir: Path | None = opt(None, "TensorRT int8: folder of .png/.jpg frames to calibrate on")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -156,6 +160,13 @@ class EngineSpec:
 
 def _hw(value: list[int]) -> tuple[int, int]:
     return int(value[0]), int(value[1])
+
+
+def precision_source(onnx_path: Path, precision: str) -> Path:
+    """The ONNX file a TensorRT plan of ``precision`` is built from: ``<stem>.onnx`` for fp32,
+    ``<stem>.fp16.onnx`` (float16 inside, uint8 ends) and ``<stem>.int8.onnx`` (Q/DQ) beside it."""
+    stem = onnx_path.name.removesuffix(".onnx").removesuffix(".fp16").removesuffix(".int8")
+    return onnx_path.with_name(stem + SOURCE_SUFFIX.get(precision, ".onnx"))
 
 
 def default_engine_dir(onnx_path: str | Path, backend: str, precision: str) -> Path:

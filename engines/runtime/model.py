@@ -35,6 +35,7 @@ class ModelInfo:
     stride: int
     checkpoint_sha256: str
     quantized: str = ""  # "int8" for a model from `python -m engines quantize`, else ""
+    precision: str = "fp32"  # the graph's arithmetic: "fp32", or "fp16" (engines export --precision fp16)
 
     @property
     def strokes(self) -> tuple[float, ...]:
@@ -121,6 +122,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
             stride=int(ours.get("stride", "4")),
             checkpoint_sha256=ours.get("checkpoint_sha256", ""),
             quantized=ours.get("quantized", ""),
+            precision=ours.get("precision", "fp32"),
         )
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(

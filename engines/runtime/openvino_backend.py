@@ -1,8 +1,11 @@
 """OpenVINO backend (CPU).
 
-Compiled with ``PERFORMANCE_HINT=LATENCY`` and ``INFERENCE_NUM_THREADS`` (all
-cores by default) and ``INFERENCE_PRECISION_HINT=f32`` (parity with torch; a
-CPU with bf16 units would otherwise pick bf16 on its own).
+Compiled with ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS`` (all cores
+by default) and the ``INFERENCE_PRECISION_HINT`` of the precision it was asked for
+(``f32``, ``bf16``, ``f16``; an INT8 model runs its quantized layers as such). The hint
+is always set: a CPU with bf16 units would otherwise pick bf16 by itself, unchecked.
+``load_backend(precision="auto")`` chooses the precision by measurement
+(:mod:`engines.runtime.precision`).
 
 ``engine_dir``: a folder built by ``python -m engines build --backend openvino``
 (an OpenVINO model cache for the build's frame sizes and its ``manifest.json``).
@@ -18,7 +21,7 @@ request's buffer, because the next call on the same request overwrites it.
 ``static_shapes=True`` (the default) compiles one model per input shape
 (N,H,W), cached (the ``MAX_STATIC_SHAPES`` most recent), instead of one
 dynamic-shape model: measured ~1.8x faster here for the default generator at
-640x480 (``python -m engines bench`` times both). The first frame of a new size
+640x480 (``python -m bench.model_speed`` times both). The first frame of a new size
 pays one compile (a fraction of a second); a stream keeps its size, so that is
 once per stream.
 """

@@ -4,10 +4,11 @@ Runs the same :class:`engines.wrap.UInt8Generator` that the ONNX export
 traces, so uint8 in, uint8 out, conversions on the device. Imports torch only
 when constructed; serving never needs this module.
 
-On CUDA, ``precision="fp16"`` runs the convolutions under ``torch.autocast``
-(float16) with channels_last weights; the instance-norm statistics stay float32
-where autocast keeps them (mean/var reductions). Calls are serialised with a
-lock (one CUDA stream per backend).
+On CUDA, ``precision="fp16"`` runs the network under ``torch.autocast`` (float16)
+with channels_last weights. Autocast keeps no float32 for instance norms: their
+statistics are float16 too, and the fp16 PSNR gate (``engines.runtime.precision``)
+is what checks the picture. Calls are serialised with a lock (one CUDA stream per
+backend).
 """
 
 from __future__ import annotations
