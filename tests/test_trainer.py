@@ -460,6 +460,7 @@ def test_v2_generator_sizes_and_the_blur_folds_into_one_kernel() -> None:
         ({"strokes": (0.5, 1.0, 3.0)}, "evenly spaced in log2"),
         ({"stride": 4}, "exactly 8"),
         ({"deep_width": 0}, "deep_width"),
+        ({"instance_norm": "some"}, "instance_norm must be none, trunk or all"),
     ],
 )
 def test_v2_config_errors_are_clear(overrides: dict[str, object], message: str) -> None:
