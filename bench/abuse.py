@@ -152,9 +152,9 @@ def big_png(side: int = 7000) -> bytes:
 
     im = Image.new("RGB", (side, side), (200, 180, 120))
     draw = ImageDraw.Draw(im)
-    for i in range(12):
-        draw.rectangle([i * side // 13, i * side // 17, side - i * side // 19, side - i * side // 23],
-                       fill=(40 * i % 256, 90 + 10 * i, 255 - 15 * i))  # fmt: skip
+    for i in range(12):  # nested frames of flat paint
+        m = i * side // 26
+        draw.rectangle([m, m, side - 1 - m, side - 1 - m], fill=(40 * i % 256, 90 + 10 * i, 255 - 15 * i))
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
@@ -233,12 +233,15 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.abuse", description=__doc__.split("\n\n")[0])
-    p.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], default=list(SCENARIOS),
-                   help="which to run (default: all)")  # fmt: skip
+    p.add_argument(
+        "scenarios", nargs="*", metavar="SCENARIO", help=f"which to run: {', '.join(SCENARIOS)} (default: all)"
+    )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="stylecast .onnx the server runs")
     p.add_argument("--seconds", type=float, default=10.0, help="measuring window per phase (default: 10)")
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "abuse.json", help="results file")
     args = p.parse_args(argv)
+    if unknown := set(args.scenarios) - set(SCENARIOS):
+        p.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result: dict[str, Any] = {"cpu": cpu_summary(), "model": str(args.model), "seconds": args.seconds}
     runners = {"offers": offers, "control": control, "uploads": uploads}

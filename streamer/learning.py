@@ -179,7 +179,7 @@ class Job:
     cancel_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))  # given to the uploader only
     last_preview: bytes | None = None  # the newest preview, kept once the folder is gone
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    state: str = "queued"  # queued, learning, exporting, publishing, done, failed, cancelled
+    state: str = "queued"  # checking (its upload), queued, learning, exporting, publishing, done, failed, cancelled
     step: int = 0
     steps: int = 0
     eta_s: float | None = None
@@ -281,7 +281,9 @@ class StyleJobs:
     def check_room(self, client: str) -> None:
         """``UploadError`` unless a job from ``client`` can be queued now: 503 when the queue is full,
         429 when this client has its share in it. Cheap: called before an upload is read."""
-        if len(self.waiting()) >= self.max_queued:
+        # Jobs whose upload is still being checked hold their place: uploads arrive concurrently.
+        waiting = len(self.waiting()) + sum(1 for j in self.jobs.values() if j.state == "checking")
+        if waiting >= self.max_queued:
             raise UploadError(f"{self.max_queued} paintings are waiting already; try again when one is done", 503)
         mine = sum(1 for j in self.jobs.values() if j.active and j.client == client)
         if mine >= self.per_client:
@@ -289,12 +291,17 @@ class StyleJobs:
                 f"you have {mine} paintings queued or learning already; add another when one is done", 429
             )
 
-    def new_job(self, kind: str, name: str, client: str = "?") -> Job:
-        """A job with its own scratch folder (``UploadError`` 503/429 if there is no room for it)."""
+    def new_job(self, kind: str, name: str, client: str = "?", checking: bool = False) -> Job:
+        """A job with its own scratch folder, registered at once so it counts against the limits
+        (``UploadError`` 503/429 if there is no room for it). ``checking``: its upload is still being
+        checked; :meth:`submit` queues it (or :meth:`cancel` drops it)."""
         self.check_room(client)
         job_id = uuid.uuid4().hex[:12]
         job = Job(kind, name, self.work_dir / job_id, client=client, id=job_id)
+        if checking:
+            job.state = "checking"
         job.folder.mkdir(parents=True, exist_ok=True)
+        self.jobs[job.id] = job
         return job
 
     def clean_leftovers(self) -> list[Path]:
@@ -321,6 +328,7 @@ class StyleJobs:
 
     def submit(self, job: Job) -> Job:
         self.jobs[job.id] = job
+        job.state = "queued"
         self._forget_old()
         self._queue.put_nowait(job)
         if self._task is None or self._task.done():
@@ -337,7 +345,7 @@ class StyleJobs:
             return
         if job.state == "publishing":
             raise UploadError("the new style is being swapped in; it can be deleted once it is done", 409)
-        queued = job.state == "queued"
+        queued = job.state in ("queued", "checking")
         job.state = "cancelled"
         job.finished = time.monotonic()
         if queued:  # never ran: nothing else will clean up after it

@@ -122,7 +122,7 @@ class StylesApi:
             self.jobs.check_room(client)  # before a byte of the upload is read
             data, filename, raw_name = await _read_upload(request)
             name = check_name(raw_name, [*self.model().styles, *self.jobs.names_in_flight()])
-            job = self.jobs.new_job("add", name, client=client)
+            job = self.jobs.new_job("add", name, client=client, checking=True)
         except UploadError as e:
             return _error(e.status, str(e))
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(filename or "painting").stem)[:60]
@@ -131,6 +131,7 @@ class StylesApi:
             w, h = await prepare_painting(data, job.painting, self.decode_gate)
         except UploadError as e:
             await self.jobs.cancel(job)  # never queued: its folder goes
+            self.jobs.jobs.pop(job.id, None)  # and it was never a job anyone asked about
             return _error(e.status, str(e))
         self.jobs.submit(job)
         log.info("painting %r uploaded (%dx%d, %d bytes): job %s", name, w, h, len(data), job.id)

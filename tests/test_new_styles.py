@@ -470,3 +470,19 @@ def test_a_new_version_loads_on_the_running_backend_and_precision(
         assert (new.name, new.precision) == (kind, precision)
         new.close()
         backend.close()
+
+
+async def test_concurrent_uploads_respect_the_limits(start_server: StartServer) -> None:
+    """Six uploads at once from one client: a job holds its place while its upload is being checked, so
+    exactly the client's share (2) is taken and the rest get 429 (before, all six were accepted)."""
+    srv = await start_server(learn_steps=2000)
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(
+            *(upload(http, srv.url, painting_png(seed=10 + i), f"Concurrent {chr(65 + i)}") for i in range(6))
+        )
+        codes = sorted(code for code, _ in results)
+        assert codes == [202, 202, 429, 429, 429, 429], codes
+        assert all("you have 2 paintings" in body["error"] for code, body in results if code == 429)
+        for code, body in results:
+            if code == 202:
+                await cancel(http, srv.url, body)
