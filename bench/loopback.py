@@ -202,6 +202,68 @@ class Peer:
         await self.pc.close()
 
 
+class WhipClient:
+    """A plain WHIP publisher (RFC 9725) or WHEP viewer on aiortc, for the protocol's edges.
+
+    ``image`` given: a publisher sending that picture, send-only. ``image=None``: a viewer, receive-only,
+    counting the frames it gets. :meth:`post` returns the HTTP status, headers and body; on 201 the
+    answer is applied and ``resource`` is the Location to DELETE.
+    """
+
+    def __init__(self, image: np.ndarray | None = None, fps: float = 30.0) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.camera = PatternTrack(image, fps) if image is not None else None
+        if self.camera is not None:
+            self.pc.addTransceiver(self.camera, direction="sendonly")
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
+        self.resource: str | None = None
+        self.frames = 0
+        self.last: av.VideoFrame | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.pc.on("track", lambda track: self._tasks.append(asyncio.get_running_loop().create_task(self._read(track))))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.VideoFrame):
+                    self.frames += 1
+                    self.last = frame
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def post(self, http: Any, url: str, token: str | None = None) -> tuple[int, Any, str]:
+        headers = {"Content-Type": "application/sdp"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with http.post(url, data=(await self.offer()).encode(), headers=headers) as resp:
+            body = await resp.text()
+            if resp.status == 201:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+                self.resource = resp.headers["Location"]
+            return resp.status, resp.headers, body
+
+    async def wait_frames(self, count: int, timeout: float = 20.0) -> None:
+        deadline, target = time.monotonic() + timeout, self.frames + count
+        while self.frames < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {count} frames")
+            await asyncio.sleep(0.05)
+
+    def latest_rgb(self) -> np.ndarray:
+        if self.last is None:
+            raise RuntimeError("no frame received yet")
+        return self.last.to_ndarray(format="rgb24")
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.pc.close()
+
+
 @contextlib.contextmanager
 def loopback_ice() -> Iterator[None]:
     """While inside: aioice offers only the 127.0.0.1 host candidate (client and server are on this machine)."""

@@ -44,6 +44,7 @@ from streamer.security import STATE_CHANGING, AccessPolicy, KeyedBuckets, presen
 from streamer.served import ServedModel
 from streamer.session import OfferError, Session
 from streamer.styles_api import StylesApi
+from streamer.whip import WhipApi
 from streamer.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Server:
         self.shutting_down = False
         self._original = backend  # the caller's: closed by the caller, never here
         self.styles_api = StylesApi(config, lambda: self.model, self.publish, self.counters, self._new_styles_off())
+        self.whip = WhipApi(self)  # WHIP publishers are sessions; their WHEP viewers live here
         self.lag = metrics.LoopLag()
         self.registry = metrics.registry_for(
             lambda: self.sessions.values(),
@@ -114,14 +116,18 @@ class Server:
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         path = request.path
-        guarded = path == "/offer" or path.startswith(("/api/", "/styles/"))
+        guarded = path == "/offer" or path.startswith(("/api/", "/styles/", "/whip", "/whep"))
         guarded = guarded or (path == "/metrics" and not self.config.public_metrics)
         if guarded and not self.authorized(request):
             self.counters.unauthorized += 1
             log.debug("refused %s %s from %s: no or wrong token", request.method, path, request.remote)
-            return _error(
-                401, "the access token is missing or wrong: open the URL with ?token=... that the server printed"
+            response = _error(
+                401,
+                "the access token is missing or wrong: open the URL with ?token=... that the server printed, "
+                "or send Authorization: Bearer TOKEN",
             )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="stylecast"'  # RFC 9725 section 4.5
+            return response
         return await handler(request)
 
     def _new_styles_off(self) -> str | None:
@@ -223,12 +229,32 @@ class Server:
             raise web.HTTPNotFound(text=f"no thumbnail for style {index}")
         return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
-    def pending(self) -> int:
-        """Sessions answered whose peer has not connected yet."""
-        return sum(1 for s in self.sessions.values() if not s.closed and s.pc.connectionState != "connected")
+    def full(self) -> str | None:
+        """Why no session can start now (503), or None."""
+        if len(self.sessions) >= self.config.max_sessions:
+            return (
+                f"the server is full: {len(self.sessions)} of {self.config.max_sessions} sessions in use "
+                "(--max-sessions); try again when one ends"
+            )
+        return None
 
-    async def offer(self, request: web.Request) -> web.Response:
-        # Cheap refusals first, before the body is read.
+    def new_session(self, kind: str = "page") -> Session:
+        """A session of ``kind``, registered at once, before any await: concurrent offers count against the limit."""
+        session = Session(
+            self.config, self.worker, lambda: self.model, on_closed=self._forget, counters=self.counters, kind=kind
+        )
+        self.sessions[session.id] = session
+        return session
+
+    def pending(self) -> int:
+        """Connections answered whose peer has not connected yet: sessions, and WHEP viewers."""
+        sessions = sum(1 for s in self.sessions.values() if not s.closed and s.pc.connectionState != "connected")
+        return sessions + self.whip.pending()
+
+    def admit(self, request: web.Request) -> web.Response | None:
+        """The cheap refusals of a new connection (a page's, a WHIP publisher's or a WHEP viewer's),
+        before its body is read: shutting down, too many attempts from this client, too many
+        connections being set up. None: go on."""
         if self.shutting_down:
             return _error(503, "the server is shutting down")
         client = request.remote or "?"
@@ -241,6 +267,11 @@ class Server:
         if self.pending() >= self.config.max_pending:
             self.counters.offers_limited += 1
             return _error(503, f"{self.config.max_pending} connections are being set up already; try again shortly")
+        return None
+
+    async def offer(self, request: web.Request) -> web.Response:
+        if refused := self.admit(request):
+            return refused
         try:
             require_type(request, "application/json")
             raw = await read_bounded(request, MAX_BODY_BYTES)
@@ -253,15 +284,9 @@ class Server:
             return _error(e.status, str(e))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             return _error(400, f"the body must be JSON {{'sdp': ..., 'type': 'offer'}}: {e}")
-        if len(self.sessions) >= self.config.max_sessions:
-            return _error(
-                503,
-                f"the server is full: {len(self.sessions)} of {self.config.max_sessions} sessions in use "
-                "(--max-sessions); try again when one ends",
-            )
-        session = Session(self.config, self.worker, lambda: self.model, on_closed=self._forget, counters=self.counters)
-        # Registered before the first await, so concurrent offers count against the limit.
-        self.sessions[session.id] = session
+        if full := self.full():
+            return _error(503, full)
+        session = self.new_session()
         try:
             answer = await session.answer(body["sdp"], body["type"])
         except OfferError as e:
@@ -380,6 +405,7 @@ def create_app(config: StreamerConfig, backend: Backend) -> web.Application:
     app.router.add_get("/api/info", server.info)
     app.router.add_get("/styles/{index}.jpg", server.style_thumbnail)
     server.styles_api.add_routes(app)
+    server.whip.add_routes(app)
     app.router.add_post("/offer", server.offer)
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.metrics)

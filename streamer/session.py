@@ -25,10 +25,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdatachannel import RTCDataChannel
 
@@ -38,7 +39,7 @@ from streamer.counters import Counters
 from streamer.mixer import ControlError, Mixer, Preset, finite_float32
 from streamer.security import TokenBucket
 from streamer.served import ServedModel
-from streamer.track import LatestFrame, StylizedTrack
+from streamer.track import LatestFrame, SharedFrames, StylizedTrack
 from streamer.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,15 @@ class Session:
         on_closed: Callable[[Session], None] | None = None,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
+        kind: str = "page",
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        # "page": the stylized video goes back on the peer's own connection; "whip": a publisher
+        # (streamer.whip), whose stylized video goes out through one relay to its WHEP viewers.
+        self.kind = kind
+        self.relay: MediaRelay | None = None
+        self.shared: SharedFrames | None = None  # the stylized track, as the relay hands it out
+        self._close_listeners: list[Callable[[Session], Awaitable[None]]] = []
         self.counters = counters if counters is not None else Counters()
         self.clock = clock
         # Control messages: a token bucket; over it, messages are dropped with at most one
@@ -141,9 +149,25 @@ class Session:
             return  # audio, or a second camera: not ours to stylize
         self.source = LatestFrame(track, self.clock)
         self.track = StylizedTrack(self.source, self.mixer, self.worker, self.auto)
-        # Fired during setRemoteDescription, so the answer sends this track back on the same transceiver.
-        self.pc.addTrack(self.track)
+        if self.kind == "whip":
+            # One relay: however many viewers subscribe, the stylized track is pulled (and the
+            # network run) once per frame.
+            self.relay = MediaRelay()
+            self.shared = SharedFrames(self.track)
+        else:
+            # Fired during setRemoteDescription, so the answer sends this track back on the same transceiver.
+            self.pc.addTrack(self.track)
         self.source.start()
+
+    def relayed(self) -> MediaStreamTrack | None:
+        """A viewer's copy of a publisher's stylized track (newest frame only), or None before it has video."""
+        if self.relay is None or self.shared is None:
+            return None
+        return self.relay.subscribe(self.shared, buffered=False)
+
+    def on_close(self, listener: Callable[[Session], Awaitable[None]]) -> None:
+        """Run ``listener(session)`` when the session closes (its viewers go with it)."""
+        self._close_listeners.append(listener)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != "control":
@@ -374,6 +398,11 @@ class Session:
             log.log(level, "session %s: closing the peer connection failed", self.id, exc_info=True)
         if self._on_closed is not None:
             self._on_closed(self)
+        for listener in self._close_listeners:
+            try:
+                await listener(self)
+            except Exception:
+                log.exception("session %s: a close listener failed", self.id)
         log.info(
             "session %s closed (%d frames in, %d out, %d dropped)",
             self.id,

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
+import cv2
+import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streamer.autores import AutoResolution
@@ -246,3 +248,37 @@ class StylizedTrack(MediaStreamTrack):
         s.resolution = f"{frame.width}x{frame.height}"
         s.last_pts = frame.pts
         return frame
+
+
+def to_i420(frame: av.VideoFrame) -> av.VideoFrame:
+    """``frame`` as yuv420p (BT.601, video range, as libswscale's default), with its pts and time base.
+    Odd sizes cannot be 4:2:0 without padding: those are left to the encoder."""
+    if frame.format.name == "yuv420p" or frame.width % 2 or frame.height % 2:
+        return frame
+    rgb = frame.to_ndarray(format="rgb24")
+    yuv: np.ndarray = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
+    out = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out
+
+
+class SharedFrames(MediaStreamTrack):
+    """A track whose frames several encoders read at once (a WHEP relay): each frame is converted to
+    yuv420p once, off the event loop, before it is shared.
+
+    An encoder given an RGB frame converts it with ``frame.reformat``, which keeps its libswscale
+    context on the frame: encoders in parallel threads converting the same frame share that
+    context, which crashes the process. Converting first also does the work once, not per viewer.
+    """
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.source = source
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await self.source.recv()
+        assert isinstance(frame, av.VideoFrame)
+        return await asyncio.get_running_loop().run_in_executor(None, to_i420, frame)
