@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
+import numpy as np
+
 CHROMIUM = "/usr/bin/chromium"
 
 # Offline, as root, WebRTC on loopback only.
@@ -26,3 +31,22 @@ FULL_RATE = [
     "--disable-renderer-backgrounding",
     "--disable-backgrounding-occluded-windows",
 ]
+
+
+def still_camera(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> np.ndarray:
+    """Write a Y4M clip of one still picture for the fake camera (``--use-file-for-fake-video-capture``;
+    Chromium loops it), so a change in the stylized picture is the server's doing, not the camera's.
+    Returns the picture as the camera delivers it (RGB, after the file's 4:2:0)."""
+    w, h = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (40, 170, 230)  # BGR orange
+    img[:, w // 2 :] = (200, 90, 30)  # blue
+    img[h // 2 :] //= 2
+    cv2.circle(img, (w // 2, h // 2), h // 4, (255, 255, 255), -1)
+    cv2.putText(img, "stylecast", (w // 32, h // 8), cv2.FONT_HERSHEY_SIMPLEX, w / 320, (20, 20, 20), 2)
+    i420 = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + i420.tobytes())
+    return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.chromium import BASE_ARGS, FAKE_CAMERA
+from bench.chromium import BASE_ARGS, FAKE_CAMERA, still_camera
 from bench.loopback import LocalServer, serve
 from engines.runtime import load_backend
 from streamer.config import StreamerConfig
@@ -29,20 +29,9 @@ from streamer.config import StreamerConfig
 pytestmark = pytest.mark.browser
 
 
-def write_y4m(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2) -> Path:
-    """A Y4M clip of one still picture for Chromium's fake camera (it loops the file)."""
-    w, h = size
-    img = np.zeros((h, w, 3), np.uint8)
-    img[:, : w // 2] = (40, 170, 230)  # BGR orange
-    img[:, w // 2 :] = (200, 90, 30)  # blue
-    img[h // 2 :] //= 2
-    cv2.circle(img, (w // 2, h // 2), h // 4, (255, 255, 255), -1)
-    cv2.putText(img, "stylecast", (w // 32, h // 8), cv2.FONT_HERSHEY_SIMPLEX, w / 320, (20, 20, 20), 2)
-    i420 = cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420).tobytes()
-    with open(path, "wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            f.write(b"FRAME\n" + i420)
+def write_y4m(path: Path, size: tuple[int, int] = (640, 480)) -> Path:
+    """The fake camera's still picture, as a Y4M file."""
+    still_camera(path, size)
     return path
 
 
@@ -209,6 +198,50 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     await page.get_by_role("button", name="Stop").click()
     assert (await page.get_by_role("status", name="Connection status").text_content()) == "Stopped"
     assert await page.get_by_role("alert").is_hidden(), await page.get_by_role("alert").text_content()
+
+
+async def test_record_downloads_a_playable_webm_of_the_stylized_video(
+    start_server: StartServer, launch: Callable[..., Awaitable[Any]], tmp_path: Path
+) -> None:
+    import av
+
+    server = await start_server()
+    camera = tmp_path / "camera.y4m"
+    picture = still_camera(camera, (320, 240))
+    page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
+    await page.goto(f"{server.url}/?hook=1&res=320x240")
+    record = page.get_by_role("button", name="Record")
+    assert await record.is_disabled()  # nothing to record before the video comes
+    await page.get_by_role("button", name="Start camera").click()
+    await page.wait_for_function("stylecast.renderedFrames > 10", timeout=60_000)
+
+    await record.click()
+    timer = page.get_by_role("timer", name="Recording time")
+    await page.wait_for_function("document.getElementById('record-time').textContent.includes('0:03')", timeout=20_000)
+    assert (await timer.text_content() or "").startswith("● 0:03")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Stop recording").click()
+    download = await download_info.value
+    webm = tmp_path / download.suggested_filename
+    await download.save_as(webm)
+    assert webm.suffix == ".webm" and await timer.is_hidden()
+
+    with av.open(str(webm)) as container:
+        assert container.format.name.startswith("matroska")  # WebM is Matroska
+        stream = container.streams.video[0]
+        pts = []
+        for frame in container.decode(stream):
+            assert (frame.width, frame.height) == (320, 240)
+            pts.append(float(frame.pts * frame.time_base))
+            last = frame.to_ndarray(format="rgb24")
+        header_s = float(container.duration or 0) / av.time_base  # the page writes it in (MediaRecorder does not)
+    duration = pts[-1] - pts[0]
+    print(f"recorded {len(pts)} frames over {duration:.2f} s, header {header_s:.2f} s ({stream.codec_context.name})")
+    assert 3.0 <= duration <= 6.0, duration
+    assert abs(header_s - duration) < 0.5, (header_s, duration)  # players show the length and can seek
+    assert len(pts) >= 10 * duration, (len(pts), duration)
+    # The stylized picture, not the camera's.
+    assert mad(last.ravel().tolist(), picture.ravel().tolist()) > 20
 
 
 async def test_page_says_when_the_server_is_unreachable(

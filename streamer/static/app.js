@@ -8,10 +8,18 @@
 //                     camera (glass-to-glass latency, see bench/e2e.py)
 //   ?hook=1           loads hook.js: window.stylecast for tests and tools (state, last messages,
 //                     frame counters, picture sampling); they still drive the real controls
+//   ?session=ID       watch and steer a WHIP publisher's session (OBS, a script): its stylized
+//                     video through WHEP (POST /whep/ID), the controls over PATCH /api/sessions/ID;
+//                     ?session=latest: whichever session started last (a new one each time OBS
+//                     starts streaming)
+//   ?session=ID&view=1  the same video alone, filling the window, without a click, reconnecting
+//                     by itself: for an OBS Browser Source
 //
 // Neither extra is loaded otherwise. They see the page through what this module exports:
 // `state`, `events` (an EventTarget: "info", "ack", "stats", "pong", "alert", "connected",
-// "snapshot", "styles", "job"), `ui`, `framesDecoded()`, `setSendSource()` and `sendSourceInUse()`.
+// "snapshot", "recording", "styles", "job"), `ui`, `framesDecoded()`, `setSendSource()` and `sendSourceInUse()`.
+
+import { withDuration } from "./webm.js";
 
 const params = new URLSearchParams(location.search);
 const CODEC = (params.get("codec") || "vp8").toLowerCase();
@@ -20,6 +28,10 @@ const PING_INTERVAL_MS = 1000;
 const ICE_GATHER_TIMEOUT_MS = 3000;
 const AUTO = "auto";
 const CAMERA_SIZE = [640, 480]; // what the camera is opened at; Auto chooses among sizes up to this
+const SESSION = params.get("session"); // watching a WHIP session instead of sending a camera
+const CLEAN = SESSION !== null && params.get("view") === "1";
+const LATEST = "latest";
+const RETRY_MS = 3000; // the clean view tries again this often while there is nothing to show
 
 const $ = (id) => document.getElementById(id);
 export const ui = {
@@ -31,6 +43,8 @@ export const ui = {
   start: $("start"),
   stop: $("stop"),
   snapshot: $("snapshot"),
+  record: $("record"),
+  recordTime: $("record-time"),
   resolution: $("resolution"),
   strength: $("strength"),
   strengthValue: $("strength-value"),
@@ -91,6 +105,7 @@ export function sendSourceInUse() {
 
 let pc = null;
 let dc = null;
+let whepResource = null; // the Location of our WHEP viewer, to DELETE when we stop watching
 let camera = null; // MediaStream from getUserMedia
 let pingTimer = null;
 let statsTimer = null;
@@ -386,7 +401,40 @@ function showAutoSize(size) {
 // ---------------------------------------------------------------- data channel
 
 function sendNow(msg) {
-  if (dc && dc.readyState === "open") dc.send(JSON.stringify(msg));
+  if (SESSION) {
+    if (pc && state.session) sendOverHttp(msg);
+  } else if (dc && dc.readyState === "open") dc.send(JSON.stringify(msg));
+}
+
+// Watching a WHIP session there is no data channel: the same messages go as PATCH requests, and
+// their replies are handled as the channel's would be.
+async function sendOverHttp(msg) {
+  let resp;
+  try {
+    resp = await api(`/api/sessions/${encodeURIComponent(state.session)}`, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(msg),
+    });
+  } catch {
+    return; // the connection's own state handler says when the server is gone
+  }
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch {
+    body = null;
+  }
+  if (resp.status === 404 && pc) {
+    state.ended = true;
+    showMessage(`Session ${state.session} has ended: its publisher stopped.`);
+    stop();
+    retryLater();
+  } else if (resp.status === 400 && body) {
+    onControlMessage({ data: JSON.stringify({ type: "error", message: body.error }) });
+  } else if (resp.ok && body) {
+    onControlMessage({ data: JSON.stringify(body) });
+  } // 429: a message over the rate limit is dropped, as on the channel
 }
 
 // Throttle: merge fields, send at most one "set" per SEND_INTERVAL_MS, always send the last.
@@ -493,6 +541,7 @@ function showLatency() {
 async function start() {
   clearMessage();
   ui.start.disabled = true;
+  if (SESSION) return watch();
   setStatus("Starting camera…");
   try {
     if (!state.info) await loadInfo();
@@ -584,6 +633,7 @@ async function connect(track) {
       ui.placeholder.hidden = true;
       ui.stop.disabled = false;
       ui.snapshot.disabled = false;
+      ui.record.disabled = false;
       tuneSender(tx.sender);
     } else if (s === "disconnected") {
       setStatus("Connection interrupted…"); // may recover by itself; "failed" follows if not
@@ -624,6 +674,90 @@ async function connect(track) {
   emit("connected", body.session);
   startStatsLoop();
   ui.stop.disabled = false;
+}
+
+// ?session=ID: receive that session's stylized video through WHEP (a receive-only offer, all
+// candidates in it); the controls go over HTTP (sendOverHttp).
+async function watch() {
+  setStatus("Connecting…");
+  try {
+    if (!state.info) await loadInfo();
+    pc = new RTCPeerConnection({ iceServers: (state.info && state.info.ice_servers) || [] });
+    state.ended = false;
+    const tx = pc.addTransceiver("video", { direction: "recvonly" });
+    preferCodec(tx);
+    pc.ontrack = (ev) => {
+      ui.stylized.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      try {
+        ev.receiver.jitterBufferTarget = 0;
+      } catch {
+        /* not supported */
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      const s = pc && pc.connectionState;
+      if (s === "connected") {
+        state.connected = true;
+        setStatus("Watching", "live");
+        ui.placeholder.hidden = true;
+        ui.snapshot.disabled = false;
+        ui.record.disabled = false;
+        sendNow({ type: "set" }); // an empty set: its ack is the session's current mix
+        ping();
+        pingTimer = setInterval(ping, PING_INTERVAL_MS);
+      } else if (s === "disconnected") {
+        setStatus("Connection interrupted…");
+      } else if (s === "failed" || s === "closed") {
+        if (!state.ended) showMessage(state.connected ? `Session ${state.session} stopped sending video.` : "The video connection to the server failed (no network path between the browser and the server).");
+        stop();
+        retryLater();
+      }
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    let resp;
+    try {
+      resp = await api(SESSION === LATEST ? "/whep" : `/whep/${encodeURIComponent(SESSION)}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/sdp" },
+        body: pc.localDescription.sdp,
+      });
+    } catch (err) {
+      throw new ServerError(`Cannot reach the stylecast server at ${location.origin}. Is it running? (${err.message})`);
+    }
+    const text = await resp.text();
+    let why = text;
+    try {
+      why = JSON.parse(text).error || text;
+    } catch {
+      /* plain text */
+    }
+    if (resp.status === 401) throw new TokenError("The access token is wrong: reload the page with the link the server printed.");
+    if (resp.status === 404) throw new ServerError(`There is no session to watch: ${why}. Is its publisher (OBS, a WHIP client) streaming?`);
+    if (resp.status === 409 || resp.status === 503 || resp.status === 429) throw new ServerError(`Cannot watch yet: ${why}`);
+    if (!resp.ok) throw new ServerError(`The server refused to play session ${SESSION}: ${why}`);
+    whepResource = resp.headers.get("Location"); // /whep/{session}/{viewer}
+    state.session = decodeURIComponent(whepResource.split("/")[2]);
+    await pc.setRemoteDescription({ type: "answer", sdp: text });
+    emit("connected", state.session);
+    startStatsLoop();
+    ui.stop.disabled = false;
+  } catch (err) {
+    showMessage(err instanceof ServerError || err instanceof TokenError ? err.message : `Could not watch: ${err.message}`);
+    setStatus("Stopped", "error");
+    teardown();
+    if (!(err instanceof TokenError)) retryLater();
+  }
+}
+
+// The clean view has no one to press Watch: it tries again until there is a stream to show.
+let retryTimer = null;
+function retryLater() {
+  if (!CLEAN || retryTimer) return;
+  retryTimer = setTimeout(() => {
+    retryTimer = null;
+    if (!pc) start();
+  }, RETRY_MS);
 }
 
 function preferCodec(tx) {
@@ -701,6 +835,11 @@ export async function framesDecoded() {
 }
 
 function teardown() {
+  if (recorder) recorder.stop(); // what was recorded is saved
+  if (whepResource) {
+    api(whepResource, { method: "DELETE", keepalive: true }).catch(() => {});
+    whepResource = null;
+  }
   clearInterval(pingTimer);
   clearInterval(statsTimer);
   clearTimeout(sendTimer);
@@ -723,6 +862,7 @@ function teardown() {
   ui.start.disabled = false;
   ui.stop.disabled = true;
   ui.snapshot.disabled = true;
+  ui.record.disabled = true;
   ui.fps.textContent = "–";
 }
 
@@ -746,14 +886,75 @@ ui.snapshot.addEventListener("click", () => {
   c.getContext("2d").drawImage(v, 0, 0);
   c.toBlob((blob) => {
     if (!blob) return;
-    const url = URL.createObjectURL(blob);
-    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
-    ui.download.href = url;
-    ui.download.download = `stylecast-${stamp}.png`;
-    ui.download.click();
+    download(blob, "png");
     emit("snapshot", { width: c.width, height: c.height, bytes: blob.size });
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }, "image/png");
+});
+
+function download(blob, ext) {
+  const url = URL.createObjectURL(blob);
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  ui.download.href = url;
+  ui.download.download = `stylecast-${stamp}.${ext}`;
+  ui.download.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// ---------------------------------------------------------------- record
+
+// The stylized video as it plays here, into a WebM file (MediaRecorder), downloaded on Stop
+// recording or when the connection ends. python -m streamer.video does files offline.
+let recorder = null;
+let recordTimer = null;
+
+function recordType() {
+  const types = ["video/webm;codecs=vp9", "video/webm;codecs=vp8", "video/webm"];
+  return types.find((t) => window.MediaRecorder && MediaRecorder.isTypeSupported(t)) || null;
+}
+
+function startRecording() {
+  const stream = ui.stylized.srcObject;
+  const type = recordType();
+  if (!stream || !type) {
+    showMessage(type ? "There is no video to record yet." : "This browser cannot record video (no WebM MediaRecorder).", "info");
+    return;
+  }
+  const chunks = [];
+  const began = performance.now();
+  recorder = new MediaRecorder(stream, { mimeType: type, videoBitsPerSecond: 4_000_000 });
+  recorder.ondataavailable = (ev) => {
+    if (ev.data && ev.data.size) chunks.push(ev.data);
+  };
+  recorder.onstop = async () => {
+    clearInterval(recordTimer);
+    recordTimer = null;
+    recorder = null;
+    ui.record.textContent = "Record";
+    ui.record.classList.remove("recording");
+    ui.record.setAttribute("aria-pressed", "false");
+    ui.recordTime.hidden = true;
+    const seconds = (performance.now() - began) / 1000;
+    if (!chunks.length) return;
+    const blob = await withDuration(new Blob(chunks, { type: "video/webm" }), seconds * 1000);
+    download(blob, "webm");
+    emit("recording", { seconds, bytes: blob.size, type });
+  };
+  recorder.start(1000); // a chunk a second: a long recording is not one huge buffer at the end
+  ui.record.textContent = "Stop recording";
+  ui.record.classList.add("recording");
+  ui.record.setAttribute("aria-pressed", "true");
+  ui.recordTime.hidden = false;
+  const tick = () => {
+    const s = Math.floor((performance.now() - began) / 1000);
+    ui.recordTime.textContent = `● ${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  };
+  tick();
+  recordTimer = setInterval(tick, 500);
+}
+
+ui.record.addEventListener("click", () => {
+  if (recorder) recorder.stop();
+  else startRecording();
 });
 
 // ---------------------------------------------------------------- add a painting
@@ -925,7 +1126,15 @@ function showJob(job) {
 async function boot() {
   if (params.get("hook") === "1") await import("./hook.js");
   if (params.get("bench") === "1") (await import("./bench.js")).install();
+  if (SESSION) {
+    document.body.classList.add("watching");
+    if (CLEAN) document.body.classList.add("clean");
+    ui.start.textContent = "Watch";
+    const which = SESSION === LATEST ? "the newest session" : `session ${SESSION}`;
+    ui.placeholder.querySelector("p").textContent = `Press Watch to see ${which}, stylized, and steer its styles.`;
+  }
   await loadInfo();
+  if (CLEAN) await start(); // a Browser Source has no one to press Watch
 }
 
 boot().catch((err) => {
