@@ -19,9 +19,15 @@ setup-serve: $(BIN)/python
 
 # torch is pinned to the CPU build first, so pip does not pull a multi-GB CUDA build;
 # GPU users install their own torch build before running this.
-setup-dev: $(BIN)/python
+setup-dev: $(BIN)/python tests/web/node_modules/.package-lock.json
 	$(BIN)/pip install -q 'torch==2.13.0' || $(BIN)/pip install -q 'torch>=2.4'
 	$(BIN)/pip install -q -e '.[serve,train,quantize,triton,test,bench]'
+
+# Third-party WHIP/WHEP clients the browser tests load (npm's whip-whep); skipped without npm,
+# and those tests then skip (or fail, where STYLECAST_REQUIRE_BROWSER is set, as in CI).
+tests/web/node_modules/.package-lock.json: tests/web/package.json tests/web/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/web --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the third-party WHIP/WHEP client tests will skip"; fi
 
 serve: setup-serve
 	$(BIN)/python -m streamer --host $(HOST) --port $(PORT) $(ARGS)

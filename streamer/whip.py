@@ -187,6 +187,8 @@ class WhipApi:
         for line in body.replace("\r\n", "\n").split("\n"):
             if line.startswith("a=mid:"):
                 mid = line[6:].strip()
+            elif line.strip() == "a=end-of-candidates":
+                await pc.addIceCandidate(None)  # the peer has sent them all
             elif line.startswith("a=candidate:") and added < 64:
                 candidate = candidate_from_sdp(line[2:])
                 candidate.sdpMid = mid
