@@ -31,8 +31,8 @@ from typing import Any
 import av
 import numpy as np
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 from engines.runtime import Backend, load_backend
 from streamer.app import SERVER_KEY, Server, create_app
@@ -205,16 +205,32 @@ class Peer:
 class WhipClient:
     """A plain WHIP publisher (RFC 9725) or WHEP viewer on aiortc, for the protocol's edges.
 
-    ``image`` given: a publisher sending that picture, send-only. ``image=None``: a viewer, receive-only,
-    counting the frames it gets. :meth:`post` returns the HTTP status, headers and body; on 201 the
-    answer is applied and ``resource`` is the Location to DELETE.
+    ``image`` given: a publisher sending that picture, send-only; ``track``: a publisher sending that
+    track (a video file's, say). Neither: a viewer, receive-only, counting the frames it gets.
+    :meth:`post` returns the HTTP status, headers and body; on 201 the answer is applied and
+    ``resource`` is the Location to DELETE. ``codec`` (a MIME type, ``"video/H264"``) narrows the
+    video codecs offered; ``audio`` adds a send-only audio track first, as OBS sends.
     """
 
-    def __init__(self, image: np.ndarray | None = None, fps: float = 30.0) -> None:
+    def __init__(
+        self,
+        image: np.ndarray | None = None,
+        fps: float = 30.0,
+        track: MediaStreamTrack | None = None,
+        codec: str | None = None,
+        audio: bool = False,
+    ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.camera = PatternTrack(image, fps) if image is not None else None
-        if self.camera is not None:
-            self.pc.addTransceiver(self.camera, direction="sendonly")
+        sending = self.camera if self.camera is not None else track
+        if audio:
+            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        if sending is not None:
+            video = self.pc.addTransceiver(sending, direction="sendonly")
+            if codec:
+                video.setCodecPreferences(
+                    [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == codec.lower()]
+                )
         else:
             self.pc.addTransceiver("video", direction="recvonly")
         self.resource: str | None = None

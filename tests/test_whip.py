@@ -90,6 +90,29 @@ async def test_publish_view_stylized_and_delete(start: Start) -> None:
             await viewer.close()
 
 
+async def test_an_obs_like_offer_with_audio_and_h264_is_stylized(start: Start) -> None:
+    """OBS offers audio first and H.264 video: the audio is answered and left alone, the video stylized."""
+    srv = await start()
+    sent = pattern(*SIZE)
+    async with aiohttp.ClientSession() as http:
+        pub, viewer = WhipClient(sent, codec="video/H264", audio=True), WhipClient()
+        try:
+            status, _, answer = await pub.post(http, srv.url + "/whip")
+            assert status == 201, answer
+            media = [line.split()[0] for line in answer.splitlines() if line.startswith("m=")]
+            assert media == ["m=audio", "m=video"]
+            video = answer[answer.index("m=video") :]
+            assert "H264/90000" in video and "VP8" not in video
+            assert (await viewer.post(http, srv.url + "/whep"))[0] == 201
+            await viewer.wait_frames(15, timeout=30)
+            session = srv.server.sessions[pub.resource.split("/")[-1]]  # type: ignore[union-attr]
+            want = srv.backend.stylize(sent, session.mixer.step()[0])
+            assert mad(viewer.latest_rgb(), want) < 0.35 * mad(sent, want)
+        finally:
+            await pub.close()
+            await viewer.close()
+
+
 async def test_the_protocol_edges(start: Start) -> None:
     srv = await start(token=TOKEN, max_sessions=1, ice_servers=("turn:turn.example.org",), ice_username="u",
                       ice_credential="secret")  # fmt: skip
