@@ -26,6 +26,13 @@ steps are done (the README's second picture)::
     python -m bench.page_screenshot --learn $P/Bazille_The_Ramparts_at_Aigues_Mortes_1867.png \\
         --out docs/screenshots/learning.png
 
+With ``--watch`` the video is not the page's camera: a WHIP client (aiortc, as OBS would) publishes
+it to ``/whip``, and the page opens ``/?session=latest``, watching that session over WHEP and
+steering its mix over HTTP (the README's OBS picture)::
+
+    python -m bench.page_screenshot --watch --mix "Composition VIII:1,The Great Wave:0.3" \\
+        --out docs/screenshots/watch.png
+
 The video's credit is in ``docs/CREDITS.md``.
 """
 
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import sys
@@ -44,7 +52,7 @@ from typing import Any
 
 from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
 from bench.data import VIDEO
-from bench.loopback import local_server
+from bench.loopback import WhipClient, local_server
 from common.mix import parse_mix
 from common.paths import DEFAULT_MODEL
 from common.sizes import fit_size
@@ -159,6 +167,23 @@ async def learn_on_page(page: Any, args: argparse.Namespace) -> None:
     await page.evaluate("document.activeElement && document.activeElement.blur()")
 
 
+async def publish(stack: contextlib.AsyncExitStack, url: str, video: Path) -> str:
+    """Publish ``video`` (looped) to ``url``/whip as a WHIP client; returns the session id."""
+    import aiohttp
+    from aiortc.contrib.media import MediaPlayer
+
+    player = MediaPlayer(str(video), loop=True)
+    stack.callback(lambda: player.video and player.video.stop())
+    client = WhipClient(track=player.video)
+    stack.push_async_callback(client.close)
+    http = await stack.enter_async_context(aiohttp.ClientSession())
+    status, _, body = await client.post(http, url + "/whip")
+    if status != 201 or client.resource is None:
+        raise RuntimeError(f"WHIP publish refused: {status} {body}")
+    log.info("publishing %s over WHIP: %s", video, client.resource)
+    return client.resource.rsplit("/", 1)[-1]
+
+
 async def take(args: argparse.Namespace, camera: Path) -> None:
     from playwright.async_api import async_playwright
 
@@ -166,9 +191,11 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
     config: dict[str, Any] = {}
     if args.learn:
         config = {"allow_new_styles": True, "models_dir": Path(tempfile.mkdtemp(prefix="stylecast-shot-models-"))}
-    async with local_server(args.model, args.backend, **config) as srv:
+    async with local_server(args.model, args.backend, **config) as srv, contextlib.AsyncExitStack() as stack:
         url, backend_name = srv.url, srv.backend.name
         log.info("server at %s, backend %s", url, backend_name)
+        if args.watch:
+            await publish(stack, url, args.video)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
                 executable_path=args.chromium,
@@ -179,23 +206,24 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
                 context = await browser.new_context(viewport={"width": args.width, "height": args.height})
                 page = await context.new_page()
                 page.on("pageerror", lambda e: log.warning("page error: %s", e))
-                await page.goto(f"{url}/?hook=1")
+                await page.goto(f"{url}/?hook=1" + ("&session=latest" if args.watch else ""))
                 await page.locator("#styles input[type=range]").first.wait_for(timeout=timeout_ms)
                 wanted = await resolve_mix(page, args.mix)
 
-                log.info("starting the camera")
-                await page.get_by_role("button", name="Start camera").click()
+                log.info("watching the WHIP session" if args.watch else "starting the camera")
+                await page.get_by_role("button", name="Watch" if args.watch else "Start camera").click()
                 await page.wait_for_function(
                     "stylecast.renderedFrames > 5 || !document.getElementById('message').hidden", timeout=timeout_ms
                 )
                 await raise_if_alert(page, "the stream did not start")
 
-                log.info("resolution %s", RESOLUTION)
-                await page.get_by_label("Resolution").select_option(RESOLUTION)
-                await page.wait_for_function(
-                    f"document.getElementById('stylized').videoWidth === {RESOLUTION.split('x')[0]}",
-                    timeout=timeout_ms,
-                )
+                if not args.watch:  # a WHIP session's size is its publisher's
+                    log.info("resolution %s", RESOLUTION)
+                    await page.get_by_label("Resolution").select_option(RESOLUTION)
+                    await page.wait_for_function(
+                        f"document.getElementById('stylized').videoWidth === {RESOLUTION.split('x')[0]}",
+                        timeout=timeout_ms,
+                    )
 
                 await set_sliders(page, wanted)
                 weights = list(wanted.values())
@@ -208,10 +236,11 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
                 log.info("server acknowledged weights %s; letting the mix settle for %.1f s", weights, args.settle)
                 await asyncio.sleep(args.settle)
                 await frames_after(page, 5, args.timeout)
-                # The readout shows live numbers, not dashes.
+                # The readout shows live numbers, not dashes (a watcher gets no server stats: no channel).
+                readouts = ["fps", "latency"] if args.watch else ["fps", "infer", "server-fps", "latency"]
                 await page.wait_for_function(
-                    "['fps', 'infer', 'server-fps', 'latency'].every("
-                    "(id) => document.getElementById(id).textContent !== '–')",
+                    "(ids) => ids.every((id) => document.getElementById(id).textContent !== '–')",
+                    arg=readouts,
                     timeout=timeout_ms,
                 )
                 await raise_if_alert(page, "while streaming")
@@ -258,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chromium", default=CHROMIUM, help="Chromium executable")
     p.add_argument("--learn", type=Path, help="a painting to add on the page; the screenshot shows it being learned")
     p.add_argument("--learn-step", type=int, default=120, help="with --learn: the step to take the screenshot at")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="publish --video over WHIP and screenshot the page watching and steering that session (?session=latest)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots" / "page.png", help="PNG to write")
     return p
 
