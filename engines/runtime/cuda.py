@@ -1,7 +1,7 @@
 """The CUDA runtime through ``cuda-python`` (no torch): one checked call helper, device facts, buffers.
 
-Used by the TensorRT backend (streams, device buffers) and by ``engines.build``
-(the GPU a plan is built for, the INT8 calibrator's buffers). ``cuda-python``
+Used by the TensorRT backend (streams, device buffers) and by the engine manifest
+(the GPU a plan is built for). ``cuda-python``
 moved its runtime module in 12.6; :func:`cudart` finds either.
 """
 
