@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from bench.data import PHOTOS, VIDEO
-from bench.quality.inputs import centre_crop, open_rgb, parse_indices, resize_short
+from bench.quality.inputs import cover_crop, open_rgb, parse_indices
 from bench.quality.models import Model, load_model
 from common.paths import DEFAULT_CHECKPOINT
 
@@ -133,7 +133,7 @@ def contact_sheet(model: Model, photos: list[Path], size: int, tile: int, mix: l
     rows = []
     with tqdm(total=len(photos) * len(weights), desc="contact sheet", unit="img") as bar:
         for path in photos:
-            img = centre_crop(resize_short(open_rgb(path), size), size)
+            img = cover_crop(open_rgb(path), (size, size))
             row = [thumb(img, tile, tile)]
             for w in weights:
                 row.append(thumb(model.stylize(img, w), tile, tile))

@@ -79,7 +79,7 @@ def held_out_photos(data: Path, count: int) -> list[np.ndarray]:
         for name in HELD_OUT:
             if (data / "content" / name).is_dir():
                 shutil.copytree(data / "content" / name, Path(tmp) / name)
-        return [img for _, img in select_photos(Path(tmp), count, EVAL_SIZE)]
+        return [img for _, img in select_photos(Path(tmp), count, (EVAL_SIZE, EVAL_SIZE), held_out_only=False)]
 
 
 async def learn_one(http: aiohttp.ClientSession, url: str, painting: Path, name: str) -> dict[str, Any]:

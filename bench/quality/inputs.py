@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from bench.metrics import edge_map
+from common.split import held_out, video_held_out_frames
 from trainer.data import find_images, find_painting, load_rgb
 
 log = logging.getLogger(__name__)
@@ -27,21 +28,30 @@ def open_rgb(path: Path) -> Image.Image:
     return load_rgb(path)  # EXIF-rotated, alpha on white, RGB
 
 
-def centre_crop(im: Image.Image, size: int) -> np.ndarray:
-    left, top = (im.width - size) // 2, (im.height - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+def cover_crop(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``im`` resized to cover ``size`` (width, height), aspect kept, and centre-cropped to it."""
+    w, h = size
+    s = max(w / im.width, h / im.height)
+    im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.Resampling.LANCZOS)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8).copy()
 
 
-def select_photos(folder: Path, count: int, size: int) -> list[tuple[str, np.ndarray]]:
-    """``count`` photos spread evenly over the sorted folder, as ``size`` x ``size`` uint8 RGB.
+def select_photos(
+    folder: Path, count: int, size: tuple[int, int], held_out_only: bool = True
+) -> list[tuple[str, np.ndarray]]:
+    """``count`` photos spread evenly over the sorted folder, as ``size`` (width, height) uint8 RGB.
 
-    Photos smaller than ``size`` on the short side (they would be upscaled) and
-    photos with almost no edges (defocused or flat: edge F1 means nothing there)
-    are passed over for the next file in the folder.
+    ``held_out_only``: only the photos training never sees (``common.split``, by the path
+    relative to ``folder``, as the trainer decides it). Photos that would be upscaled and
+    photos with almost no edges (defocused or flat: edge F1 means nothing there) are passed
+    over for the next file in the folder.
     """
     files = find_images(folder)
+    if held_out_only:
+        files = [f for f in files if held_out(f.relative_to(folder).as_posix())]
     if not files:
-        raise SystemExit(f"no photos (jpg, png, webp) under {folder}")
+        raise SystemExit(f"no photos (jpg, png, webp){' held out' if held_out_only else ''} under {folder}")
     stride = max(1, len(files) // count)
     chosen: list[tuple[str, np.ndarray]] = []
     used: set[int] = set()
@@ -53,9 +63,9 @@ def select_photos(folder: Path, count: int, size: int) -> list[tuple[str, np.nda
             used.add(i)
             try:
                 with Image.open(files[i]) as probe:
-                    if min(probe.size) < size:
+                    if probe.width < size[0] or probe.height < size[1]:
                         continue
-                img = centre_crop(resize_short(open_rgb(files[i]), size), size)
+                img = cover_crop(open_rgb(files[i]), size)
             except (OSError, ValueError) as e:
                 log.warning("skipping unreadable %s: %s", files[i], e)
                 continue
@@ -66,7 +76,7 @@ def select_photos(folder: Path, count: int, size: int) -> list[tuple[str, np.nda
     if len(chosen) < count:
         log.warning("only %d usable photos (asked for %d) under %s", len(chosen), count, folder)
     if not chosen:
-        raise SystemExit(f"no usable photo of at least {size} px with visible edges under {folder}")
+        raise SystemExit(f"no usable photo of at least {size[0]}x{size[1]} px with visible edges under {folder}")
     return chosen
 
 
@@ -89,12 +99,17 @@ def painting_crops(path: Path, short: int, crop: int) -> list[np.ndarray]:
     return out
 
 
-def read_video(path: Path, start: int, count: int, scale: float) -> tuple[list[np.ndarray], float]:
-    """``count`` consecutive frames from ``start`` as uint8 RGB, scaled, cropped to multiples of 4."""
+def read_video(path: Path, start: int | None, count: int, scale: float) -> tuple[list[np.ndarray], float, int]:
+    """``count`` consecutive frames as uint8 RGB, scaled, cropped to multiples of 8; (frames, fps, start).
+
+    ``start=None``: the first frame of the held-out part (``common.split``), which training never sees.
+    """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SystemExit(f"cannot open video {path}")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    if start is None:
+        start = video_held_out_frames(int(cap.get(cv2.CAP_PROP_FRAME_COUNT))).start
     cap.set(cv2.CAP_PROP_POS_FRAMES, start)
     frames: list[np.ndarray] = []
     while len(frames) < count:
@@ -105,11 +120,23 @@ def read_video(path: Path, start: int, count: int, scale: float) -> tuple[list[n
             h, w = bgr.shape[:2]
             bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         h, w = bgr.shape[:2]
-        frames.append(np.ascontiguousarray(cv2.cvtColor(bgr[: h // 4 * 4, : w // 4 * 4], cv2.COLOR_BGR2RGB)))
+        frames.append(np.ascontiguousarray(cv2.cvtColor(bgr[: h // 8 * 8, : w // 8 * 8], cv2.COLOR_BGR2RGB)))
     cap.release()
     if len(frames) < 2:
         raise SystemExit(f"need at least 2 frames from {path} (start {start}), got {len(frames)}")
-    return frames, fps
+    return frames, fps, start
+
+
+def pan_frames(photo: np.ndarray, count: int, step: int) -> list[np.ndarray]:
+    """A known camera motion: ``count`` windows of ``photo`` sliding right by ``step`` px a frame.
+
+    Frame t is ``photo[:, t*step : t*step + W']``, W' = width - (count-1)*step (cut to a multiple of 8),
+    so frame t at column x shows what frame t-1 showed at column x + step.
+    """
+    w = (photo.shape[1] - (count - 1) * step) // 8 * 8
+    if w < 16:
+        raise SystemExit(f"a {photo.shape[1]} px wide photo is too narrow for {count} frames panning {step} px")
+    return [np.ascontiguousarray(photo[:, t * step : t * step + w]) for t in range(count)]
 
 
 def parse_indices(text: str, n: int, what: str) -> list[int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.peer import PEER_STYLES
+from bench.peer import PEER_STYLES, OneShotPeer
 
 Stylize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 HxWx3 RGB, weights [S]) -> uint8 HxWx3
 
@@ -25,6 +25,7 @@ class Model:
     step: int | None  # training step of a checkpoint, None where unknown
     stylize: Stylize
     is_peer: bool = False
+    fixed_size: tuple[int, int] | None = None  # (width, height): the only frame size it takes (photos only)
 
     def one_hot(self, index: int) -> np.ndarray:
         w = np.zeros(len(self.styles), np.float32)
@@ -87,4 +88,28 @@ def load_peer(path: Path, threads: int) -> Model:
         step=None,
         stylize=run,
         is_peer=True,
+    )
+
+
+def load_oneshot(paintings: list[tuple[str, str, Path]]) -> Model:
+    """The peer's one-shot arbitrary-style network, given each painting (name, file name, path) once.
+
+    Its style vectors come from the paintings themselves, so it is scored like-for-like with
+    ours (no matching). Its graph takes 384x384 frames only: photo scores at that size, no video.
+    """
+    net = OneShotPeer()
+    vectors = [net.style_vector(path) for _, _, path in paintings]
+
+    def run(frame: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return net.stylize(frame, vectors[int(np.argmax(weights))])
+
+    return Model(
+        label="oneshot",
+        path=Path("arbitrary_transform.onnx"),
+        runtime="onnxruntime-cpu (one-shot peer)",
+        styles=[name for name, _, _ in paintings],
+        sources=[source for _, source, _ in paintings],
+        step=None,
+        stylize=run,
+        fixed_size=(OneShotPeer.SIZE, OneShotPeer.SIZE),
     )

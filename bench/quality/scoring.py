@@ -59,6 +59,8 @@ class Result:
     warp: list[float] = field(default_factory=list)  # [K] mean warping error per painting
     warp_mix: float | None = None
     contrast: list[float] = field(default_factory=list)  # [K] mean per-frame grey std of the output video
+    strength: list[float] = field(default_factory=list)  # [K] mean |output - input| of the video, 0-255
+    pan: list[float] = field(default_factory=list)  # [K] warping error under a known pan (no flow), 0-255
 
     def style_distance(self) -> np.ndarray:
         """[P,K]: output for painting j vs painting j."""
@@ -124,20 +126,44 @@ def score_peer(
 
 def video_scores(
     stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair], bar: tqdm
-) -> tuple[float, float]:
-    """(mean warping error over consecutive pairs, mean grey-level std of the frames), both 0-255.
+) -> tuple[float, float, float]:
+    """(mean warping error over consecutive pairs, mean grey-level std, strength), all 0-255.
 
-    ``stylize=None`` scores the input frames themselves. The contrast is there to
-    read the warping error by: a flat, washed-out output has little to flicker.
+    ``stylize=None`` scores the input frames themselves. The contrast and the strength (mean
+    |output - input|) are there to read the warping error by: a model that does little, or
+    a flat, washed-out output, has little to flicker.
     """
     errors: list[float] = []
     contrast: list[float] = []
+    strength: list[float] = []
     prev: np.ndarray | None = None
     for t, frame in enumerate(frames):
         cur = frame if stylize is None or weights is None else stylize(frame, weights)
         contrast.append(float(cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY).std()))
+        strength.append(float(np.abs(cur.astype(np.float32) - frame.astype(np.float32)).mean()))
         if prev is not None:
             errors.append(warp_error(prev, cur, pairs[t - 1]))
         prev = cur
         bar.update(1)
-    return float(np.mean(errors)), float(np.mean(contrast))
+    return float(np.mean(errors)), float(np.mean(contrast)), float(np.mean(strength))
+
+
+def pan_score(
+    stylize: Stylize | None, weights: np.ndarray | None, clips: list[list[np.ndarray]], step: int, bar: tqdm
+) -> float:
+    """Warping error under a known camera motion: clips of a photo panning ``step`` px a frame.
+
+    Frame t at column x shows what frame t-1 showed at x + ``step`` (``inputs.pan_frames``), so
+    the error is mean |S_t[:, :-step] - S_t-1[:, step:]| over every pixel: no flow estimate, no
+    occlusion. ``stylize=None`` scores the input clips (exactly 0).
+    """
+    errors: list[float] = []
+    for clip in clips:
+        prev: np.ndarray | None = None
+        for frame in clip:
+            cur = (frame if stylize is None or weights is None else stylize(frame, weights)).astype(np.float32)
+            if prev is not None:
+                errors.append(float(np.abs(cur[:, :-step] - prev[:, step:]).mean()))
+            prev = cur
+            bar.update(1)
+    return float(np.mean(errors))
