@@ -617,23 +617,11 @@ async function connect(track) {
   const stream = new MediaStream([track]);
   const tx = pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
   preferCodec(tx);
-  pc.ontrack = (ev) => {
-    ui.stylized.srcObject = ev.streams[0] || new MediaStream([ev.track]);
-    try {
-      ev.receiver.jitterBufferTarget = 0; // lowest latency playout
-    } catch {
-      /* not supported */
-    }
-  };
+  pc.ontrack = playStylized;
   pc.onconnectionstatechange = () => {
     const s = pc && pc.connectionState;
     if (s === "connected") {
-      state.connected = true;
-      setStatus("Live", "live");
-      ui.placeholder.hidden = true;
-      ui.stop.disabled = false;
-      ui.snapshot.disabled = false;
-      ui.record.disabled = false;
+      videoLive("Live");
       tuneSender(tx.sender);
     } else if (s === "disconnected") {
       setStatus("Connection interrupted…"); // may recover by itself; "failed" follows if not
@@ -676,6 +664,26 @@ async function connect(track) {
   ui.stop.disabled = false;
 }
 
+// The stylized track arrives (from our own peer connection or a WHEP one): play it.
+function playStylized(ev) {
+  ui.stylized.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+  try {
+    ev.receiver.jitterBufferTarget = 0; // lowest latency playout
+  } catch {
+    /* not supported */
+  }
+}
+
+// The connection is up and the video flows: say so, and enable what needs the video.
+function videoLive(status) {
+  state.connected = true;
+  setStatus(status, "live");
+  ui.placeholder.hidden = true;
+  ui.stop.disabled = false;
+  ui.snapshot.disabled = false;
+  ui.record.disabled = false;
+}
+
 // ?session=ID: receive that session's stylized video through WHEP (a receive-only offer, all
 // candidates in it); the controls go over HTTP (sendOverHttp).
 async function watch() {
@@ -686,22 +694,11 @@ async function watch() {
     state.ended = false;
     const tx = pc.addTransceiver("video", { direction: "recvonly" });
     preferCodec(tx);
-    pc.ontrack = (ev) => {
-      ui.stylized.srcObject = ev.streams[0] || new MediaStream([ev.track]);
-      try {
-        ev.receiver.jitterBufferTarget = 0;
-      } catch {
-        /* not supported */
-      }
-    };
+    pc.ontrack = playStylized;
     pc.onconnectionstatechange = () => {
       const s = pc && pc.connectionState;
       if (s === "connected") {
-        state.connected = true;
-        setStatus("Watching", "live");
-        ui.placeholder.hidden = true;
-        ui.snapshot.disabled = false;
-        ui.record.disabled = false;
+        videoLive("Watching");
         sendNow({ type: "set" }); // an empty set: its ack is the session's current mix
         ping();
         pingTimer = setInterval(ping, PING_INTERVAL_MS);
