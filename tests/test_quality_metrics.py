@@ -246,3 +246,37 @@ def test_figures_lay_out_every_style_and_respect_the_size_budget(tiny_checkpoint
     assert small < full
     assert Image.open(tmp_path / "small.png").mode == "P"
     assert Image.open(tmp_path / "full.png").mode == "RGB"
+
+
+def test_compare_sheet_puts_models_side_by_side_and_strips_strokes(
+    tiny_checkpoint: Path, tiny_v2_checkpoint: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from bench import compare_sheet
+
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), textured(240, 320, seed=7))
+    sheet, strip = tmp_path / "sheet.png", tmp_path / "strip.png"
+    argv = [
+        "--model", f"v1={tiny_checkpoint}", "--model", f"v2={tiny_v2_checkpoint}", "--styles", "0,2",
+        "--photo", str(photo), "--size", "320x240", "--tile-width", "64", "--no-peer", "--strokes", "0.5,2",
+        "--out", str(sheet), "--stroke-out", str(strip), "--threads", "1",
+    ]  # fmt: skip
+    assert compare_sheet.main(argv) == 0
+    # rows: one per style; columns: the photo, v1, v2 (tiles 64x48)
+    assert Image.open(sheet).size[0] == 130 + 3 * (64 + figures_pad()) + figures_pad()
+    wide, tall = Image.open(strip).size
+    assert wide == 130 + 2 * (64 + figures_pad()) + figures_pad() and tall > 2 * 48
+    # the strip's two strokes differ: the stroke input reaches the network (at 320x240 neither is clamped
+    # to the finest anchor, see engines.runtime.frames.stroke_plan)
+    tiles = np.asarray(Image.open(strip).convert("RGB"))[-48 - figures_pad() : -figures_pad()]
+    left = tiles[:, 130 + figures_pad() : 130 + figures_pad() + 64].astype(int)
+    right = tiles[:, 130 + 2 * figures_pad() + 64 : 130 + 2 * figures_pad() + 128].astype(int)
+    assert np.abs(left - right).mean() > 0.5
+
+
+def figures_pad() -> int:
+    from bench.figures import PAD
+
+    return PAD

@@ -106,8 +106,8 @@ PAN_STEP = 3  # px a frame of the known camera motion: not a multiple of any net
 def size_arg(text: str) -> tuple[int, int]:
     """``--size``: 'PX' (a square) or 'WIDTHxHEIGHT', each a multiple of 8 (the v2 networks' stride)."""
     w, h = (int(text), int(text)) if text.strip().isdigit() else parse_size(text)
-    if w % 8 or h % 8 or min(w, h) < 64:
-        raise argparse.ArgumentTypeError(f"sides must be multiples of 8 and at least 64, got {w}x{h}")
+    if w % 8 or h % 8 or min(w, h) < 32:
+        raise argparse.ArgumentTypeError(f"sides must be multiples of 8 and at least 32, got {w}x{h}")
     return w, h
 
 
