@@ -18,6 +18,7 @@ import contextlib
 import fractions
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -375,13 +376,18 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server_process(model: Path, log_path: Path, extra: list[str] | None = None) -> Any:
     """``python -m streamer`` on 127.0.0.1 in its own process (its memory and CPU its own), with
-    ``extra`` options; yields (url, process) once it serves, terminates it afterwards."""
+    ``extra`` options; yields (url, process) once it serves, terminates it afterwards.
+
+    A SIGTERM to the bench (``kill``, a timeout) unwinds through here as SystemExit while the
+    server runs, so the server goes too: it used to be left serving, orphaned, taking CPU.
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "streamer", "--model", str(model), "--port", str(port), *(extra or [])]
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for _ in range(600):
             if "serving on" in log_path.read_text() or proc.poll() is not None:
@@ -391,8 +397,13 @@ def server_process(model: Path, log_path: Path, extra: list[str] | None = None) 
             raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-2000:]}")
         yield f"http://127.0.0.1:{port}", proc
     finally:
+        signal.signal(signal.SIGTERM, previous)
         proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
