@@ -6,6 +6,8 @@ Control messages (JSON text on the data channel labelled ``control``)::
         "resolution": "320x240" | "auto", "transition_ms": 0..5000}   (any subset)
     -> {"type": "preset", "name": "moss"}
     -> {"type": "ping", "t": 123.4}
+    -> {"type": "stats"}             (the latest stats message, for a client without the channel:
+                                      a WHEP watcher asks over ``PATCH /api/sessions/ID``)
     <- {"type": "ack", "state": {"weights": [...], "strength": x, "stroke": s, "resolution": "WxH" | "auto",
         "preset": name|null, "auto_resolution": "WxH"}}   (auto_resolution: only on "auto", the size it applies now)
     <- {"type": "pong", "t": 123.4}
@@ -112,6 +114,7 @@ class Session:
         self._close_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._last = (time.monotonic(), 0, 0)  # (time, frames_in, frames_out) at the last stats message
+        self.last_stats: dict[str, Any] | None = None  # the latest stats message, for {"type": "stats"}
         ice = [RTCIceServer(**server) for server in config.ice_server_list()]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         self.pc.on("track", self._on_track)
@@ -260,6 +263,8 @@ class Session:
             if not finite_float32(t):
                 return self._error("ping needs a number t, finite and within float32's range (echoed in the pong)")
             return {"type": "pong", "t": t}
+        if msg == {"type": "stats"}:  # asked, not pushed: the interval's counters are not reset
+            return self.last_stats or {"type": "stats"}  # none yet: the first comes after one interval
         try:
             self.mixer.apply(msg)
         except ControlError as e:
@@ -361,7 +366,8 @@ class Session:
         limit = self.config.max_session_minutes
         while not self.closed:
             await asyncio.sleep(self.config.stats_interval_s)
-            self._send(self.stats_message())
+            self.last_stats = self.stats_message()
+            self._send(self.last_stats)
             now = self.clock()
             # No video for idle_timeout_s (a vanished browser keeps ICE alive ~30 s): free the place.
             last = self.source.last_frame_at if self.source is not None else None

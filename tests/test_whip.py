@@ -202,13 +202,22 @@ async def test_a_vanished_publisher_is_cleaned_up_with_its_viewers(start: Start)
 
 
 async def test_control_over_http_drives_a_whip_session(start: Start) -> None:
-    srv = await start(control_rate=5, control_burst=5)
+    srv = await start(control_rate=5, control_burst=5, stats_interval_s=0.2)
     async with aiohttp.ClientSession() as http:
         pub = WhipClient(pattern(*SIZE))
         try:
             assert (await pub.post(http, srv.url + "/whip"))[0] == 201
             session_id = pub.resource.split("/")[-1]  # type: ignore[union-attr]
             url = f"{srv.url}/api/sessions/{session_id}"
+            session = srv.server.sessions[session_id]
+            for _ in range(100):  # a watcher has no data channel: it asks for the stats
+                if session.last_stats and session.last_stats["fps_in"] > 0:  # (out: only while watched)
+                    break
+                await asyncio.sleep(0.1)
+            async with http.patch(url, json={"type": "stats"}) as r:
+                stats = await r.json()
+                assert r.status == 200 and stats["type"] == "stats" and stats["fps_in"] > 0, stats
+                assert stats["backend"] == session.served().backend.name
             async with http.patch(url, json={"type": "set", "weights": {"moss": 1}, "stroke": 1.5}) as r:
                 body = await r.json()
                 assert r.status == 200 and body["type"] == "ack" and body["state"]["stroke"] == 1.5

@@ -214,6 +214,12 @@ async def test_the_page_watches_and_steers_a_whip_session_and_the_clean_view_sho
         await page.get_by_role("button", name="Watch").click()
         await page.wait_for_function("stylecast.renderedFrames > 20", timeout=60_000)
         assert not await page.locator("#original").is_visible()  # no camera on this page
+        # No data channel pushes the server's numbers to a watcher: the page asks for them.
+        await page.wait_for_function(
+            "/\\d/.test(document.querySelector('#server-fps').textContent)"
+            " && /ms/.test(document.querySelector('#infer').textContent)",
+            timeout=20_000,
+        )
 
         # The page's controls drive that session's mixer, over PATCH.
         await page.wait_for_function("stylecast.acks >= 1", timeout=10_000)

@@ -701,7 +701,10 @@ async function watch() {
         videoLive("Watching");
         sendNow({ type: "set" }); // an empty set: its ack is the session's current mix
         ping();
-        pingTimer = setInterval(ping, PING_INTERVAL_MS);
+        pingTimer = setInterval(() => {
+          ping();
+          sendNow({ type: "stats" }); // no data channel pushes them to a watcher: ask
+        }, PING_INTERVAL_MS);
       } else if (s === "disconnected") {
         setStatus("Connection interrupted…");
       } else if (s === "failed" || s === "closed") {
