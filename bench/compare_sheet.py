@@ -24,9 +24,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from bench.data import PHOTOS
@@ -34,31 +32,11 @@ from bench.figures import grid, save_png, thumb
 from bench.peer import peer_model_path
 from bench.quality.cli import size_arg
 from bench.quality.inputs import cover_crop, open_rgb, parse_indices, select_photos
-from bench.quality.models import load_peer
+from bench.quality.models import Model, load_model, load_peer
 from common.sizes import format_size
 
 log = logging.getLogger("bench.compare_sheet")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def load(path: Path, threads: int) -> Any:
-    """A stylecast model as served: ``.safetensors`` on the torch backend (float32), ``.onnx`` on auto."""
-    from engines.runtime import load_backend
-
-    if not path.is_file():
-        raise SystemExit(f"model file not found: {path}")
-    return load_backend(path, "torch-cpu" if path.suffix == ".safetensors" else "auto", num_threads=threads)
-
-
-def sources(path: Path) -> list[str]:
-    """The painting file of each style of the model at ``path``."""
-    if path.suffix == ".safetensors":
-        from trainer.checkpoint import load_checkpoint
-
-        return [s.source for s in load_checkpoint(path).styles]
-    from engines.runtime import read_model_info
-
-    return list(read_model_info(path).sources)
 
 
 def peer_matches(args: argparse.Namespace, paintings: list[str]) -> list[int] | None:
@@ -104,24 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    specs = []
+    models: list[Model] = []
     for spec in args.model:
         label, sep, path = spec.partition("=")
         if not sep or not label:
             raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
-        specs.append((label, Path(path)))
-    backends = {label: load(path, args.threads) for label, path in specs}
-    ref_label, ref_path = specs[0]
-    ref_sources = sources(ref_path)
-    styles = parse_indices(args.styles, len(ref_sources), "--styles")
-    paintings = [ref_sources[i] for i in styles]
-    names = [backends[ref_label].styles[i] for i in styles]
-    weights: dict[str, list[np.ndarray]] = {}
-    for label, path in specs:
-        own = sources(path)
-        if missing := [s for s in paintings if s not in own]:
-            raise SystemExit(f"model {label} has no style for {missing}")
-        weights[label] = [np.eye(len(own), dtype=np.float32)[own.index(s)] for s in paintings]
+        models.append(load_model(label, Path(path), "auto", args.threads))
+    ref = models[0]
+    styles = parse_indices(args.styles, len(ref.sources), "--styles")
+    paintings = [ref.sources[i] for i in styles]
+    names = [ref.styles[i] for i in styles]
+    weights = {m.label: [m.weights_for(s) for s in paintings] for m in models}
     matches = peer_matches(args, paintings) if args.peer else None
     peer = None
     if args.peer:
@@ -137,28 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     w, h = args.size
     tw, th = args.tile_width, round(args.tile_width * h / w)
     rows, row_labels = [], []
-    total = len(photos) * len(styles) * (len(specs) + (peer is not None))
+    total = len(photos) * len(styles) * (len(models) + (peer is not None))
     with tqdm(total=total, desc="side by side", unit="img") as bar:
         for _, img in photos:
             for j, name in enumerate(names):
                 row = [thumb(img, tw, th)]
-                for label, _ in specs:
-                    row.append(thumb(backends[label].stylize(img, weights[label][j]), tw, th))
+                for m in models:
+                    row.append(thumb(m.stylize(img, weights[m.label][j]), tw, th))
                     bar.update(1)
                 if peer is not None and matches is not None:
                     row.append(thumb(peer.stylize(img, peer.one_hot(matches[j])), tw, th))
                     bar.update(1)
                 rows.append(row)
                 row_labels.append(name)
-    cols = ["held-out photo", *(label for label, _ in specs)]
+    cols = ["held-out photo", *(m.label for m in models)]
     if peer is not None and matches is not None:
         cols.append("multistyle26 (its closest style)")
     sheet = grid(rows, [f"{c}, {format_size(args.size)}" for c in cols], row_labels, tw, th, label_w=130)
     n = save_png(sheet, args.out, args.max_bytes)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {n / 1e6:.2f} MB)")
 
-    stroke_label = args.stroke_model or specs[-1][0]
-    be = backends[stroke_label]
+    stroke_label = args.stroke_model or models[-1].label
+    be = next((m.backend for m in models if m.label == stroke_label), None)
+    if be is None:
+        raise SystemExit(f"--stroke-model {stroke_label!r} is not one of the --model labels")
     if not be.strokes:
         print(f"{stroke_label} has no stroke input (a v1 model): no stroke strip")
         return 0
@@ -171,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     strip = grid(rows, [f"stroke {s:g}" for s in strokes], row_labels, tw, th, label_w=130)
     n = save_png(strip, args.stroke_out, args.max_bytes)
     print(f"wrote {args.stroke_out} ({strip.width}x{strip.height}, {n / 1e6:.2f} MB; {stroke_label} at {w}x{h})")
-    for b in backends.values():
-        b.close()
+    for m in models:
+        if m.backend is not None:
+            m.backend.close()
     return 0
 
 

@@ -189,10 +189,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     weights: dict[str, list[np.ndarray]] = {}
     mixes: dict[str, np.ndarray | None] = {}
     for m in models:
-        missing = [p.source for p in paintings if p.source not in m.sources]
-        if missing:
-            raise SystemExit(f"model {m.label} has no style for the paintings {missing}")
-        weights[m.label] = [m.one_hot(m.sources.index(p.source)) for p in paintings]
+        weights[m.label] = [m.weights_for(p.source) for p in paintings]
         mixes[m.label] = m.mix([m.sources.index(ref.sources[i]) for i in mix]) if mix else None
     return Plan(models, peer, ref_styles, mix, vgg, paintings, weights, mixes)
 

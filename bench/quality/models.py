@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.peer import PEER_STYLES, OneShotPeer
+
+if TYPE_CHECKING:
+    from engines.runtime import Backend
 
 Stylize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 HxWx3 RGB, weights [S]) -> uint8 HxWx3
 
@@ -26,6 +30,13 @@ class Model:
     stylize: Stylize
     is_peer: bool = False
     fixed_size: tuple[int, int] | None = None  # (width, height): the only frame size it takes (photos only)
+    backend: Backend | None = None  # ours: the runtime behind ``stylize`` (its stroke input, close); None for peers
+
+    def weights_for(self, painting: str) -> np.ndarray:
+        """The one-hot weights of the style learned from ``painting`` (a file name in ``sources``)."""
+        if painting not in self.sources:
+            raise SystemExit(f"model {self.label} has no style for {painting}")
+        return self.one_hot(self.sources.index(painting))
 
     def one_hot(self, index: int) -> np.ndarray:
         w = np.zeros(len(self.styles), np.float32)
@@ -60,7 +71,14 @@ def load_model(label: str, path: Path, backend: str, threads: int) -> Model:
     else:
         raise SystemExit(f"model must be .safetensors or .onnx: {path}")
     return Model(
-        label=label, path=path, runtime=be.name, styles=list(be.styles), sources=sources, step=step, stylize=be.stylize
+        label=label,
+        path=path,
+        runtime=be.name,
+        styles=list(be.styles),
+        sources=sources,
+        step=step,
+        stylize=be.stylize,
+        backend=be,
     )
 
 
