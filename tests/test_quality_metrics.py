@@ -145,6 +145,34 @@ def test_edge_agreement_is_maximal_for_itself_and_drops_with_distortion() -> Non
     assert metrics.edge_f1(flat, img) == 0.0
 
 
+# ------------------------------------------------------------------ stroke frequency
+
+
+def grating(h: int, w: int, cycles: float, vertical: bool = False) -> np.ndarray:
+    """A sinusoidal grating with ``cycles`` periods per frame width (uint8 RGB)."""
+    if vertical:
+        y = np.arange(h, dtype=np.float64)[:, None] * np.ones((1, w))
+        wave = np.sin(2 * np.pi * cycles * y / w)
+    else:
+        x = np.arange(w, dtype=np.float64)[None, :] * np.ones((h, 1))
+        wave = np.sin(2 * np.pi * cycles * x / w)
+    return np.repeat((127.5 + 100 * wave).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_stroke_frequency_reads_a_grating_in_cycles_per_frame_width_at_any_size() -> None:
+    for cycles in (10.0, 20.0, 40.0):
+        for h, w in ((480, 640), (240, 320), (720, 960)):
+            got = metrics.stroke_frequency(grating(h, w, cycles))
+            assert got == pytest.approx(cycles, rel=0.05), (cycles, h, w)
+    # a cycle is the same length across as down: the same stripes turned count the same
+    assert metrics.stroke_frequency(grating(480, 640, 20.0, vertical=True)) == pytest.approx(20.0, rel=0.05)
+    # bolder marks, lower number; a flat picture has none
+    assert metrics.stroke_frequency(textured(240, 320)) > metrics.stroke_frequency(
+        cv2.resize(textured(120, 160), (320, 240), interpolation=cv2.INTER_CUBIC)
+    )
+    assert np.isnan(metrics.stroke_frequency(np.full((48, 64, 3), 90, np.uint8)))
+
+
 # ------------------------------------------------------------------ the bench end to end
 
 
