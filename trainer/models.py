@@ -280,9 +280,9 @@ class CondAffine(nn.Module):
     """Per-channel scale and shift from style x stroke rows, after an instance norm or (FiLM) without.
 
     ``gamma``/``beta`` are [num_styles, num_strokes, C]. The generator computes
-    every layer's (gamma [N,C], beta [N,C]) with one matmul
-    (:meth:`GeneratorV2.style_affines`) from the outer product of the style mix
-    and the stroke interpolation weights. With ``normalize`` it is a conditional
+    every layer's (gamma [N,C], beta [N,C]) at once (:meth:`GeneratorV2.style_affines`):
+    each style's rows interpolated over the stroke anchors, then mixed by the style
+    weights in one matmul. With ``normalize`` it is a conditional
     instance norm (the rows then set each channel's mean and spread, which is
     what makes a style); without, a plain affine that fuses into the conv before
     it (see the module docstring for what each measured).
@@ -433,11 +433,20 @@ class GeneratorV2(nn.Module):
         grid = torch.tensor(anchors, dtype=dtype, device=device)
         return F.relu(1.0 - (u - grid[None, :]).abs() / spacing)  # [N,K]
 
-    def style_affines(self, wt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(gamma [N,C], beta [N,C]) of every affine for joint weights ``wt`` [N,S*K], in forward order."""
-        sk = self.config.num_styles * self.config.num_strokes
-        table = torch.cat([torch.cat([n.gamma.reshape(sk, -1), n.beta.reshape(sk, -1)], 1) for n in self.norms], 1)
-        flat = wt @ table  # [N, 2*sum(C)]
+    def style_affines(self, w: torch.Tensor, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(gamma [N,C], beta [N,C]) of every affine for style weights ``w`` [N,S] and stroke weights
+        ``t`` [N,K], in forward order.
+
+        Each style's rows are interpolated over the stroke anchors first (a sum over K, the same
+        arithmetic whatever the number of styles), then mixed by one matmul. So a one-hot style's
+        affines are bit-identical in a model with more styles (``add-style``): a single matmul over
+        all S*K rows at once let the BLAS kernel, picked by the row count, change the rounding of a
+        stroke between anchors.
+        """
+        s, k = self.config.num_styles, self.config.num_strokes
+        table = torch.cat([torch.cat([n.gamma, n.beta], 2) for n in self.norms], 2)  # [S,K,2*sum(C)]
+        per_style = (t[:, None, :, None] * table.reshape(1, s, k, -1)).sum(2)  # [N,S,2*sum(C)]
+        flat = torch.bmm(w[:, None, :], per_style)[:, 0]  # [N, 2*sum(C)]
         out, offset = [], 0
         for n in self.norms:
             c = n.gamma.shape[-1]
@@ -449,7 +458,7 @@ class GeneratorV2(nn.Module):
         n = image.shape[0]
         w = self.normalize_style(style, n).to(image.dtype)  # [N,S]
         t = self.stroke_weights(stroke, n, image.dtype)  # [N,K]
-        a = iter(self.style_affines((w[:, :, None] * t[:, None, :]).reshape(n, -1)))
+        a = iter(self.style_affines(w, t))
         x = F.relu(self.n_down1(self.down1(image * 2.0 - 1.0), next(a)))  # [N,h,H/2,W/2]
         x = F.relu(self.n_down2(self.down2(x), next(a)))  # [N,c,H/4,W/4]
         for block in self.fine_in:
