@@ -1,4 +1,5 @@
-"""The default model shipped in engines/models: complete, consistent and credited."""
+"""The models shipped in engines/models (the default, v1) and engines/models/v2: complete,
+consistent and credited."""
 
 from __future__ import annotations
 
@@ -8,20 +9,23 @@ import numpy as np
 import pytest
 
 MODELS = Path(__file__).resolve().parents[1] / "engines" / "models"
-CKPT = MODELS / "default.safetensors"
-ONNX = MODELS / "default.onnx"
+CKPT, ONNX = "default.safetensors", "default.onnx"  # in each shipped model's folder
+V2 = MODELS / "v2"  # generator v2, 12 styles (the default's 8 first), served with --model
+SHIPPED = pytest.mark.parametrize("folder", [MODELS, V2], ids=["default", "v2"])
 
 
-def test_default_model_files_exist() -> None:
-    assert CKPT.is_file(), f"the default model is missing: {CKPT}"
-    assert ONNX.is_file(), f"the default ONNX is missing: {ONNX}"
+@SHIPPED
+def test_model_files_exist(folder: Path) -> None:
+    assert (folder / CKPT).is_file(), f"the shipped checkpoint is missing: {folder / CKPT}"
+    assert (folder / ONNX).is_file(), f"the shipped ONNX is missing: {folder / ONNX}"
 
 
-def test_checkpoint_describes_itself_and_its_training() -> None:
+@SHIPPED
+def test_checkpoint_describes_itself_and_its_training(folder: Path) -> None:
     pytest.importorskip("torch")
     from trainer.checkpoint import load_generator
 
-    g, ckpt = load_generator(CKPT)
+    g, ckpt = load_generator(folder / CKPT)
     assert len(ckpt.styles) >= 8
     assert len(set(ckpt.style_names)) == len(ckpt.style_names)
     # Anyone can retrain it: the command, the data and the step count are recorded.
@@ -33,23 +37,25 @@ def test_checkpoint_describes_itself_and_its_training() -> None:
     assert ckpt.discriminator_state is None and not ckpt.optimizers
 
 
-def test_onnx_matches_the_checkpoint() -> None:
+@SHIPPED
+def test_onnx_matches_the_checkpoint(folder: Path) -> None:
     pytest.importorskip("torch")
     from engines.export import read_onnx_info, verify_onnx
     from engines.runtime.model import file_sha256
     from trainer.checkpoint import load_generator
 
-    g, ckpt = load_generator(CKPT)
-    info = read_onnx_info(ONNX)
+    g, ckpt = load_generator(folder / CKPT)
+    info = read_onnx_info(folder / ONNX)
     assert info.styles == ckpt.style_names
-    assert info.checkpoint_sha256 == file_sha256(CKPT)
-    verify_onnx(ONNX, g, sizes=((64, 96), (120, 160)))
+    assert info.checkpoint_sha256 == file_sha256(folder / CKPT)
+    verify_onnx(folder / ONNX, g, sizes=((64, 96), (120, 160)))
 
 
-def test_styles_really_differ_on_a_photo_like_input() -> None:
+@SHIPPED
+def test_styles_really_differ_on_a_photo_like_input(folder: Path) -> None:
     from engines.runtime import load_backend
 
-    backend = load_backend(ONNX, "onnxruntime")
+    backend = load_backend(folder / ONNX, "onnxruntime")
     yy, xx = np.mgrid[0:96, 0:128]
     frame = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)
     eye = np.eye(len(backend.styles), dtype=np.float32)
@@ -70,34 +76,36 @@ def credit_rows(text: str) -> dict[int, list[str]]:
     return rows
 
 
-def test_every_style_has_a_thumbnail_and_its_own_credit_row() -> None:
+@SHIPPED
+def test_every_style_has_a_thumbnail_and_its_own_credit_row(folder: Path) -> None:
     from PIL import Image
 
     from engines.runtime.model import read_model_info
 
-    info = read_model_info(ONNX)
-    rows = credit_rows((MODELS / "CREDITS.md").read_text())
+    info = read_model_info(folder / ONNX)
+    rows = credit_rows((folder / "CREDITS.md").read_text())
     # One row per style, each naming that style and its painting's file: a credit in the
     # wrong row, a missing row or a row for a style the model does not have all fail.
     assert sorted(rows) == list(range(len(info.styles))), sorted(rows)
     for i, (name, source) in enumerate(zip(info.styles, info.sources, strict=True)):
         assert rows[i][1] == name, f"credits row {i} names {rows[i][1]!r}, the model's style {i} is {name!r}"
         assert rows[i][4] == f"`{source}`", f"credits row {i} names {rows[i][4]}, style {name!r} came from {source}"
-        thumb = MODELS / "thumbnails" / f"{i}.jpg"
+        thumb = folder / "thumbnails" / f"{i}.jpg"
         assert thumb.is_file(), f"no thumbnail for style {i} ({name})"
         with Image.open(thumb) as im:
             assert im.size[0] >= 64 and im.size[1] >= 64
 
 
-def test_the_shipped_int8_model_is_the_float_models_and_passed_its_gate() -> None:
+@SHIPPED
+def test_the_shipped_int8_model_is_the_float_models_and_passed_its_gate(folder: Path) -> None:
     import json
 
     from engines.runtime.model import read_model_info, read_onnx_metadata
 
-    int8 = MODELS / "default.int8.onnx"
+    int8 = folder / "default.int8.onnx"
     if not int8.is_file():
         pytest.skip("no INT8 model is shipped")
-    q, f = read_model_info(int8), read_model_info(ONNX)
+    q, f = read_model_info(int8), read_model_info(folder / ONNX)
     assert q.quantized == "int8" and not f.quantized
     assert (q.styles, q.sources, q.checkpoint_sha256) == (f.styles, f.sources, f.checkpoint_sha256)
     gate = json.loads(read_onnx_metadata(int8)["stylecast.quantization"])["gate"]
@@ -119,3 +127,44 @@ def test_the_shipped_content_photos_are_few_small_and_each_credited() -> None:
     for name, c in credits.items():
         assert c["author"] and c["source"].startswith("http") and c["licence"].lower().startswith(free), c
         assert f"`{name}` | {c['author']} | {c['licence']} |" in table
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17, not met yet: the shipped v2's stroke input changes its marks too little to make up for a "
+    "halved frame (median ratio 0.66 at stroke 1 and 0.86 at 1.6 on a Xeon; 0.9-1.1 wanted)",
+)
+def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame() -> None:
+    """Measured on the picture, not on the plan: the shipped model renders the shipped photos at 640x480
+    and at 320x240 (auto resolution's step), and the stroke frequency (``bench.metrics``, cycles per
+    frame width) of the two must agree. Without the stroke plan the network would draw its
+    640x480 brush on the 320x240 frame; that is asked for too, to show the measurement sees it."""
+    import statistics
+
+    from PIL import Image
+
+    from bench.metrics import stroke_frequency
+    from bench.quality.inputs import cover_crop
+    from common.paths import CONTENT_DIR
+    from engines.runtime import load_backend
+
+    backend = load_backend(V2 / ONNX, "onnxruntime-cpu", num_threads=2, precision="fp32")
+    assert backend.strokes, "the shipped model has no stroke input"
+    photos = sorted(CONTENT_DIR.glob("*.jpg"))[::6][:5]
+    eye = np.eye(len(backend.styles), dtype=np.float32)
+    kept: dict[float, list[float]] = {1.0: [], 1.6: []}
+    jumped: list[float] = []
+    for i, path in enumerate(photos):
+        with Image.open(path) as im:
+            big = cover_crop(im.convert("RGB"), (640, 480))
+        small = np.asarray(Image.fromarray(big).resize((320, 240), Image.Resampling.BOX))
+        w = eye[(3 * i) % len(eye)]
+        for stroke in kept:
+            ref = stroke_frequency(backend.stylize(big, w, stroke))
+            kept[stroke].append(stroke_frequency(backend.stylize(small, w, stroke)) / ref)
+            if stroke == 1.0:  # user stroke 2 at 320x240 is network stroke 1: the 640x480 brush
+                jumped.append(stroke_frequency(backend.stylize(small, w, 2.0)) / ref)
+    backend.close()
+    for stroke, ratios in kept.items():
+        assert 0.9 <= statistics.median(ratios) <= 1.1, (stroke, ratios)
+    assert statistics.median(jumped) <= 0.85, jumped

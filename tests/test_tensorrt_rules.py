@@ -52,7 +52,7 @@ def _export(module: torch.nn.Module, path: Path, num_styles: int, hw: tuple[int,
     return path
 
 
-@pytest.mark.parametrize("name", ["default.onnx", "default.int8.onnx"])
+@pytest.mark.parametrize("name", ["default.onnx", "default.int8.onnx", "v2/default.onnx", "v2/default.int8.onnx"])
 def test_the_shipped_models_follow_tensorrts_rules(name: str) -> None:
     assert check_file(MODELS / name) == []
 
