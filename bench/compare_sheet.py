@@ -4,7 +4,7 @@ and a stroke-size strip.
 Copy-paste command (from the repository root)::
 
     python -m bench.compare_sheet --model v1=engines/models/default.safetensors \\
-        --model v2=runs/v2/default.safetensors --matches bench/results/quality_640.json \\
+        --model v2=engines/models/v2/default.safetensors --matches bench/results/quality_640.json \\
         --out docs/side_by_side.png --stroke-out docs/stroke_strip.png
 
 The side-by-side sheet has one row per (photo, style): the photo, then each ``--model``'s

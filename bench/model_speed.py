@@ -4,7 +4,7 @@
     python -m bench.model_speed engines/models/default.onnx --repeats 30
     python -m bench.model_speed --sizes 640x480 --backends openvino-cpu --repeats 50
     # a second model of ours in the same run, interleaved (v2 beside v1 and the peer)
-    python -m bench.model_speed engines/models/default.onnx --compare v2=runs/v2ship/default.onnx --sizes 640x480
+    python -m bench.model_speed engines/models/default.onnx --compare v2=engines/models/v2/default.onnx --sizes 640x480
 
 What is timed (median and p90 over ``--repeats`` calls, after ``--warmup``):
 
