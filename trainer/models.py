@@ -443,9 +443,8 @@ class GeneratorV2(nn.Module):
         all S*K rows at once let the BLAS kernel, picked by the row count, change the rounding of a
         stroke between anchors.
         """
-        s, k = self.config.num_styles, self.config.num_strokes
         table = torch.cat([torch.cat([n.gamma, n.beta], 2) for n in self.norms], 2)  # [S,K,2*sum(C)]
-        per_style = (t[:, None, :, None] * table.reshape(1, s, k, -1)).sum(2)  # [N,S,2*sum(C)]
+        per_style = (t[:, None, :, None] * table[None]).sum(2)  # [N,S,2*sum(C)]
         flat = torch.bmm(w[:, None, :], per_style)[:, 0]  # [N, 2*sum(C)]
         out, offset = [], 0
         for n in self.norms:
