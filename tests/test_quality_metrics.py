@@ -150,12 +150,8 @@ def test_edge_agreement_is_maximal_for_itself_and_drops_with_distortion() -> Non
 
 def grating(h: int, w: int, cycles: float, vertical: bool = False) -> np.ndarray:
     """A sinusoidal grating with ``cycles`` periods per frame width (uint8 RGB)."""
-    if vertical:
-        y = np.arange(h, dtype=np.float64)[:, None] * np.ones((1, w))
-        wave = np.sin(2 * np.pi * cycles * y / w)
-    else:
-        x = np.arange(w, dtype=np.float64)[None, :] * np.ones((h, 1))
-        wave = np.sin(2 * np.pi * cycles * x / w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    wave = np.sin(2 * np.pi * cycles * (yy if vertical else xx) / w)
     return np.repeat((127.5 + 100 * wave).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
