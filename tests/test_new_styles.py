@@ -225,10 +225,12 @@ async def test_a_learned_style_swaps_in_live_and_survives_a_restart(start_server
         code, job = await upload(http, srv.url, painting_png(), "Stripes")
         assert code == 202 and job["state"] in ("queued", "learning"), job
         seen = await wait_job(http, srv.url, job["id"], done)
-        # progress was visible: steps counted up, an ETA, and a preview picture
+        # progress was visible: steps counted up, an ETA once a step was done, and a preview picture.
+        # (Four tiny steps can all fall between two polls, so the ETA is checked wherever a step
+        # was seen, not required to have been caught.)
         steps = [j["step"] for j in seen]
         assert steps == sorted(steps) and seen[-1]["step"] == seen[-1]["steps"] == FAST["learn_steps"]
-        assert any(j["state"] == "learning" and j["eta_s"] is not None for j in seen) or len(seen) < 3
+        assert all(j["eta_s"] is not None for j in seen if j["state"] == "learning" and j["step"] > 0), seen
         assert seen[-1]["style_index"] == 3 and seen[-1]["preview"]
         async with http.get(srv.url + seen[-1]["preview"]) as resp:
             assert resp.status == 200 and resp.content_type == "image/jpeg"
