@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from trainer.__main__ import main as trainer_main  # noqa: E402
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_generator  # noqa: E402
 from trainer.data import ContentImages, DataError, StyleImage  # noqa: E402
-from trainer.losses import shift_pair  # noqa: E402
+from trainer.losses import resolution_step_loss, shift_pair  # noqa: E402
 from trainer.models import (  # noqa: E402
     Discriminator,
     DiscriminatorConfig,
@@ -533,3 +533,44 @@ def test_flow_loss_is_zero_for_a_still_video_and_joins_training(data: tuple[Path
     stats = tr.train_step()
     assert "flow" in stats and np.isfinite(stats["flow"]) and stats["flow"] < 0.05
     assert tr.data_record()["video"]["frames"] == [0, 6]
+
+
+def test_the_resolution_step_loss_compares_the_half_size_pass_with_the_reduced_picture() -> None:
+    """Auto resolution's step as a loss: item by item, G(half-size frame, stroke / 2) against the
+    full-size picture box-reduced, only where stroke / 2 is still an anchor's size or more, with the
+    full-size picture as a fixed target; and optimising it brings the two together."""
+    g = _v2()
+    x, w = torch.rand(3, 3, 32, 48), one_hot([0, 1, 0], 2)
+    stroke = torch.tensor([0.7, 1.0, 2.0])  # 0.7 / 2 is finer than the finest anchor (0.5): left out
+    y = g(x, w, stroke)
+    y.retain_grad()
+    loss = resolution_step_loss(g, x, y, w, stroke)
+    with torch.no_grad():
+        half = g(torch.nn.functional.avg_pool2d(x[1:], 2), w[1:], torch.tensor([0.5, 1.0]))
+        want = (half - torch.nn.functional.avg_pool2d(y[1:], 2)).abs().mean()
+    assert torch.allclose(loss, want, atol=1e-6)
+    assert float(resolution_step_loss(g, x[:1], y[:1], w[:1], stroke[:1])) == 0.0
+    loss.backward()  # the target is detached: only the half-size pass pulls on the weights
+    assert y.grad is None and all(p.grad is not None for p in g.parameters() if p.requires_grad)
+
+    g.zero_grad()
+    y.detach_()
+    opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    first = float(loss.detach())
+    for _ in range(30):
+        opt.zero_grad()
+        step = resolution_step_loss(g, x, y, w, stroke)
+        step.backward()
+        opt.step()
+    assert float(step) < 0.5 * first, (first, float(step))
+
+
+def test_v2_training_adds_the_resolution_step_and_checks_the_crop_side(
+    data: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    tr = Trainer(_config(data, tmp_path / "m.safetensors", arch=2, size=32))
+    assert "res_step" in tr.train_step()
+    with pytest.raises(ValueError, match="multiple of 16 and >= 32 for a v2 generator with the resolution-step"):
+        _config(data, tmp_path / "n.safetensors", arch=2, size=40)
+    _config(data, tmp_path / "n.safetensors", arch=2, size=40, losses=LossWeights(resolution_step=0.0))
+    assert "res_step" not in Trainer(_config(data, tmp_path / "v1.safetensors", arch=1)).train_step()

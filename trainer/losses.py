@@ -159,3 +159,30 @@ def flow_temporal_loss(
     warped = warp_torch(y_prev.float(), pairs.grid.to(device))
     valid = pairs.valid.to(device)
     return ((y_cur.float() - warped).abs() * valid).sum() / (valid.sum() * 3).clamp_min(1.0)
+
+
+def resolution_step_loss(
+    generator: StyleGenerator,
+    content: torch.Tensor,
+    output: torch.Tensor,
+    style_weights: torch.Tensor,
+    stroke: torch.Tensor,
+) -> torch.Tensor:
+    """Auto resolution's step, trained (v2): the frame at half size, painted at half the network
+    stroke, must look like the full-size picture reduced to that size.
+
+    That is what a user sees when auto resolution halves the processing size: the same stroke,
+    relative to the frame (``common.stroke``). ``output`` is the generator's picture of
+    ``content`` at ``stroke``; it is the target, detached, so only the half-size pass learns.
+    L1 between ``G(reduce(content), stroke / 2)`` and ``reduce(output)``, box-reduced by 2, on
+    the items whose half stroke is still within the anchors (smaller ones are clamped, so they
+    cannot shrink the brush further); 0 when no item qualifies. H and W: multiples of 2 x stride.
+    """
+    keep = stroke / 2 >= generator.config.strokes[0] - 1e-6
+    if not bool(keep.any()):
+        return output.new_zeros((), dtype=torch.float32)
+    idx = keep.nonzero().flatten().to(content.device)
+    small = F.avg_pool2d(content[idx], 2)
+    target = F.avg_pool2d(output[idx].detach().float(), 2)
+    y = generator(small, style_weights[idx], stroke[keep] / 2)
+    return (y.float() - target).abs().mean()

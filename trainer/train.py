@@ -39,6 +39,7 @@ from trainer.losses import (
     flow_temporal_loss,
     hinge_d_loss,
     hinge_g_loss,
+    resolution_step_loss,
     temporal_loss,
     total_variation,
 )
@@ -76,6 +77,18 @@ class LossWeights:
         "optical flow (needs --video; 0 disables)",
         flag="--flow-weight",
     )
+    resolution_step: float = opt(
+        10.0,
+        "v2: auto resolution's step, trained: the half-size frame at half the network stroke must match "
+        "the full-size picture reduced, so a step keeps the strokes' size relative to the frame (0 disables)",
+        flag="--resolution-step-weight",
+    )
+
+
+def crop_multiple(stride: int, resolution_step: bool) -> int:
+    """What a training crop's side must be a multiple of: the generator's stride, twice that when
+    the resolution-step loss also paints the crop at half size."""
+    return 2 * stride if resolution_step else stride
 
 
 @dataclass(frozen=True)
@@ -142,10 +155,11 @@ class TrainConfig:
     command: str = ""  # the command line that started the run, for the record
 
     def __post_init__(self) -> None:
-        multiple = 8 if self.arch == 2 else 4
+        multiple = crop_multiple(8 if self.arch == 2 else 4, self.arch == 2 and self.losses.resolution_step > 0)
         if self.size % multiple or self.size < 32:
             raise ValueError(
-                f"--size must be a multiple of {multiple} and >= 32 for a v{self.arch} generator, got {self.size}"
+                f"--size must be a multiple of {multiple} and >= 32 for a v{self.arch} generator"
+                f"{' with the resolution-step loss' if multiple == 16 else ''}, got {self.size}"
             )
         if self.style_levels < 1:
             raise ValueError("--style-levels must be >= 1")
@@ -424,6 +438,10 @@ class Trainer:
                 l_temp = temporal_loss(self.G, x, style_w, stroke=stroke)
                 g_loss = g_loss + w.temporal * l_temp
                 stats["temporal"] = l_temp.item()
+            if w.resolution_step > 0 and stroke is not None:
+                l_res = resolution_step_loss(self.G, x, y, style_w, stroke)
+                g_loss = g_loss + w.resolution_step * l_res
+                stats["res_step"] = l_res.item()
             if self.video is not None:
                 pairs = self.video.batch(max(1, b // 2), cfg.size, self.rng)
                 n_pairs = pairs.prev.shape[0]
@@ -619,8 +637,9 @@ def add_style(
     style = StyleImage.load(config.style, config.name, None if v2 else config.style_size)
     if style.name in base.style_names:
         raise ValueError(f"the model already has a style named {style.name!r}; pick another --name")
-    if size % base.generator_config.stride:
-        raise ValueError(f"--size must be a multiple of {base.generator_config.stride} for this model, got {size}")
+    multiple = crop_multiple(base.generator_config.stride, v2 and config.losses.resolution_step > 0)
+    if size % multiple:
+        raise ValueError(f"--size must be a multiple of {multiple} for this model, got {size}")
     content = ContentImages.from_folder(
         config.content_dir, size, work_side=int(base.train.get("content_side", 640)) if v2 else None
     )
@@ -658,6 +677,8 @@ def add_style(
             total = w.content * l_content + w.style * l_style + w.tv * total_variation(y.float())
             if w.temporal > 0:
                 total = total + w.temporal * temporal_loss(G, x, style_w, stroke=stroke)
+            if w.resolution_step > 0 and stroke is not None:
+                total = total + w.resolution_step * resolution_step_loss(G, x, y, style_w, stroke)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
