@@ -136,35 +136,25 @@ def test_the_shipped_content_photos_are_few_small_and_each_credited() -> None:
 )
 def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame() -> None:
     """Measured on the picture, not on the plan: the shipped model renders the shipped photos at 640x480
-    and at 320x240 (auto resolution's step), and the stroke frequency (``bench.metrics``, cycles per
-    frame width) of the two must agree. Without the stroke plan the network would draw its
+    and at 320x240 (auto resolution's step), and the stroke frequency (cycles per frame width) of the
+    two must agree (``bench.stroke_step``). Without the stroke plan the network would draw its
     640x480 brush on the 320x240 frame; that is asked for too, to show the measurement sees it."""
-    import statistics
-
     from PIL import Image
 
-    from bench.metrics import stroke_frequency
     from bench.quality.inputs import cover_crop
+    from bench.stroke_step import LARGE, step_ratios
     from common.paths import CONTENT_DIR
     from engines.runtime import load_backend
 
     backend = load_backend(V2 / ONNX, "onnxruntime-cpu", num_threads=2, precision="fp32")
-    assert backend.strokes, "the shipped model has no stroke input"
-    photos = sorted(CONTENT_DIR.glob("*.jpg"))[::6][:5]
-    eye = np.eye(len(backend.styles), dtype=np.float32)
-    kept: dict[float, list[float]] = {1.0: [], 1.6: []}
-    jumped: list[float] = []
-    for i, path in enumerate(photos):
+    photos = []
+    for path in sorted(CONTENT_DIR.glob("*.jpg"))[::6][:5]:
         with Image.open(path) as im:
-            big = cover_crop(im.convert("RGB"), (640, 480))
-        small = np.asarray(Image.fromarray(big).resize((320, 240), Image.Resampling.BOX))
-        w = eye[(3 * i) % len(eye)]
-        for stroke in kept:
-            ref = stroke_frequency(backend.stylize(big, w, stroke))
-            kept[stroke].append(stroke_frequency(backend.stylize(small, w, stroke)) / ref)
-            if stroke == 1.0:  # user stroke 2 at 320x240 is network stroke 1: the 640x480 brush
-                jumped.append(stroke_frequency(backend.stylize(small, w, 2.0)) / ref)
-    backend.close()
-    for stroke, ratios in kept.items():
-        assert 0.9 <= statistics.median(ratios) <= 1.1, (stroke, ratios)
-    assert statistics.median(jumped) <= 0.85, jumped
+            photos.append(cover_crop(im.convert("RGB"), LARGE))
+    try:
+        ratios = step_ratios(backend, photos)
+    finally:
+        backend.close()
+    medians = ratios.medians()
+    assert 0.9 <= medians["kept@1"] <= 1.1 and 0.9 <= medians["kept@1.6"] <= 1.1, ratios
+    assert medians["jumped@1"] <= 0.85, ratios
