@@ -25,6 +25,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from bench.data import PHOTOS
@@ -54,6 +55,35 @@ def peer_matches(args: argparse.Namespace, paintings: list[str]) -> list[int] | 
     if missing:
         raise SystemExit(f"{args.matches} has no peer match for {missing}; give --peer-styles")
     return [int(by_painting[p]) for p in paintings]
+
+
+def stroke_strip(
+    args: argparse.Namespace,
+    models: list[Model],
+    photos: list[tuple[str, np.ndarray]],
+    names: list[str],
+    weights: dict[str, list[np.ndarray]],
+    tile: tuple[int, int],
+) -> None:
+    """The ``--stroke-model`` at each of ``--strokes`` on the sheet's photos and styles (a v2 model)."""
+    stroke_label = args.stroke_model or models[-1].label
+    be = next((m.backend for m in models if m.label == stroke_label), None)
+    if be is None:
+        raise SystemExit(f"--stroke-model {stroke_label!r} is not one of the --model labels")
+    if not be.strokes:
+        print(f"{stroke_label} has no stroke input (a v1 model): no stroke strip")
+        return
+    strokes = [float(v) for v in args.strokes.split(",")]
+    tw, th = tile
+    rows, row_labels = [], []
+    for _, img in photos:
+        for j, name in enumerate(names):
+            rows.append([thumb(be.stylize(img, weights[stroke_label][j], s), tw, th) for s in strokes])
+            row_labels.append(name)
+    strip = grid(rows, [f"stroke {s:g}" for s in strokes], row_labels, tw, th, label_w=130)
+    n = save_png(strip, args.stroke_out, args.max_bytes)
+    w, h = args.size
+    print(f"wrote {args.stroke_out} ({strip.width}x{strip.height}, {n / 1e6:.2f} MB; {stroke_label} at {w}x{h})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,25 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     n = save_png(sheet, args.out, args.max_bytes)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height}, {n / 1e6:.2f} MB)")
 
-    stroke_label = args.stroke_model or models[-1].label
-    be = next((m.backend for m in models if m.label == stroke_label), None)
-    if be is None:
-        raise SystemExit(f"--stroke-model {stroke_label!r} is not one of the --model labels")
-    if not be.strokes:
-        print(f"{stroke_label} has no stroke input (a v1 model): no stroke strip")
-        return 0
-    strokes = [float(v) for v in args.strokes.split(",")]
-    rows, row_labels = [], []
-    for _, img in photos:
-        for j, name in enumerate(names):
-            rows.append([thumb(be.stylize(img, weights[stroke_label][j], s), tw, th) for s in strokes])
-            row_labels.append(name)
-    strip = grid(rows, [f"stroke {s:g}" for s in strokes], row_labels, tw, th, label_w=130)
-    n = save_png(strip, args.stroke_out, args.max_bytes)
-    print(f"wrote {args.stroke_out} ({strip.width}x{strip.height}, {n / 1e6:.2f} MB; {stroke_label} at {w}x{h})")
-    for m in models:
-        if m.backend is not None:
-            m.backend.close()
+    try:
+        stroke_strip(args, models, photos, names, weights, (tw, th))
+    finally:
+        for m in models:
+            if m.backend is not None:
+                m.backend.close()
     return 0
 
 
