@@ -148,7 +148,7 @@ def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame(
 
     backend = load_backend(V2 / ONNX, "onnxruntime-cpu", num_threads=2, precision="fp32")
     photos = []
-    for path in sorted(CONTENT_DIR.glob("*.jpg"))[::6][:5]:
+    for path in sorted(CONTENT_DIR.glob("*.jpg"))[::3]:  # 11 of the 32: one photo swings the ratio by 0.3
         with Image.open(path) as im:
             photos.append(cover_crop(im.convert("RGB"), LARGE))
     try:

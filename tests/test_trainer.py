@@ -544,25 +544,48 @@ def test_the_resolution_step_loss_compares_the_half_size_pass_with_the_reduced_p
     stroke = torch.tensor([0.7, 1.0, 2.0])  # 0.7 / 2 is finer than the finest anchor (0.5): left out
     y = g(x, w, stroke)
     y.retain_grad()
-    loss = resolution_step_loss(g, x, y, w, stroke)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def texture(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        seen.append((a.detach(), b))
+        return (a.float().mean() - b.mean()).abs()
+
+    l1, tex = resolution_step_loss(g, x, y, w, stroke, texture)
     with torch.no_grad():
         half = g(torch.nn.functional.avg_pool2d(x[1:], 2), w[1:], torch.tensor([0.5, 1.0]))
-        want = (half - torch.nn.functional.avg_pool2d(y[1:], 2)).abs().mean()
-    assert torch.allclose(loss, want, atol=1e-6)
-    assert float(resolution_step_loss(g, x[:1], y[:1], w[:1], stroke[:1])) == 0.0
-    loss.backward()  # the target is detached: only the half-size pass pulls on the weights
+        target = torch.nn.functional.avg_pool2d(y[1:], 2)
+    assert torch.allclose(l1, (half - target).abs().mean(), atol=1e-6)
+    ((a, b),) = seen  # the texture term saw the same two pictures
+    assert torch.allclose(a, half, atol=1e-6) and torch.equal(b, target) and not b.requires_grad
+    assert float(resolution_step_loss(g, x, y, w, stroke)[1]) == 0.0  # no texture term given
+    assert [float(v) for v in resolution_step_loss(g, x[:1], y[:1], w[:1], stroke[:1], texture)] == [0.0, 0.0]
+    (l1 + tex).backward()  # the target is detached: only the half-size pass pulls on the weights
     assert y.grad is None and all(p.grad is not None for p in g.parameters() if p.requires_grad)
 
     g.zero_grad()
     y.detach_()
     opt = torch.optim.Adam(g.parameters(), lr=1e-2)
-    first = float(loss.detach())
+    first = float(l1.detach())
     for _ in range(30):
         opt.zero_grad()
-        step = resolution_step_loss(g, x, y, w, stroke)
+        step = resolution_step_loss(g, x, y, w, stroke)[0]
         step.backward()
         opt.step()
     assert float(step) < 0.5 * first, (first, float(step))
+
+
+def test_texture_distance_is_zero_for_the_same_picture_and_grows_with_the_marks() -> None:
+    """The resolution step's texture term: Gram distance between two pictures, wherever the marks lie."""
+    from trainer.losses import PerceptualLoss
+    from trainer.vgg import VGG19Features
+
+    loss = PerceptualLoss(VGG19Features())
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    fine = (0.5 + 0.4 * torch.sin(xx * 1.2)).expand(1, 3, 48, 48)
+    bold = (0.5 + 0.4 * torch.sin(xx * 0.3)).expand(1, 3, 48, 48)
+    moved = torch.roll(fine, 3, dims=-1)
+    same = float(loss.texture_distance(fine, fine))
+    assert same < 1e-9 and float(loss.texture_distance(moved, fine)) < 0.1 * float(loss.texture_distance(bold, fine))
 
 
 def test_v2_training_adds_the_resolution_step_and_checks_the_crop_side(

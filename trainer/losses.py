@@ -5,6 +5,8 @@ All images are [N,3,H,W] RGB in [0,1].
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +71,18 @@ class PerceptualLoss(torch.nn.Module):
             with torch.autocast(output.device.type, enabled=False):
                 l_style = l_style + self._style_loss(small, style_weights, level)
         return l_content, l_style, out_f
+
+    def texture_distance(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Gram distance of ``output`` to ``target``, item by item, in the style loss's units: how far
+        apart the two pictures' marks are in size and kind, wherever they lie. ``target`` is fixed."""
+        out_f = self.features(output)
+        with torch.no_grad():
+            target_f = self.features(target)
+        with torch.autocast(output.device.type, enabled=False):
+            loss = out_f[STYLE_LAYERS[0]].new_zeros(())
+            for layer in STYLE_LAYERS:
+                loss = loss + F.mse_loss(gram(out_f[layer]), gram(target_f[layer]), reduction="sum") / output.shape[0]
+        return loss
 
     def _style_loss(self, feats: dict[str, torch.Tensor], style_weights: torch.Tensor, level: int) -> torch.Tensor:
         loss = feats[STYLE_LAYERS[0]].new_zeros(())
@@ -167,22 +181,29 @@ def resolution_step_loss(
     output: torch.Tensor,
     style_weights: torch.Tensor,
     stroke: torch.Tensor,
-) -> torch.Tensor:
+    texture: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Auto resolution's step, trained (v2): the frame at half size, painted at half the network
     stroke, must look like the full-size picture reduced to that size.
 
     That is what a user sees when auto resolution halves the processing size: the same stroke,
     relative to the frame (``common.stroke``). ``output`` is the generator's picture of
     ``content`` at ``stroke``; it is the target, detached, so only the half-size pass learns.
-    L1 between ``G(reduce(content), stroke / 2)`` and ``reduce(output)``, box-reduced by 2, on
-    the items whose half stroke is still within the anchors (smaller ones are clamped, so they
-    cannot shrink the brush further); 0 when no item qualifies. H and W: multiples of 2 x stride.
+    Returns (L1, texture): L1 between ``G(reduce(content), stroke / 2)`` and ``reduce(output)``,
+    box-reduced by 2, and ``texture(half-size picture, target)`` (0 without one), such as
+    :meth:`PerceptualLoss.texture_distance`. L1 alone gets the colours and shapes right but
+    settles for blurred marks where it cannot place them exactly; the texture term asks for
+    marks of the same size and strength. Only the items whose half stroke is still within the
+    anchors count (smaller ones are clamped and cannot shrink the brush further); both terms are
+    0 when no item qualifies. H and W: multiples of 2 x stride.
     """
+    zero = output.new_zeros((), dtype=torch.float32)
     keep = stroke / 2 >= generator.config.strokes[0] - 1e-6
     if not bool(keep.any()):
-        return output.new_zeros((), dtype=torch.float32)
+        return zero, zero
     idx = keep.nonzero().flatten().to(content.device)
     small = F.avg_pool2d(content[idx], 2)
     target = F.avg_pool2d(output[idx].detach().float(), 2)
     y = generator(small, style_weights[idx], stroke[keep] / 2)
-    return (y.float() - target).abs().mean()
+    l1 = (y.float() - target).abs().mean()
+    return l1, (zero if texture is None else texture(y, target))

@@ -80,7 +80,8 @@ class LossWeights:
     resolution_step: float = opt(
         10.0,
         "v2: auto resolution's step, trained: the half-size frame at half the network stroke must match "
-        "the full-size picture reduced, so a step keeps the strokes' size relative to the frame (0 disables)",
+        "the full-size picture reduced (L1 at this weight, its Grams at --style-weight), so a step keeps "
+        "the strokes' size relative to the frame (0 disables)",
         flag="--resolution-step-weight",
     )
 
@@ -439,9 +440,9 @@ class Trainer:
                 g_loss = g_loss + w.temporal * l_temp
                 stats["temporal"] = l_temp.item()
             if w.resolution_step > 0 and stroke is not None:
-                l_res = resolution_step_loss(self.G, x, y, style_w, stroke)
-                g_loss = g_loss + w.resolution_step * l_res
-                stats["res_step"] = l_res.item()
+                l_res, l_tex = resolution_step_loss(self.G, x, y, style_w, stroke, self.loss.texture_distance)
+                g_loss = g_loss + w.resolution_step * l_res + w.style * l_tex  # texture: a style term
+                stats["res_step"], stats["res_texture"] = l_res.item(), l_tex.item()
             if self.video is not None:
                 pairs = self.video.batch(max(1, b // 2), cfg.size, self.rng)
                 n_pairs = pairs.prev.shape[0]
@@ -678,7 +679,8 @@ def add_style(
             if w.temporal > 0:
                 total = total + w.temporal * temporal_loss(G, x, style_w, stroke=stroke)
             if w.resolution_step > 0 and stroke is not None:
-                total = total + w.resolution_step * resolution_step_loss(G, x, y, style_w, stroke)
+                l_res, l_tex = resolution_step_loss(G, x, y, style_w, stroke, loss.texture_distance)
+                total = total + w.resolution_step * l_res + w.style * l_tex
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(total).backward()
