@@ -597,3 +597,19 @@ def test_v2_training_adds_the_resolution_step_and_checks_the_crop_side(
         _config(data, tmp_path / "n.safetensors", arch=2, size=40)
     _config(data, tmp_path / "n.safetensors", arch=2, size=40, losses=LossWeights(resolution_step=0.0))
     assert "res_step" not in Trainer(_config(data, tmp_path / "v1.safetensors", arch=1)).train_step()
+
+
+def test_each_resumed_run_is_kept_in_the_record_and_a_finished_one_is_left_alone(
+    data: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Staged training (make train-v2): every stage's settings stay in the checkpoint, and running a
+    stage that is already done again neither trains nor rewrites the record."""
+    out = tmp_path / "m.safetensors"
+    Trainer(_config(data, out, steps=1)).run(progress=False)
+    Trainer(_config(data, out, steps=2, resume=True, losses=LossWeights(style=30.0))).run(progress=False)
+    record = load_checkpoint(out).train
+    assert record["losses"]["style"] == 30.0 and record["steps"] == 2
+    assert [(h["reached_step"], h["steps"], h["losses"]["style"]) for h in record["history"]] == [(1, 1, 10.0)]
+    before = out.read_bytes()
+    Trainer(_config(data, out, steps=1, resume=True)).run(progress=False)  # stage 1 again
+    assert out.read_bytes() == before

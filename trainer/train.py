@@ -356,6 +356,7 @@ class Trainer:
         else:
             style_targets(self.loss, self.styles, config.size, self.rng, self.device)
         self.step = 0
+        self.history: list[dict[str, Any]] = []  # the runs this one resumed, oldest first
         self.out = Path(config.out)
         if config.resume:
             self._resume()
@@ -392,6 +393,9 @@ class Trainer:
         if "d" in ckpt.optimizers:
             self.opt_d.load_state_dict(ckpt.optimizers["d"])
         self.step = ckpt.step
+        # Each earlier run's settings (steps reached, loss weights, command) stay in the record.
+        earlier = {k: v for k, v in ckpt.train.items() if k not in ("data", "history")}
+        self.history = [*ckpt.train.get("history", []), {**earlier, "reached_step": ckpt.step}]
         log.info("resumed %s at step %d", self.out, self.step)
 
     def data_record(self) -> dict[str, Any]:
@@ -412,7 +416,12 @@ class Trainer:
                 generator_config=self.G.config,
                 styles=[Style(s.name, s.path.name) for s in self.styles],
                 step=self.step,
-                train={**self.config.to_dict(), "data": self.data_record(), "autocast": self.autocast.reason},
+                train={
+                    **self.config.to_dict(),
+                    "data": self.data_record(),
+                    "autocast": self.autocast.reason,
+                    "history": self.history,
+                },
                 generator_state=self.G.state_dict(),
                 discriminator_config=self.D.config,
                 discriminator_state=self.D.state_dict(),
@@ -501,6 +510,11 @@ class Trainer:
         """Train from the current step to ``config.steps``; Ctrl-C or SIGTERM saves and returns."""
         from tqdm import tqdm
 
+        cfg = self.config
+        if self.step >= cfg.steps and self.out.is_file():  # a finished stage run again: keep its record
+            log.info("%s is at step %d, already at --steps %d: nothing to do", self.out, self.step, cfg.steps)
+            return self.out
+
         def _term(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt  # a supervisor's `kill` saves like Ctrl-C does
 
@@ -508,7 +522,6 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _term)
 
-        cfg = self.config
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
         self.G.train()
         started = time.monotonic()
