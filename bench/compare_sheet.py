@@ -4,7 +4,7 @@ and a stroke-size strip.
 Copy-paste command (from the repository root)::
 
     python -m bench.compare_sheet --model v1=engines/models/default.safetensors \\
-        --model v2=engines/models/v2/default.safetensors --matches bench/results/quality_640.json \\
+        --model v2=engines/models/v2/default.safetensors --matches bench/results/quality_640_stages.json \\
         --out docs/side_by_side.png --stroke-out docs/stroke_strip.png
 
 The side-by-side sheet has one row per (photo, style): the photo, then each ``--model``'s
@@ -33,7 +33,7 @@ from bench.figures import grid, save_png, thumb
 from bench.peer import peer_model_path
 from bench.quality.cli import size_arg
 from bench.quality.inputs import cover_crop, open_rgb, parse_indices, select_photos
-from bench.quality.models import Model, load_model, load_peer
+from bench.quality.models import Model, load_model, load_peer, model_spec
 from common.sizes import format_size
 
 log = logging.getLogger("bench.compare_sheet")
@@ -114,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     models: list[Model] = []
     for spec in args.model:
-        label, sep, path = spec.partition("=")
-        if not sep or not label:
-            raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
-        models.append(load_model(label, Path(path), "auto", args.threads))
+        label, path = model_spec(spec)
+        models.append(load_model(label, path, "auto", args.threads))
     ref = models[0]
     styles = parse_indices(args.styles, len(ref.sources), "--styles")
     paintings = [ref.sources[i] for i in styles]

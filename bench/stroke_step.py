@@ -36,6 +36,7 @@ from PIL import Image
 from bench.data import PHOTOS
 from bench.metrics import stroke_frequency
 from bench.quality.inputs import select_photos
+from bench.quality.models import model_spec
 from common.cpu import cpu_info
 
 if TYPE_CHECKING:
@@ -99,18 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, object]] = {}
     t0 = time.time()
     for spec in args.model:
-        label, sep, path = spec.partition("=")
-        if not sep or not label:
-            raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
-        kind = "torch-cpu" if path.endswith(".safetensors") else args.backend
-        be = load_backend(Path(path), kind, num_threads=args.threads, precision="fp32")
+        label, path = model_spec(spec)
+        kind = "torch-cpu" if path.suffix == ".safetensors" else args.backend
+        be = load_backend(path, kind, num_threads=args.threads, precision="fp32")
         try:
             ratios = step_ratios(be, photos)
         except ValueError as e:
             raise SystemExit(f"{label}: {e}") from None
         finally:
             be.close()
-        rows[label] = {"path": path, "medians": ratios.medians(), **asdict(ratios)}
+        rows[label] = {"path": str(path), "medians": ratios.medians(), **asdict(ratios)}
     cols = list(next(iter(rows.values()))["medians"])  # type: ignore[arg-type]
     print(f"median frequency ratio, {SMALL[0]}x{SMALL[1]} over {LARGE[0]}x{LARGE[1]}, {len(photos)} held-out photos")
     print("(kept: 0.9-1.1 wanted; jumped: what the step would do without the stroke plan)\n")

@@ -91,7 +91,7 @@ from bench.quality.inputs import (
     read_video,
     select_photos,
 )
-from bench.quality.models import Model, load_model, load_oneshot, load_peer
+from bench.quality.models import Model, load_model, load_oneshot, load_peer, model_spec
 from bench.quality.report import DEFINITIONS, Row, check_targets, markdown_table, per_style_table, result_json
 from bench.quality.scoring import Painting, PhotoScores, Result, pan_score, score_peer, score_photos, video_scores
 from bench.results import write_json
@@ -112,12 +112,7 @@ def size_arg(text: str) -> tuple[int, int]:
 
 
 def load_models(args: argparse.Namespace) -> tuple[list[Model], Model | None]:
-    specs: list[tuple[str, Path]] = []
-    for spec in args.model or [f"default={DEFAULT_CHECKPOINT}"]:
-        label, sep, path = spec.partition("=")
-        if not sep or not label or not path:
-            raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
-        specs.append((label, Path(path)))
+    specs = [model_spec(spec) for spec in args.model or [f"default={DEFAULT_CHECKPOINT}"]]
     labels = [label for label, _ in specs]
     if len(set(labels)) != len(labels) or "peer" in labels:
         raise SystemExit("--model labels must be unique and not 'peer'")

@@ -49,6 +49,14 @@ class Model:
         return w
 
 
+def model_spec(spec: str, option: str = "--model") -> tuple[str, Path]:
+    """``LABEL=PATH`` from the command line as (label, path); SystemExit says what was wrong."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise SystemExit(f"{option} takes LABEL=PATH, got {spec!r}")
+    return label, Path(path)
+
+
 def load_model(label: str, path: Path, backend: str, threads: int) -> Model:
     """A stylecast model behind ``engines.runtime`` (uint8 in and out, as served).
 
