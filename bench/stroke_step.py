@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for spec in args.model:
         label, path = model_spec(spec)
+        if not path.is_file():
+            raise SystemExit(f"model file not found: {path}")
         kind = "torch-cpu" if path.suffix == ".safetensors" else args.backend
         be = load_backend(path, kind, num_threads=args.threads, precision="fp32")
         try:
