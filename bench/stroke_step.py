@@ -37,7 +37,7 @@ from bench.data import PHOTOS
 from bench.metrics import stroke_frequency
 from bench.quality.inputs import select_photos
 from bench.quality.models import model_spec
-from common.cpu import cpu_info
+from common.cpu import cpu_summary
 
 if TYPE_CHECKING:
     from engines.runtime.frames import FrameBackend
@@ -123,21 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from bench.results import write_json
 
-        name, flags = cpu_info()
         write_json(
             {
                 "command": "python -m bench.stroke_step " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "cpu": cpu_summary(),
                 "photos": len(photos),
                 "models": {k: {**v, "kept": {f"{s:g}": r for s, r in v["kept"].items()}} for k, v in rows.items()},  # type: ignore[union-attr]
                 "runtime_s": time.time() - t0,
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpu": name,
-                    "cpus": os.cpu_count(),
-                    "amx_bf16": "amx_bf16" in flags,
-                    "avx512_bf16": "avx512_bf16" in flags,
-                },
+                "platform": platform.platform(),
             },
             args.json,
         )

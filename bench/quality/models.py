@@ -49,11 +49,11 @@ class Model:
         return w
 
 
-def model_spec(spec: str, option: str = "--model") -> tuple[str, Path]:
-    """``LABEL=PATH`` from the command line as (label, path); SystemExit says what was wrong."""
+def model_spec(spec: str) -> tuple[str, Path]:
+    """A ``--model LABEL=PATH`` as (label, path); SystemExit says what was wrong."""
     label, sep, path = spec.partition("=")
     if not sep or not label or not path:
-        raise SystemExit(f"{option} takes LABEL=PATH, got {spec!r}")
+        raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
     return label, Path(path)
 
 
