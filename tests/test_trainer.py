@@ -614,3 +614,41 @@ def test_each_resumed_run_is_kept_in_the_record_and_a_finished_one_is_left_alone
     before = out.read_bytes()
     Trainer(_config(data, out, steps=1, resume=True)).run(progress=False)  # stage 1 again
     assert out.read_bytes() == before
+
+
+def test_relative_style_loss_is_the_benchs_style_distance_and_absolute_is_ruled_by_relu4_1() -> None:
+    """``--style-norm relative`` trains the number the quality bench reports: per item, the mean over
+    the four layers of ||G(out) - G(painting)||^2 / ||G(painting)||^2 (``trainer.metrics``)."""
+    from trainer.losses import STYLE_LAYERS, PerceptualLoss
+    from trainer.metrics import VggMetrics, style_distance, style_distance_layers
+    from trainer.vgg import VGG19Features
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    painting = (127 + 100 * np.sin(xx[..., None] * np.array([0.9, 0.4, 0.2]) + yy[..., None] * 0.3)).astype(np.uint8)
+    outputs = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), np.roll(painting, 5, axis=1) // 2 + 60]
+    vgg = VGG19Features()
+    metrics = VggMetrics(vgg)
+    ref = metrics.stats(painting).grams
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0
+
+    relative, absolute = PerceptualLoss(vgg, style_norm="relative"), PerceptualLoss(vgg)
+    for loss in (relative, absolute):
+        loss.set_style_targets([loss.style_targets(tensor(painting))])
+    batch = torch.cat([tensor(o) for o in outputs])
+    style_w = torch.ones(2, 1)
+    with torch.no_grad():
+        got = float(relative(batch, batch, style_w)[1])
+        abs_loss = float(absolute(batch, batch, style_w)[1])
+    want = np.mean([style_distance(metrics.stats(o).grams, ref) for o in outputs])
+    assert got == pytest.approx(want, rel=1e-3)
+    # The absolute sum is almost all relu4_1: its share, from the metric's per-layer terms and energies.
+    layers = [style_distance_layers(metrics.stats(o).grams, ref) for o in outputs]
+    energy = {k: float(ref[k].pow(2).sum()) / PerceptualLoss.feature_scale**4 for k in STYLE_LAYERS}
+    parts = {k: np.mean([d[k] for d in layers]) * energy[k] for k in STYLE_LAYERS}
+    assert abs_loss == pytest.approx(sum(parts.values()), rel=1e-3)
+    assert parts["relu4_1"] > 0.9 * abs_loss
+    with pytest.raises(ValueError, match="style_norm"):
+        PerceptualLoss(vgg, style_norm="loud")

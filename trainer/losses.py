@@ -16,6 +16,7 @@ from trainer.vgg import VGG19Features, gram
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
+STYLE_NORMS = ("absolute", "relative")
 
 
 class PerceptualLoss(torch.nn.Module):
@@ -28,14 +29,28 @@ class PerceptualLoss(torch.nn.Module):
     also see structures larger than VGG's receptive field (bold strokes, patches of
     colour). Feature maps are scaled by ``1/feature_scale`` so that losses are O(1)
     with the 0-255 VGG input.
+
+    ``style_norm`` says how the four layers' Gram errors add up:
+
+    ``"absolute"``
+        summed squared errors. relu4_1's Grams are about 10^2 times relu2_1's and
+        3_1's in energy and 10^5 times relu1_1's, so this is in effect a relu4_1
+        loss: colours and fine marks (relu1_1, relu2_1) are learned only by the way.
+    ``"relative"``
+        each layer's squared error over the target's energy, averaged over the
+        layers: per item and level exactly the style distance the quality bench
+        reports (``trainer.metrics``), so every layer counts the same.
     """
 
     feature_scale = 1000.0
 
-    def __init__(self, vgg: VGG19Features, levels: int = 1) -> None:
+    def __init__(self, vgg: VGG19Features, levels: int = 1, style_norm: str = "absolute") -> None:
         super().__init__()
+        if style_norm not in STYLE_NORMS:
+            raise ValueError(f"style_norm must be one of {STYLE_NORMS}, got {style_norm!r}")
         self.vgg = vgg
         self.levels = levels
+        self.style_norm = style_norm
         self.style_grams: list[dict[str, torch.Tensor]] = [{} for _ in range(levels)]
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,16 +94,24 @@ class PerceptualLoss(torch.nn.Module):
         with torch.no_grad():
             target_f = self.features(target)
         with torch.autocast(output.device.type, enabled=False):
-            loss = out_f[STYLE_LAYERS[0]].new_zeros(())
-            for layer in STYLE_LAYERS:
-                loss = loss + F.mse_loss(gram(out_f[layer]), gram(target_f[layer]), reduction="sum") / output.shape[0]
-        return loss
+            return self._gram_error(out_f, {k: gram(v) for k, v in target_f.items()})
 
     def _style_loss(self, feats: dict[str, torch.Tensor], style_weights: torch.Tensor, level: int) -> torch.Tensor:
+        w = style_weights.float()
+        return self._gram_error(
+            feats, {k: torch.einsum("ns,scd->ncd", w, self.style_grams[level][k]) for k in STYLE_LAYERS}
+        )
+
+    def _gram_error(self, feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Gram error of ``feats`` to per-item target Grams [N,C,C], summed over the layers
+        (absolute) or their mean relative error (relative), averaged over the items."""
         loss = feats[STYLE_LAYERS[0]].new_zeros(())
         for layer in STYLE_LAYERS:
-            target = torch.einsum("ns,scd->ncd", style_weights.float(), self.style_grams[level][layer])
-            loss = loss + F.mse_loss(gram(feats[layer]), target, reduction="sum") / feats[layer].shape[0]
+            target = targets[layer]
+            err = (gram(feats[layer]) - target).pow(2).sum((1, 2))
+            if self.style_norm == "relative":
+                err = err / target.pow(2).sum((1, 2)).clamp_min(1e-12) / len(STYLE_LAYERS)
+            loss = loss + err.mean()
         return loss
 
 

@@ -35,6 +35,7 @@ from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoi
 from trainer.data import ContentImages, StyleImage, parse_style_arg, random_crop, to_tensor
 from trainer.flow import VideoPairs
 from trainer.losses import (
+    STYLE_NORMS,
     PerceptualLoss,
     flow_temporal_loss,
     hinge_d_loss,
@@ -126,6 +127,13 @@ class TrainConfig:
     holdout: bool = opt(True, "leave out the held-out photos (common/split.py) so benches can judge on them")
     style_levels: int = opt(
         2, "v2: Gram targets at this many scales of each painting (1, 1/2, ...): larger structures read"
+    )
+    style_norm: str = opt(
+        "absolute",
+        "how the 4 VGG layers' Gram errors add up: absolute (summed; relu4_1 outweighs the rest 100x) or "
+        "relative (each over its target's energy, averaged: the quality bench's style distance, so colours "
+        "and fine marks count as much as shapes)",
+        choices=STYLE_NORMS,
     )
     batch: int = opt(4, "crops per step")
     lr: float = opt(2e-3, "generator Adam learning rate")
@@ -346,7 +354,9 @@ class Trainer:
             betas=(0.5, 0.99),
         )
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(0.5, 0.99))
-        self.loss = PerceptualLoss(VGG19Features().to(self.device), levels=config.style_levels if v2 else 1)
+        self.loss = PerceptualLoss(
+            VGG19Features().to(self.device), levels=config.style_levels if v2 else 1, style_norm=config.style_norm
+        )
         if isinstance(self.G, GeneratorV2):
             anchors = self.G.config.strokes
             set_stroke_targets(
