@@ -67,15 +67,18 @@ train-default: setup-dev
 
 # Generator v2 (issue 17): the same 8 styles in the same order, 4 more paintings, photos kept at
 # 640 px with crops cut at video scale, the temporal loss on the training part of the street video.
-# Three stages, each resuming from the last save (weights, optimisers, step), so an interruption
+# Four stages, each resuming from the last save (weights, optimisers, step), so an interruption
 # costs minutes and running it again carries on where it stopped:
 # `nohup make train-v2 > runs/v2/log.txt 2>&1 &`.
 #   1. steps 0-2500: the base recipe (52 min on 2 Xeon cores with AMX in bf16, 1.2 s a step;
 #      about 5.3 s a step in float32 on an AVX2 EPYC);
 #   2. steps 2500-3500: style weight 30 (from 10), TV 0.1 (from 0.3), Adam at 1e-3;
 #   3. steps 3500-5100: the resolution-step loss, and temporal and flow weights 20 (from 10),
-#      which win back the stability the stronger style term cost.
-# Stages 2 and 3 took 33 and 31 min; the README's v2 section has what each one measured.
+#      which win back the stability the stronger style term cost;
+#   4. steps 5100-7100: the relative style loss (every VGG layer counts the same, as in the quality
+#      bench's style distance) at weight 10.
+# Stages 2, 3 and 4 took 33, 31 and 75 min (4 on one thread); the README's v2 section has what each
+# one measured.
 D := $(DATA)/styles/gcompris-qt-data__details
 V2_STYLES := $(DEFAULT_STYLES) \
 	--style "$(P)/Katsushika_Hokusai_Kazusa_sea_Route_1830.png=Kazusa Sea Route" \
@@ -88,6 +91,8 @@ V2_ARGS ?= --arch 2 --size 224 --batch 4 --adversarial-start 250 --sample-every 
 V2_STAGE1 := --steps 2500 --resolution-step-weight 0
 V2_STAGE2 := --steps 3500 --resolution-step-weight 0 --style-weight 30 --tv-weight 0.1 --lr 1e-3
 V2_STAGE3 := --steps 5100 --style-weight 30 --tv-weight 0.1 --lr 1e-3 --temporal-weight 20 --flow-weight 20
+V2_STAGE4 := --steps 7100 --style-norm relative --style-weight 10 --tv-weight 0.1 --lr 1e-3 \
+	--temporal-weight 20 --flow-weight 20
 V2_TRAIN = nice -n 19 $(BIN)/python -m trainer train --content $(DATA)/content $(V2_STYLES) \
 	--out $(V2_OUT)/default.safetensors $(V2_ARGS)
 
@@ -96,3 +101,4 @@ train-v2: setup-dev
 	$(V2_TRAIN) $(V2_STAGE1) $$(test -f $(V2_OUT)/default.safetensors && echo --resume) $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE2) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE3) --resume $(ARGS)
+	$(V2_TRAIN) $(V2_STAGE4) --resume $(ARGS)
