@@ -107,12 +107,19 @@ class PerceptualLoss(torch.nn.Module):
         (absolute) or their mean relative error (relative), averaged over the items."""
         loss = feats[STYLE_LAYERS[0]].new_zeros(())
         for layer in STYLE_LAYERS:
-            target = targets[layer]
-            err = (gram(feats[layer]) - target).pow(2).sum((1, 2))
+            g, target = gram(feats[layer]), targets[layer]
             if self.style_norm == "relative":
-                err = err / target.pow(2).sum((1, 2)).clamp_min(1e-12) / len(STYLE_LAYERS)
+                err = relative_gram_error(g, target) / len(STYLE_LAYERS)
+            else:
+                err = (g - target).pow(2).sum((1, 2))
             loss = loss + err.mean()
         return loss
+
+
+def relative_gram_error(grams: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``||G - T||^2 / ||T||^2`` over the last two (channel) dims: one layer's term of the style
+    distance (``trainer.metrics``) and of the relative style loss. [..., C, C] -> [...]."""
+    return (grams - target).pow(2).sum((-2, -1)) / target.pow(2).sum((-2, -1)).clamp_min(1e-12)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

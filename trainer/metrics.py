@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.losses import CONTENT_LAYER, STYLE_LAYERS
+from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_gram_error
 from trainer.vgg import VGG19Features, gram
 
 
@@ -62,11 +62,7 @@ class VggMetrics:
 
 def style_distance_layers(grams: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
     """Per-layer relative squared Frobenius distance between two sets of Grams."""
-    out = {}
-    for layer in STYLE_LAYERS:
-        diff = (grams[layer] - ref[layer]).pow(2).sum()
-        out[layer] = float(diff / ref[layer].pow(2).sum().clamp_min(1e-12))
-    return out
+    return {layer: float(relative_gram_error(grams[layer], ref[layer])) for layer in STYLE_LAYERS}
 
 
 def style_distance(grams: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:

@@ -686,15 +686,13 @@ def add_style(
     for p in rows:
         p.requires_grad_(True)
     opt = torch.optim.Adam(rows, lr=config.lr, betas=(0.5, 0.99))
+    levels = int(base.train.get("style_levels", 2)) if v2 else 1
+    loss = PerceptualLoss(VGG19Features().to(device), levels=levels, style_norm=config.style_norm)
     # Only the new style's Gram targets matter; the others are never used (weights one-hot on `new`).
     if isinstance(G, GeneratorV2):
-        loss = PerceptualLoss(
-            VGG19Features().to(device), levels=int(base.train.get("style_levels", 2)), style_norm=config.style_norm
-        )
         targets = stroke_targets(loss, style, G.config.strokes, size, rng, device)
         set_stroke_targets(loss, [targets] * G.config.num_styles)
     else:
-        loss = PerceptualLoss(VGG19Features().to(device), style_norm=config.style_norm)
         # Gram targets at two scales: crops cut at the painting's working scale keep its strokes'
         # size, resized crops its larger shapes; on three paintings outside the shipped model this
         # beat either alone (README, "Your own painting").
