@@ -26,7 +26,7 @@ from trainer.models import (  # noqa: E402
     check_style,
     one_hot,
 )
-from trainer.train import AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style  # noqa: E402
+from trainer.train import LR_FLOOR, AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style, lr_scale  # noqa: E402
 
 TINY = {"width": 8, "half_width": 4, "num_blocks": 1, "disc_width": 8}
 
@@ -268,6 +268,29 @@ def test_resume_continues_at_the_right_step(data: tuple[Path, list[Path]], tmp_p
     tr.run(progress=False)
     assert seen == [3, 4]
     assert load_checkpoint(out).step == 4
+
+
+def test_a_resumed_run_trains_at_its_own_rates_and_decays_on_one_curve(
+    data: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    out = tmp_path / "m.safetensors"
+    Trainer(_config(data, out, steps=2, lr=2e-3)).run(progress=False)
+    rates: list[tuple[float, float, float]] = []
+
+    def record(step: int, _: dict[str, float]) -> None:
+        (g, rows), (d,) = tr.opt_g.param_groups, tr.opt_d.param_groups
+        rates.append((g["lr"], rows["lr"], d["lr"]))
+
+    # The saved optimiser state carries lr 2e-3; this stage asks for 1e-3 and a decay from step 3 to 6.
+    cfg = _config(data, out, steps=6, resume=True, lr=1e-3, lr_decay_from=3, style_lr_mult=10.0, lr_d=2e-4)
+    tr = Trainer(cfg, on_step=record)
+    tr.run(progress=False)
+    scales = [lr_scale(s, 3, 6) for s in (2, 3, 4, 5)]  # the rates step s trained with
+    assert scales[:2] == [1.0, 1.0] and scales[2] > scales[3] > LR_FLOOR
+    np.testing.assert_allclose(rates, [(1e-3 * k, 1e-2 * k, 2e-4 * k) for k in scales], rtol=1e-9)
+    assert lr_scale(6, 3, 6) == pytest.approx(LR_FLOOR) and lr_scale(3, None, 6) == 1.0
+    with pytest.raises(ValueError, match="lr-decay-from"):
+        _config(data, out, steps=6, lr_decay_from=6)
 
 
 def test_resume_refuses_a_different_style_list(data: tuple[Path, list[Path]], tmp_path: Path) -> None:

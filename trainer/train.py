@@ -137,6 +137,12 @@ class TrainConfig:
     )
     batch: int = opt(4, "crops per step")
     lr: float = opt(2e-3, "generator Adam learning rate")
+    lr_decay_from: int | None = opt(
+        None,
+        "from this step on, the learning rates follow a cosine down to a hundredth at --steps (default: "
+        "constant). A step, not a fraction, so a run resumed part-way decays on the same curve",
+        metavar="STEP",
+    )
     # The per-style rows learn this much faster, so styles separate early.
     style_lr_mult: float = opt(10.0, "learning-rate multiplier of the per-style normalisation rows")
     lr_d: float = opt(2e-4, "discriminator Adam learning rate")
@@ -176,6 +182,8 @@ class TrainConfig:
             raise ValueError("--steps and --batch must be >= 1")
         if not self.styles:
             raise ValueError("give at least one --style painting")
+        if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
+            raise ValueError(f"--lr-decay-from must be a step in [0, --steps), got {self.lr_decay_from}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,6 +194,20 @@ class TrainConfig:
         if self.arch == 2:
             return GeneratorConfig.v2(num_styles, **given)
         return GeneratorConfig(num_styles, **given)
+
+
+LR_FLOOR = 0.01  # where --lr-decay-from's cosine ends, as a fraction of the set rates
+
+
+def lr_scale(step: int, decay_from: int | None, steps: int) -> float:
+    """The learning rates' multiplier at ``step``: 1 until ``decay_from``, then a cosine down to
+    ``LR_FLOOR`` at ``steps``. Late in training a smaller step settles the weights, where a
+    constant rate keeps them hopping around the minimum (on video: a picture that differs from
+    checkpoint to checkpoint, and noise the temporal losses pay for)."""
+    if decay_from is None or step <= decay_from:
+        return 1.0
+    t = min(1.0, (step - decay_from) / max(1, steps - decay_from))
+    return LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def pick_device(name: str) -> torch.device:
@@ -439,8 +461,20 @@ class Trainer:
             ),
         )
 
+    def set_learning_rates(self) -> float:
+        """Set every optimiser's rates for the current step from the config (a resumed optimiser's
+        state would otherwise bring back the rates it was saved with, not this run's ``--lr``)."""
+        cfg = self.config
+        scale = lr_scale(self.step, cfg.lr_decay_from, cfg.steps)
+        shared, rows = self.opt_g.param_groups
+        shared["lr"], rows["lr"] = cfg.lr * scale, cfg.lr * cfg.style_lr_mult * scale
+        for group in self.opt_d.param_groups:
+            group["lr"] = cfg.lr_d * scale
+        return scale
+
     def train_step(self) -> dict[str, float]:
         cfg, w = self.config, self.config.losses
+        self.set_learning_rates()
         b = cfg.batch
         idx = torch.tensor([(self.step * b + i) % len(self.styles) for i in range(b)])  # balanced styles
         style_w = one_hot(idx, len(self.styles)).to(self.device)
