@@ -26,7 +26,16 @@ from trainer.models import (  # noqa: E402
     check_style,
     one_hot,
 )
-from trainer.train import LR_FLOOR, AddStyleConfig, LossWeights, TrainConfig, Trainer, add_style, lr_scale  # noqa: E402
+from trainer.train import (  # noqa: E402
+    LR_FLOOR,
+    AddStyleConfig,
+    LossWeights,
+    TrainConfig,
+    Trainer,
+    add_style,
+    lr_scale,
+    sample_strokes,
+)
 
 TINY = {"width": 8, "half_width": 4, "num_blocks": 1, "disc_width": 8}
 
@@ -450,6 +459,22 @@ def test_stroke_weights_are_one_hot_at_anchors_and_interpolate_between() -> None
     assert torch.allclose(t[4], torch.tensor([0.0, 0.5, 0.5]))
     assert torch.allclose(t[5], torch.tensor([1.0, 0.0, 0.0])) and torch.allclose(t[6], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(t.sum(1), torch.ones(7))
+
+
+def test_training_strokes_cover_the_anchors_and_a_share_is_the_default(
+    data: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    import random
+
+    g = _v2()
+    spread = sample_strokes(g, 400, random.Random(0))
+    assert spread is not None and 0.5 <= float(spread.min()) and float(spread.max()) <= 2.0
+    assert not bool((spread == 1.0).any())  # log-uniform: never exactly the default
+    half = sample_strokes(g, 400, random.Random(0), default_share=0.5)
+    assert half is not None and 150 < int((half == 1.0).sum()) < 250
+    assert sample_strokes(Generator(GeneratorConfig(2)), 4, random.Random(0), 0.5) is None  # v1: no stroke
+    with pytest.raises(ValueError, match="default-stroke-share"):
+        _config(data, tmp_path / "m.safetensors", default_stroke_share=1.5)
 
 
 def test_stroke_changes_the_picture_and_none_means_one() -> None:

@@ -30,7 +30,7 @@ from common.cli import opt
 from common.mix import parse_mix
 from common.paths import CONTENT_DIR
 from common.split import held_out
-from common.stroke import REFERENCE_SHORT
+from common.stroke import DEFAULT_STROKE, REFERENCE_SHORT
 from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoint
 from trainer.data import ContentImages, StyleImage, parse_style_arg, random_crop, to_tensor
 from trainer.flow import VideoPairs
@@ -128,6 +128,13 @@ class TrainConfig:
     style_levels: int = opt(
         2, "v2: Gram targets at this many scales of each painting (1, 1/2, ...): larger structures read"
     )
+    default_stroke_share: float = opt(
+        0.0,
+        "v2: the share of crops painted at stroke 1, the default (the rest: log-uniform over the anchors). "
+        "It is the stroke people see at 640x480, and its half-size pass in the resolution-step loss is "
+        "auto resolution's step at that stroke",
+        metavar="FRACTION",
+    )
     style_norm: str = opt(
         "absolute",
         "how the 4 VGG layers' Gram errors add up: absolute (summed; relu4_1 outweighs the rest 100x) or "
@@ -182,6 +189,8 @@ class TrainConfig:
             raise ValueError("--steps and --batch must be >= 1")
         if not self.styles:
             raise ValueError("give at least one --style painting")
+        if not 0.0 <= self.default_stroke_share <= 1.0:
+            raise ValueError(f"--default-stroke-share must be from 0 to 1, got {self.default_stroke_share}")
         if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
             raise ValueError(f"--lr-decay-from must be a step in [0, --steps), got {self.lr_decay_from}")
 
@@ -274,12 +283,17 @@ def joint_weights(generator: StyleGenerator, style_w: torch.Tensor, stroke: torc
     return (w[:, :, None] * t[:, None, :]).reshape(n, -1)
 
 
-def sample_strokes(generator: StyleGenerator, n: int, rng: random.Random) -> torch.Tensor | None:
-    """``n`` stroke sizes drawn log-uniformly over the generator's anchor range (None for v1)."""
+def sample_strokes(
+    generator: StyleGenerator, n: int, rng: random.Random, default_share: float = 0.0
+) -> torch.Tensor | None:
+    """``n`` stroke sizes (None for v1): each is ``DEFAULT_STROKE`` with probability ``default_share``,
+    else drawn log-uniformly over the generator's anchor range."""
     if not isinstance(generator, GeneratorV2):
         return None
     lo, hi = math.log2(generator.config.strokes[0]), math.log2(generator.config.strokes[-1])
-    return torch.tensor([2.0 ** rng.uniform(lo, hi) for _ in range(n)])
+    return torch.tensor(
+        [DEFAULT_STROKE if rng.random() < default_share else 2.0 ** rng.uniform(lo, hi) for _ in range(n)]
+    )
 
 
 def painting_crop(style: StyleImage, stroke: float | None, size: int, rng: random.Random) -> torch.Tensor:
@@ -478,7 +492,7 @@ class Trainer:
         b = cfg.batch
         idx = torch.tensor([(self.step * b + i) % len(self.styles) for i in range(b)])  # balanced styles
         style_w = one_hot(idx, len(self.styles)).to(self.device)
-        stroke = sample_strokes(self.G, b, self.rng)  # None for v1
+        stroke = sample_strokes(self.G, b, self.rng, cfg.default_stroke_share)  # None for v1
         x = self.content.batch(b, self.rng).to(self.device)
         use_adv = w.adversarial > 0 and self.step >= cfg.adversarial_start
         idx = idx.to(self.device)
