@@ -76,9 +76,11 @@ train-default: setup-dev
 #   3. steps 3500-5100: the resolution-step loss, and temporal and flow weights 20 (from 10),
 #      which win back the stability the stronger style term cost;
 #   4. steps 5100-7100: the relative style loss (every VGG layer counts the same, as in the quality
-#      bench's style distance) at weight 10.
-# Stages 2, 3 and 4 took 33, 31 and 75 min (4 on one thread); the README's v2 section has what each
-# one measured.
+#      bench's style distance) at weight 10;
+#   5. steps 7100-8900: style weight 15, temporal and flow weights 25, and the learning rates
+#      following a cosine down to a hundredth at the last step.
+# Stages 2, 3, 4 and 5 took 33, 31, 75 and 65 min (4 and 5 on one thread); the README's v2 section
+# has what each one measured.
 D := $(DATA)/styles/gcompris-qt-data__details
 V2_STYLES := $(DEFAULT_STYLES) \
 	--style "$(P)/Katsushika_Hokusai_Kazusa_sea_Route_1830.png=Kazusa Sea Route" \
@@ -93,6 +95,8 @@ V2_STAGE2 := --steps 3500 --resolution-step-weight 0 --style-weight 30 --tv-weig
 V2_STAGE3 := --steps 5100 --style-weight 30 --tv-weight 0.1 --lr 1e-3 --temporal-weight 20 --flow-weight 20
 V2_STAGE4 := --steps 7100 --style-norm relative --style-weight 10 --tv-weight 0.1 --lr 1e-3 \
 	--temporal-weight 20 --flow-weight 20
+V2_STAGE5 := --steps 8900 --style-norm relative --style-weight 15 --tv-weight 0.1 --lr 1e-3 \
+	--lr-decay-from 7100 --temporal-weight 25 --flow-weight 25
 V2_TRAIN = nice -n 19 $(BIN)/python -m trainer train --content $(DATA)/content $(V2_STYLES) \
 	--out $(V2_OUT)/default.safetensors $(V2_ARGS)
 
@@ -102,3 +106,4 @@ train-v2: setup-dev
 	$(V2_TRAIN) $(V2_STAGE2) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE3) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE4) --resume $(ARGS)
+	$(V2_TRAIN) $(V2_STAGE5) --resume $(ARGS)
