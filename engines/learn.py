@@ -164,6 +164,7 @@ def add(
     from PIL import Image
 
     from engines.ship import thumbnail
+    from trainer.checkpoint import read_generator_config
     from trainer.data import default_style_name, preview_photo
     from trainer.train import AddStyleConfig, add_style
 
@@ -185,7 +186,8 @@ def add(
         cfg = AddStyleConfig(
             style=str(kept), base=str(base_ckpt), content_dir=str(content), out=str(work / CHECKPOINT_FILE),
             name=name, command=" ".join(sys.argv), **kwargs,
-        )  # fmt: skip
+        ).for_model(read_generator_config(base_ckpt).version)  # fmt: skip
+        steps_total = cfg.steps or 0
         preview_src = preview_photo(content, PREVIEW_SIZE)
         preview_path = preview_path or work / "preview.jpg"
         started = time.monotonic()
@@ -194,9 +196,9 @@ def add(
         def on_step(step: int, generator: Any) -> None:
             nonlocal last_preview
             now = time.monotonic()
-            eta = (now - started) / step * (cfg.steps - step)
-            events("step", step=step, steps=cfg.steps, eta_s=round(eta, 1))
-            if now - last_preview < preview_every_s and step < cfg.steps:
+            eta = (now - started) / step * (steps_total - step)
+            events("step", step=step, steps=steps_total, eta_s=round(eta, 1))
+            if now - last_preview < preview_every_s and step < steps_total:
                 return
             last_preview = now
             s = generator.config.num_styles
@@ -210,7 +212,7 @@ def add(
             os.replace(tmp, preview_path)  # the server may be reading the previous one
             events("preview", path=str(preview_path), step=step)
 
-        events("started", steps=cfg.steps, name=name)
+        events("started", steps=steps_total, name=name)
         add_style(cfg, progress=False, on_step=on_step)
         events("exporting")
         from trainer.checkpoint import load_checkpoint

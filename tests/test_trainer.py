@@ -349,6 +349,15 @@ def test_add_style_keeps_old_styles_bit_identical(data: tuple[Path, list[Path]],
     assert "add_style" in c1.train
 
 
+def test_add_style_defaults_follow_the_model_version_and_given_values_win() -> None:
+    cfg = AddStyleConfig(style="p.png", base="b", out="o")
+    assert (cfg.steps, cfg.size) == (None, None)
+    v1, v2 = cfg.for_model(1), cfg.for_model(2)
+    assert (v1.steps, v1.size) == (180, 160) and (v2.steps, v2.size) == (160, 192)
+    given = AddStyleConfig(style="p.png", base="b", out="o", steps=7, size=64).for_model(2)
+    assert (given.steps, given.size) == (7, 64)
+
+
 def test_cli_train_sample_info(data: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     content, styles = data
     out = tmp_path / "cli.safetensors"

@@ -169,6 +169,15 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return dict(meta)
 
 
+def read_generator_config(path: str | Path) -> GeneratorConfig:
+    """A checkpoint's generator config, from its header alone."""
+    meta = read_metadata(path)
+    try:
+        return GeneratorConfig(**json.loads(meta["generator"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has malformed metadata: {e}") from e
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read every part of a checkpoint file; clear errors for missing/corrupt files."""
     meta = read_metadata(path)

@@ -635,11 +635,7 @@ class AddStyleConfig:
         flag="--content", metavar="DIR",
     )  # fmt: skip
     name: str | None = None  # display name of the new style (default: from the file name)
-    # 180 steps: 178-196 s per painting, export and parity check included, on a 2-vCPU AMX Xeon in
-    # bf16 while the server streamed at 30 fps (python -m bench.new_style; 124-130 s on a later host
-    # of the same kind); 250 steps took 4.9 min there and scored no better. 160 is the crop size
-    # the shipped model was trained at.
-    steps: int = opt(180, "optimisation steps")
+    steps: int | None = opt(None, "optimisation steps (default: 180 for a v1 model, 160 for v2)")
     size: int | None = opt(
         None, "crop side in pixels (default: 160 for a v1 model, 192 for v2; a multiple of the model's stride)"
     )
@@ -657,6 +653,19 @@ class AddStyleConfig:
     losses: LossWeights = field(default_factory=lambda: ADD_STYLE_LOSSES)
     style_size: int = TrainConfig.style_size
     command: str = ""
+
+    def for_model(self, version: int) -> AddStyleConfig:
+        """This config with the steps and crop size a model of generator ``version`` gets by default."""
+        steps, size = ADD_STYLE_PLAN[version]
+        return dataclasses.replace(self, steps=self.steps or steps, size=self.size or size)
+
+
+# add-style's (steps, crop side) per generator version, measured with python -m bench.new_style on a
+# 2-vCPU AMX Xeon in bf16 while the server streamed at 30 fps, export and parity check included.
+# v1: 180 steps took 124-196 s per painting across hosts of the same kind; 250 took 4.9 min and
+# scored no better; 160 px is the crop it was trained at. v2: 180 steps took 181-184 s, 160 took
+# 166-171 s and learned the same three paintings as closely (README, "Generator v2").
+ADD_STYLE_PLAN: dict[int, tuple[int, int]] = {1: (180, 160), 2: (160, 192)}
 
 
 def extend_generator(base: StyleGenerator, extra: int = 1) -> StyleGenerator:
@@ -714,7 +723,9 @@ def add_style(
     rng = random.Random(config.seed)
     base = load_checkpoint(config.base)
     v2 = base.generator_config.version == 2
-    size = config.size or (192 if v2 else 160)
+    config = config.for_model(base.generator_config.version)
+    size, steps = config.size, config.steps
+    assert size is not None and steps is not None  # for_model fills both
     style = StyleImage.load(config.style, config.name, None if v2 else config.style_size)
     if style.name in base.style_names:
         raise ValueError(f"the model already has a style named {style.name!r}; pick another --name")
@@ -749,7 +760,7 @@ def add_style(
     w = config.losses
     style_w = one_hot([new] * config.batch, G.config.num_styles).to(device)
     G.train()
-    for step in tqdm(range(1, config.steps + 1), disable=not progress, unit="step"):
+    for step in tqdm(range(1, steps + 1), disable=not progress, unit="step"):
         x = content.batch(config.batch, rng).to(device)
         stroke = sample_strokes(G, config.batch, rng)
         with autocast():  # the losses inside are float32 (trainer.losses)
