@@ -475,7 +475,7 @@ class Trainer:
             ),
         )
 
-    def set_learning_rates(self) -> float:
+    def set_learning_rates(self) -> None:
         """Set every optimiser's rates for the current step from the config (a resumed optimiser's
         state would otherwise bring back the rates it was saved with, not this run's ``--lr``)."""
         cfg = self.config
@@ -484,7 +484,6 @@ class Trainer:
         shared["lr"], rows["lr"] = cfg.lr * scale, cfg.lr * cfg.style_lr_mult * scale
         for group in self.opt_d.param_groups:
             group["lr"] = cfg.lr_d * scale
-        return scale
 
     def train_step(self) -> dict[str, float]:
         cfg, w = self.config, self.config.losses
