@@ -396,6 +396,39 @@ def test_cli_train_sample_info(data: tuple[Path, list[Path]], tmp_path: Path, ca
     assert '"Stripes"' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("arch", [1, 2])
+def test_grow_starts_from_the_same_picture_and_training_reaches_the_new_blocks(
+    data: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture, arch: int
+) -> None:
+    base, grown = tmp_path / "base.safetensors", tmp_path / "deep" / "m.safetensors"
+    Trainer(_config(data, base, arch=arch, size=64)).run(progress=False)  # 64: a dilated block needs 8 px at 1/8
+    assert trainer_main(["grow", str(base), "--blocks", "3", "--out", str(grown)]) == 0
+    g0, _ = load_generator(base)
+    g1, ckpt = load_generator(grown)
+    assert g1.config == GeneratorConfig(**{**g0.config.to_dict(), "num_blocks": 3})
+    assert ckpt.train["grow"] == [{"from": str(base), "num_blocks": [1, 3], "step": 2}]
+    assert ckpt.step == 2 and list(ckpt.optimizers) == ["d"] and ckpt.discriminator_state is not None
+    x, w = torch.rand(2, 3, 32, 48), torch.tensor([[0.3, 0.7], [1.0, 0.0]])
+    stroke = torch.tensor([0.7, 1.6]) if arch == 2 else None
+    with torch.no_grad():
+        assert torch.equal(g0(x, w, stroke), g1(x, w, stroke))  # the new blocks add exactly nothing
+    new_block = g1.blocks[2]
+    assert new_block.n2.gamma.abs().max() == 0 and new_block.n1.gamma.abs().min() > 0  # only the exit is shut
+
+    # Resuming needs the grown shape, and says so; with it, training opens the new blocks.
+    with pytest.raises(ValueError, match="num_blocks 3 \\(this run: 1\\).*--blocks"):
+        Trainer(_config(data, grown, arch=arch, size=64, resume=True, steps=4))
+    Trainer(_config(data, grown, arch=arch, size=64, resume=True, steps=4, num_blocks=3)).run(progress=False)
+    g2, ckpt2 = load_generator(grown)
+    assert ckpt2.step == 4 and g2.blocks[2].n2.gamma.abs().max() > 0
+    with torch.no_grad():
+        assert not torch.equal(g0(x, w, stroke), g2(x, w, stroke))
+
+    # Growing must add blocks.
+    assert trainer_main(["grow", str(grown), "--blocks", "3", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "more than the model's 3" in capsys.readouterr().err
+
+
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     style = _painting(tmp_path / "s.png", 0)

@@ -15,6 +15,11 @@ Copy-paste commands:
     python -m trainer add-style runs/model.safetensors --style my_painting.jpg="Mine" \\
         --out runs/model_plus.safetensors --steps 300
 
+    # a deeper copy that computes the same picture (new trunk blocks start as identities),
+    # then train it on: --blocks must match
+    python -m trainer grow runs/model.safetensors --blocks 5 --out runs/deep/model.safetensors
+    python -m trainer train ... --out runs/deep/model.safetensors --blocks 5 --steps 2000 --resume
+
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
 
@@ -65,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         prefix=LOSS,
     )  # fmt: skip
 
+    g = sub.add_parser("grow", help="a deeper copy of a model that starts out computing the same picture, to train on")
+    g.add_argument("model", help="a model (.safetensors)")
+    g.add_argument("--blocks", type=int, required=True, help="residual blocks in the copy (more than the model's)")
+    g.add_argument("--out", required=True, help="checkpoint to write (resume training from it with --blocks)")
+
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")
     s.add_argument("--content", action="append", required=True, help="a photo; repeat for more rows")
@@ -83,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     from trainer.checkpoint import CheckpointError
-    from trainer.train import add_style, describe, render_sample, train
+    from trainer.train import add_style, describe, grow, render_sample, train
 
     try:
         if args.subcommand == "train":
@@ -94,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             losses = from_args(LossWeights, args, LOSS, adversarial=0.0)
             print(add_style(from_args(AddStyleConfig, args, style=path, name=name, losses=losses,
                                       command=command_line())))  # fmt: skip
+        elif args.subcommand == "grow":
+            print(grow(args.model, args.blocks, args.out))
         elif args.subcommand == "sample":
             print(render_sample(args.model, args.content, args.out, args.mix, args.size))
         elif args.subcommand == "info":

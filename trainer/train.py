@@ -431,6 +431,17 @@ class Trainer:
                 f"--resume: {self.out} was trained on styles {ckpt.style_names}, "
                 f"this run has {[s.name for s in self.styles]}"
             )
+        if ckpt.generator_config != self.G.config:
+            have, want = ckpt.generator_config, self.G.config
+            diff = ", ".join(
+                f"{k} {getattr(have, k)} (this run: {getattr(want, k)})"
+                for k in have.to_dict()
+                if getattr(have, k) != getattr(want, k)
+            )
+            raise ValueError(
+                f"--resume: {self.out} is a different generator: {diff}; pass the options it was "
+                "trained or grown with (--arch, --width, --half-width, --blocks)"
+            )
         self.G.load_state_dict(ckpt.generator_state)
         if ckpt.discriminator_state is not None:
             self.D.load_state_dict(ckpt.discriminator_state)
@@ -693,6 +704,49 @@ def remove_style(base: StyleGenerator, index: int) -> StyleGenerator:
         new_state[k] = v.clone() if new_state[k].shape == v.shape else torch.cat([v[:index], v[index + 1 :]], 0)
     new.load_state_dict(new_state)
     return new
+
+
+def deepen_generator(base: StyleGenerator, num_blocks: int) -> StyleGenerator:
+    """A copy of ``base`` with ``num_blocks`` residual blocks, computing exactly what ``base`` does.
+
+    The new blocks go after the old ones (v2: at the end of the 1/8-scale trunk) with their second
+    affine's rows at zero, so each adds nothing until training moves those rows: a grown model starts
+    from the trained one's picture, not from noise (Chen et al. 2016, "Net2Net"; the zero-initialised
+    residual of Goyal et al. 2017). Every other tensor is copied bit for bit.
+    """
+    cfg = base.config
+    if num_blocks <= cfg.num_blocks:
+        raise ValueError(f"--blocks must be more than the model's {cfg.num_blocks}, got {num_blocks}")
+    new = build_generator(dataclasses.replace(cfg, num_blocks=num_blocks))
+    state = new.state_dict()
+    state.update({k: v.clone() for k, v in base.state_dict().items()})
+    for i in range(cfg.num_blocks, num_blocks):
+        for row in ("gamma", "beta"):
+            state[f"blocks.{i}.n2.{row}"] = torch.zeros_like(state[f"blocks.{i}.n2.{row}"])
+    new.load_state_dict(state)
+    return new
+
+
+def grow(model: str, num_blocks: int, out: str) -> Path:
+    """`python -m trainer grow`: a deeper copy of a checkpoint (:func:`deepen_generator`) that a
+    ``train --resume --blocks N`` run carries on from. The critic and its optimiser come along; the
+    generator's optimiser does not (its tensors no longer match), so Adam starts afresh, as it does
+    from a shipped file."""
+    ckpt = load_checkpoint(model)
+    G = build_generator(ckpt.generator_config)
+    G.load_state_dict(ckpt.generator_state)
+    grown = deepen_generator(G, num_blocks)
+    record = {"from": model, "num_blocks": [ckpt.generator_config.num_blocks, num_blocks], "step": ckpt.step}
+    return save_checkpoint(
+        out,
+        dataclasses.replace(
+            ckpt,
+            generator_config=grown.config,
+            generator_state=grown.state_dict(),
+            train={**ckpt.train, "grow": [*ckpt.train.get("grow", []), record]},
+            optimizers={k: v for k, v in ckpt.optimizers.items() if k == "d"},
+        ),
+    )
 
 
 def add_style(
