@@ -67,7 +67,7 @@ train-default: setup-dev
 
 # Generator v2 (issue 17): the same 8 styles in the same order, 4 more paintings, photos kept at
 # 640 px with crops cut at video scale, the temporal loss on the training part of the street video.
-# Four stages, each resuming from the last save (weights, optimisers, step), so an interruption
+# Six stages, each resuming from the last save (weights, optimisers, step), so an interruption
 # costs minutes and running it again carries on where it stopped:
 # `nohup make train-v2 > runs/v2/log.txt 2>&1 &`.
 #   1. steps 0-2500: the base recipe (52 min on 2 Xeon cores with AMX in bf16, 1.2 s a step;
@@ -78,9 +78,10 @@ train-default: setup-dev
 #   4. steps 5100-7100: the relative style loss (every VGG layer counts the same, as in the quality
 #      bench's style distance) at weight 10;
 #   5. steps 7100-8900: style weight 15, temporal and flow weights 25, and the learning rates
-#      following a cosine down to a hundredth at the last step.
-# Stages 2, 3, 4 and 5 took 33, 31, 75 and 65 min (4 and 5 on one thread); the README's v2 section
-# has what each one measured.
+#      following a cosine down to a hundredth at the last step;
+#   6. steps 8900-11300: stage 5 again, a second cosine from 1e-3.
+# Stages 2, 3, 4, 5 and 6 took 33, 31, 75, 65 and 83 min (4, 5 and 6 on one thread); the README's
+# v2 section has what each one measured.
 D := $(DATA)/styles/gcompris-qt-data__details
 V2_STYLES := $(DEFAULT_STYLES) \
 	--style "$(P)/Katsushika_Hokusai_Kazusa_sea_Route_1830.png=Kazusa Sea Route" \
@@ -97,6 +98,8 @@ V2_STAGE4 := --steps 7100 --style-norm relative --style-weight 10 --tv-weight 0.
 	--temporal-weight 20 --flow-weight 20
 V2_STAGE5 := --steps 8900 --style-norm relative --style-weight 15 --tv-weight 0.1 --lr 1e-3 \
 	--lr-decay-from 7100 --temporal-weight 25 --flow-weight 25
+V2_STAGE6 := --steps 11300 --style-norm relative --style-weight 15 --tv-weight 0.1 --lr 1e-3 \
+	--lr-decay-from 8900 --temporal-weight 25 --flow-weight 25
 V2_TRAIN = nice -n 19 $(BIN)/python -m trainer train --content $(DATA)/content $(V2_STYLES) \
 	--out $(V2_OUT)/default.safetensors $(V2_ARGS)
 
@@ -107,3 +110,4 @@ train-v2: setup-dev
 	$(V2_TRAIN) $(V2_STAGE3) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE4) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE5) --resume $(ARGS)
+	$(V2_TRAIN) $(V2_STAGE6) --resume $(ARGS)
