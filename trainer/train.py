@@ -31,7 +31,7 @@ from common.mix import parse_mix
 from common.paths import CONTENT_DIR
 from common.split import held_out
 from common.stroke import DEFAULT_STROKE, REFERENCE_SHORT
-from trainer.checkpoint import Checkpoint, Style, load_checkpoint, save_checkpoint
+from trainer.checkpoint import Checkpoint, Style, load_checkpoint, load_generator, save_checkpoint
 from trainer.data import ContentImages, StyleImage, parse_style_arg, random_crop, to_tensor
 from trainer.flow import VideoPairs
 from trainer.losses import (
@@ -732,9 +732,7 @@ def grow(model: str, num_blocks: int, out: str) -> Path:
     ``train --resume --blocks N`` run carries on from. The critic and its optimiser come along; the
     generator's optimiser does not (its tensors no longer match), so Adam starts afresh, as it does
     from a shipped file."""
-    ckpt = load_checkpoint(model)
-    G = build_generator(ckpt.generator_config)
-    G.load_state_dict(ckpt.generator_state)
+    G, ckpt = load_generator(model)
     grown = deepen_generator(G, num_blocks)
     record = {"from": model, "num_blocks": [ckpt.generator_config.num_blocks, num_blocks], "step": ckpt.step}
     return save_checkpoint(
@@ -860,7 +858,6 @@ def add_style(
 
 def render_sample(model_path: str, content: list[str], out: str, mix: str | None, size: int = 256) -> Path:
     """`python -m trainer sample`: a grid of every style (and a mix) on the given photos."""
-    from trainer.checkpoint import load_generator
     from trainer.data import load_rgb
 
     G, ckpt = load_generator(model_path)
