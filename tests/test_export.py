@@ -141,3 +141,23 @@ def test_a_failed_export_leaves_nothing_half_written(
     assert not seen[0].exists()  # ... which is gone
     assert out.read_bytes() == b"the model being served"  # the model in use was never touched
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_a_v2_model_with_the_up_sampling_blur_exports_and_matches_torch(
+    tiny_v2_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``trainer grow --up-blur`` (a fixed depthwise blur after each coarse pixel shuffle) exports like any
+    v2 model: the same contract, torch parity at two sizes, only ops TensorRT parses, the config in
+    the metadata."""
+    from engines.tensorrt_rules import tensorrt_problems
+    from trainer.train import grow
+
+    blurred = grow(str(tiny_v2_checkpoint), str(tmp_path / "blur.safetensors"), up_blur=True)
+    path = export_onnx(blurred, tmp_path / "blur.onnx")
+    g, _ = load_generator(blurred)
+    assert g.config.up_blur and read_model_info(path).generator["up_blur"] is True
+    verify_onnx(path, g, sizes=((64, 96), (120, 160)))
+    model = onnx.load(str(path))
+    groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert sorted(groups)[-2:] == [8, 8]  # the two blurs: one filter per channel (width 8, half width 8)
+    assert tensorrt_problems(model) == []

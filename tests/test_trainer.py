@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from trainer.__main__ import main as trainer_main  # noqa: E402
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_generator  # noqa: E402
 from trainer.data import ContentImages, DataError, StyleImage  # noqa: E402
-from trainer.losses import resolution_step_loss, shift_pair  # noqa: E402
+from trainer.losses import resolution_step_loss, shift_pair, temporal_loss  # noqa: E402
 from trainer.models import (  # noqa: E402
     Discriminator,
     DiscriminatorConfig,
@@ -429,6 +429,48 @@ def test_grow_starts_from_the_same_picture_and_training_reaches_the_new_blocks(
     assert "more than the model's 3" in capsys.readouterr().err
 
 
+def _shift_error(g: torch.nn.Module, x: torch.Tensor, w: torch.Tensor, d: int) -> float:
+    """Mean |G(x)[..., d:] - G(x moved left by d)[..., :-d]|: the picture's change under a d-px pan."""
+    width = x.shape[-1] - 8
+    with torch.no_grad():
+        a, b = g(x[..., :width], w), g(x[..., d : d + width], w)
+    return float((a[..., d:] - b[..., :-d]).abs().mean())
+
+
+def test_the_up_sampling_blur_makes_the_picture_follow_the_scene_and_grow_adds_it(
+    data: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base, blurred = tmp_path / "base.safetensors", tmp_path / "blur" / "m.safetensors"
+    Trainer(_config(data, base, size=64)).run(progress=False)
+    assert trainer_main(["grow", str(base), "--up-blur", "--out", str(blurred)]) == 0
+    g0, _ = load_generator(base)
+    g1, ckpt = load_generator(blurred)
+    assert g1.config == GeneratorConfig(**{**g0.config.to_dict(), "up_blur": True})
+    assert ckpt.train["grow"] == [{"from": str(base), "step": 2, "up_blur": True}]
+    assert sorted(ckpt.optimizers) == ["d", "g"]  # same tensors: Adam carries on
+    assert all(torch.equal(a, b) for a, b in zip(g0.state_dict().values(), g1.state_dict().values(), strict=True))
+
+    # Same weights; a shift that is not a multiple of the stride (8 px) lands the scene elsewhere on
+    # the network's grid, and the blurred model's picture changes less with it.
+    x, w = torch.rand(1, 3, 64, 96), one_hot([0], 2)
+    sharp, soft = (sum(_shift_error(g, x, w, d) for d in range(1, 8)) for g in (g0, g1))
+    assert soft < 0.9 * sharp  # 0.75x here; stage 6 with it, before any training: 0.52x at d = 3
+
+    # Resuming needs the option, and says so; with it, training carries on.
+    with pytest.raises(ValueError, match="up_blur True \\(this run: False\\).*--up-blur"):
+        Trainer(_config(data, blurred, size=64, resume=True, steps=3))
+    Trainer(_config(data, blurred, size=64, resume=True, steps=3, up_blur=True)).run(progress=False)
+    assert load_generator(blurred)[1].step == 3
+
+    # Nothing to change, a v1 model, or a model that has it already: a clear error each.
+    assert trainer_main(["grow", str(base), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--blocks N (deeper) or --up-blur" in capsys.readouterr().err
+    assert trainer_main(["grow", str(blurred), "--up-blur", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "this one has it" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="v2 setting"):
+        _config(data, base, arch=1, up_blur=True)
+
+
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     style = _painting(tmp_path / "s.png", 0)
@@ -517,6 +559,33 @@ def test_training_strokes_cover_the_anchors_and_a_share_is_the_default(
     assert sample_strokes(Generator(GeneratorConfig(2)), 4, random.Random(0), 0.5) is None  # v1: no stroke
     with pytest.raises(ValueError, match="default-stroke-share"):
         _config(data, tmp_path / "m.safetensors", default_stroke_share=1.5)
+
+
+def test_the_shift_loss_compares_the_views_overlap_and_its_noise_is_the_only_cost_to_a_pointwise_model(
+    data: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """A per-pixel model moves exactly with its input, so with no noise the shift-stability loss is 0
+    for every shift (the two outputs are cropped to the same scene pixels); the sensor noise is what
+    it then pays for. A negative noise is refused."""
+
+    class Pointwise(torch.nn.Module):
+        config = GeneratorConfig.v2(2)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+
+        def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
+            return torch.sigmoid(self.conv(image * 4))
+
+    g, x, w = Pointwise(), torch.rand(2, 3, 48, 64), one_hot([0, 1], 2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        clean = [float(temporal_loss(g, x, w, noise=0.0)) for _ in range(8)]  # type: ignore[arg-type]
+        noisy = float(temporal_loss(g, x, w, noise=0.02))  # type: ignore[arg-type]
+    assert max(clean) < 1e-6 and noisy > 1e-3
+    with pytest.raises(ValueError, match="temporal-noise"):
+        _config(data, tmp_path / "m.safetensors", temporal_noise=-0.01)
 
 
 def test_stroke_changes_the_picture_and_none_means_one() -> None:

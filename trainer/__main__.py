@@ -19,6 +19,8 @@ Copy-paste commands:
     # then train it on: --blocks must match
     python -m trainer grow runs/model.safetensors --blocks 5 --out runs/deep/model.safetensors
     python -m trainer train ... --out runs/deep/model.safetensors --blocks 5 --steps 2000 --resume
+    # ... or the same model with the up-sampling blur (steadier under motion), trained on from there
+    python -m trainer grow runs/model.safetensors --up-blur --out runs/blur/model.safetensors
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
@@ -70,10 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
         prefix=LOSS,
     )  # fmt: skip
 
-    g = sub.add_parser("grow", help="a deeper copy of a model that starts out computing the same picture, to train on")
+    g = sub.add_parser(
+        "grow",
+        help="a changed copy of a model to train on: deeper (same picture) and/or with the up-sampling blur",
+    )
     g.add_argument("model", help="a model (.safetensors)")
-    g.add_argument("--blocks", type=int, required=True, help="residual blocks in the copy (more than the model's)")
-    g.add_argument("--out", required=True, help="checkpoint to write (resume training from it with --blocks)")
+    g.add_argument("--blocks", type=int, help="residual blocks in the copy (more than the model's); same picture")
+    g.add_argument(
+        "--up-blur",
+        action="store_true",
+        help="v2: blur after each up-sampling (steadier under motion; the picture changes a little until trained)",
+    )
+    g.add_argument("--out", required=True, help="checkpoint to write (resume from it with the same --blocks/--up-blur)")
 
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")
@@ -105,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(add_style(from_args(AddStyleConfig, args, style=path, name=name, losses=losses,
                                       command=command_line())))  # fmt: skip
         elif args.subcommand == "grow":
-            print(grow(args.model, args.blocks, args.out))
+            print(grow(args.model, args.out, args.blocks, args.up_blur))
         elif args.subcommand == "sample":
             print(render_sample(args.model, args.content, args.out, args.mix, args.size))
         elif args.subcommand == "info":

@@ -29,10 +29,15 @@ W multiples of 8::
       -> fine residual block (dense 3x3 x2)
       -> blur+conv s2 -> deep_width, affine, ReLU                    [N,d,H/8,W/8]
       -> num_blocks dense residual blocks (dilation 1, 2, 1, ...)
-      -> conv1x1 -> 4*width, pixel-shuffle, affine, + skip, ReLU      [N,c,H/4,W/4]
+      -> conv1x1 -> 4*width, pixel-shuffle, (blur), affine, + skip, ReLU  [N,c,H/4,W/4]
       -> fine residual block
-      -> conv1x1 -> 4*half_width, pixel-shuffle, affine, ReLU        [N,h,H/2,W/2]
+      -> conv1x1 -> 4*half_width, pixel-shuffle, (blur), affine, ReLU    [N,h,H/2,W/2]
       -> conv3x3 -> 12, pixel-shuffle x2, sigmoid                   [N,3,H,W]
+
+The blurs after the two coarse up-samplings (``up_blur``; off in the shipped v2) are fixed
+[1,2,1] depthwise filters: without them the picture depends on where the scene falls on the 8-px
+grid, which is most of what changes when the camera pans (:meth:`GeneratorV2.upsample`; the
+README has what they measured).
 
 Measured at 640x480 on OpenVINO (2 vCPUs, AMD EPYC with AVX512-BF16): dense
 convs cost about 1 ms per 177 M multiply-adds in bf16, so v2 keeps to about
@@ -92,6 +97,7 @@ class GeneratorConfig:
     fine_blocks: int = 0  # v2: dense blocks at 1/4 scale
     strokes: tuple[float, ...] = ()  # v2: stroke anchors, a geometric series such as (0.5, 1, 2)
     instance_norm: str = "none"  # v2: which affines normalise first: "none", "trunk" (1/8 scale), "all"
+    up_blur: bool = False  # v2: a fixed [1,2,1] blur after each pixel-shuffle up-sampling (shift stability)
 
     @classmethod
     def v2(cls, num_styles: int, **overrides: Any) -> GeneratorConfig:
@@ -108,8 +114,8 @@ class GeneratorConfig:
         if self.version == 1:
             if self.stride != 4:
                 raise ValueError("the v1 generator downsamples by exactly 4 (stride=4)")
-            if self.strokes or self.deep_width or self.fine_blocks or self.instance_norm != "none":
-                raise ValueError("strokes, deep_width and fine_blocks are v2 settings")
+            if self.strokes or self.deep_width or self.fine_blocks or self.instance_norm != "none" or self.up_blur:
+                raise ValueError("strokes, deep_width, fine_blocks, instance_norm and up_blur are v2 settings")
         elif self.version == 2:
             if self.stride != 8:
                 raise ValueError("the v2 generator downsamples by exactly 8 (stride=8)")
@@ -412,6 +418,8 @@ class GeneratorV2(nn.Module):
             self.n_up2,
         ]
         assert len(self.norms) == 5 + 2 * len(blocks)
+        self.blur: torch.Tensor  # for up_blur; not in the state dict, so models with and without it share keys
+        self.register_buffer("blur", _BLUR.clone()[None, None], persistent=False)
         # Plain floats: constants in an exported graph.
         self.log2_anchors = [math.log2(a) for a in config.strokes]
 
@@ -453,6 +461,22 @@ class GeneratorV2(nn.Module):
             offset += 2 * c
         return out
 
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """x2 pixel shuffle of ``x`` [N,4C,h,w] -> [N,C,2h,2w], then, with ``config.up_blur``, the
+        binomial [1,2,1] blur per channel (zero response at the fine grid's Nyquist frequency).
+
+        A pixel shuffle gives each of the 2x2 sub-pixels its own learned filter, so the picture
+        depends on where the scene falls on the coarse grid: shifting a frame by anything but a
+        multiple of 8 px changed stage 6's output 4-6x as much as shifting it by 8
+        (``bench.shift_phase``). The blur makes nearest-neighbour up-sampling exactly bilinear and
+        damps the sub-pixel differences a trained shuffle learns."""
+        x = F.pixel_shuffle(x, 2)
+        if not self.config.up_blur:
+            return x
+        c = x.shape[1]
+        kernel = self.blur.to(x.dtype).expand(c, 1, 3, 3)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, groups=c)
+
     def forward(self, image: torch.Tensor, style: torch.Tensor, stroke: torch.Tensor | None = None) -> torch.Tensor:
         n = image.shape[0]
         w = self.normalize_style(style, n).to(image.dtype)  # [N,S]
@@ -465,10 +489,10 @@ class GeneratorV2(nn.Module):
         y = F.relu(self.n_down3(self.down3(x), next(a)))  # [N,d,H/8,W/8]
         for block in self.blocks:
             y = block(y, next(a), next(a))
-        x = F.relu(x + self.n_up3(F.pixel_shuffle(self.up3(y), 2), next(a)))  # [N,c,H/4,W/4]
+        x = F.relu(x + self.n_up3(self.upsample(self.up3(y)), next(a)))  # [N,c,H/4,W/4]
         for block in self.fine_out:
             x = block(x, next(a), next(a))
-        x = F.relu(self.n_up2(F.pixel_shuffle(self.up2(x), 2), next(a)))  # [N,h,H/2,W/2]
+        x = F.relu(self.n_up2(self.upsample(self.up2(x)), next(a)))  # [N,h,H/2,W/2]
         if torch.is_autocast_enabled(x.device.type):
             # The picture itself in float32: bf16 would round it to about one uint8 level, as much as
             # the frame-to-frame flicker the temporal losses measure. The layer is tiny.

@@ -135,6 +135,12 @@ class TrainConfig:
         "auto resolution's step at that stroke",
         metavar="FRACTION",
     )
+    temporal_noise: float = opt(
+        0.02,
+        "the sensor noise (standard deviation, 0-1 scale) added to each view in the shift-stability "
+        "loss (--temporal-weight): the output must not change with it",
+        metavar="STD",
+    )
     style_norm: str = opt(
         "absolute",
         "how the 4 VGG layers' Gram errors add up: absolute (summed; relu4_1 outweighs the rest 100x) or "
@@ -173,6 +179,11 @@ class TrainConfig:
     num_blocks: int | None = opt(
         None, "residual blocks (default: the version's; v1 7 at 1/4 scale, v2 3 at 1/8)", flag="--blocks"
     )
+    up_blur: bool = opt(
+        False,
+        "v2: blur after each up-sampling (GeneratorV2.upsample): the picture then moves with the scene "
+        "instead of with the network's 8-px grid, so the stability losses cost less style",
+    )
     disc_width: int = DiscriminatorConfig.width
     command: str = ""  # the command line that started the run, for the record
 
@@ -191,6 +202,10 @@ class TrainConfig:
             raise ValueError("give at least one --style painting")
         if not 0.0 <= self.default_stroke_share <= 1.0:
             raise ValueError(f"--default-stroke-share must be from 0 to 1, got {self.default_stroke_share}")
+        if self.up_blur and self.arch != 2:
+            raise ValueError("--up-blur is a v2 setting (--arch 2)")
+        if self.temporal_noise < 0:
+            raise ValueError(f"--temporal-noise must be >= 0, got {self.temporal_noise}")
         if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
             raise ValueError(f"--lr-decay-from must be a step in [0, --steps), got {self.lr_decay_from}")
 
@@ -201,7 +216,7 @@ class TrainConfig:
         """The generator this run trains: the version's defaults, with the width options that were given."""
         given = {k: v for k in ("width", "half_width", "num_blocks") if (v := getattr(self, k)) is not None}
         if self.arch == 2:
-            return GeneratorConfig.v2(num_styles, **given)
+            return GeneratorConfig.v2(num_styles, up_blur=self.up_blur, **given)
         return GeneratorConfig(num_styles, **given)
 
 
@@ -440,7 +455,7 @@ class Trainer:
             )
             raise ValueError(
                 f"--resume: {self.out} is a different generator: {diff}; pass the options it was "
-                "trained or grown with (--arch, --width, --half-width, --blocks)"
+                "trained or grown with (--arch, --width, --half-width, --blocks, --up-blur)"
             )
         self.G.load_state_dict(ckpt.generator_state)
         if ckpt.discriminator_state is not None:
@@ -513,7 +528,7 @@ class Trainer:
             g_loss = w.content * l_content + w.style * l_style + w.tv * l_tv
             stats = {"content": l_content.item(), "style": l_style.item(), "tv": l_tv.item()}
             if w.temporal > 0:
-                l_temp = temporal_loss(self.G, x, style_w, stroke=stroke)
+                l_temp = temporal_loss(self.G, x, style_w, noise=cfg.temporal_noise, stroke=stroke)
                 g_loss = g_loss + w.temporal * l_temp
                 stats["temporal"] = l_temp.item()
             if w.resolution_step > 0 and stroke is not None:
@@ -727,22 +742,36 @@ def deepen_generator(base: StyleGenerator, num_blocks: int) -> StyleGenerator:
     return new
 
 
-def grow(model: str, num_blocks: int, out: str) -> Path:
-    """`python -m trainer grow`: a deeper copy of a checkpoint (:func:`deepen_generator`) that a
-    ``train --resume --blocks N`` run carries on from. The critic and its optimiser come along; the
-    generator's optimiser does not (its tensors no longer match), so Adam starts afresh, as it does
-    from a shipped file."""
+def grow(model: str, out: str, num_blocks: int | None = None, up_blur: bool = False) -> Path:
+    """`python -m trainer grow`: a changed copy of a checkpoint that a ``train --resume`` run (with
+    the same ``--blocks``/``--up-blur``) carries on from. ``num_blocks``: deeper, computing the same
+    picture (:func:`deepen_generator`); ``up_blur``: the same weights with the blur after each
+    up-sampling (``GeneratorV2.upsample``), which changes the picture a little until training
+    adapts. The critic and its optimiser come along. The generator's optimiser comes along when its
+    tensors are unchanged; after deepening Adam starts afresh, as it does from a shipped file."""
     G, ckpt = load_generator(model)
-    grown = deepen_generator(G, num_blocks)
-    record = {"from": model, "num_blocks": [ckpt.generator_config.num_blocks, num_blocks], "step": ckpt.step}
+    cfg = ckpt.generator_config
+    if num_blocks is None and not up_blur:
+        raise ValueError("grow needs --blocks N (deeper) or --up-blur")
+    if up_blur and (cfg.version != 2 or cfg.up_blur):
+        raise ValueError("--up-blur needs a v2 model without it" + (" (this one has it)" if cfg.up_blur else ""))
+    record: dict[str, Any] = {"from": model, "step": ckpt.step}
+    if num_blocks is not None:
+        G = deepen_generator(G, num_blocks)
+        record["num_blocks"] = [cfg.num_blocks, num_blocks]
+    if up_blur:
+        blurred = build_generator(dataclasses.replace(G.config, up_blur=True))
+        blurred.load_state_dict(G.state_dict())
+        G, record["up_blur"] = blurred, True
+    keep = ("d",) if num_blocks is not None else ("d", "g")
     return save_checkpoint(
         out,
         dataclasses.replace(
             ckpt,
-            generator_config=grown.config,
-            generator_state=grown.state_dict(),
+            generator_config=G.config,
+            generator_state=G.state_dict(),
             train={**ckpt.train, "grow": [*ckpt.train.get("grow", []), record]},
-            optimizers={k: v for k, v in ckpt.optimizers.items() if k == "d"},
+            optimizers={k: v for k, v in ckpt.optimizers.items() if k in keep},
         ),
     )
 
