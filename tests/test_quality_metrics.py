@@ -250,6 +250,24 @@ def test_pan_score_is_zero_for_a_shift_equivariant_model_and_counts_flicker() ->
         assert 5.0 < score <= 10.0  # brightness jumping 10 levels a frame (a little less where it clips)
 
 
+def test_shift_phase_sees_a_pattern_fixed_to_the_network_grid() -> None:
+    """``bench.shift_phase``: a per-pixel model has no pan error at any shift; one that stamps a
+    pattern repeating every 8 px (a stride-8 network's grid) errs at every shift but 8."""
+    from bench.shift_phase import SHIFTS, grid_share, shift_errors
+
+    photos = [textured(480, 648, seed=s) for s in (5, 6)]
+    w_count = 3
+    assert shift_errors(lambda f, _: 255 - f, photos, w_count) == dict.fromkeys(SHIFTS, 0.0)
+    grid = (np.arange(640) % 8 < 4).astype(np.int16) * 12  # fixed to the frame, not to the scene
+
+    def gridded(f: np.ndarray, _: np.ndarray) -> np.ndarray:
+        return np.clip(f.astype(np.int16) + grid[None, :, None], 0, 255).astype(np.uint8)
+
+    errors = shift_errors(gridded, photos, w_count)
+    assert errors[8] == 0.0 and all(errors[d] > 2.0 for d in SHIFTS if d != 8)
+    assert grid_share(errors, 8) == 1.0
+
+
 def test_figures_lay_out_every_style_and_respect_the_size_budget(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from PIL import Image
 
