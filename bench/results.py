@@ -16,3 +16,22 @@ def write_json(result: dict[str, Any], path: Path) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_run(module: str, argv: list[str] | None, body: dict[str, Any], started: float, path: Path) -> Path:
+    """``body`` with the record every run carries (the command, date, CPU, run time and platform),
+    written by :func:`write_json`. ``module``: ``"bench.x"``; ``argv``: its arguments (None:
+    ``sys.argv``); ``started``: ``time.time()`` at the start."""
+    import platform
+    import sys
+    import time
+
+    from common.cpu import cpu_summary
+
+    args = sys.argv[1:] if argv is None else argv
+    head = {
+        "command": f"python -m {module} " + " ".join(args),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": cpu_summary(),
+    }
+    return write_json({**head, **body, "runtime_s": time.time() - started, "platform": platform.platform()}, path)

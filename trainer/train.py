@@ -181,8 +181,8 @@ class TrainConfig:
     )
     up_blur: bool = opt(
         False,
-        "v2: blur after each up-sampling (GeneratorV2.upsample): the picture then moves with the scene "
-        "instead of with the network's 8-px grid, so the stability losses cost less style",
+        "v2: blur after each coarse up-sampling (GeneratorV2.upsample), so the picture moves with the scene "
+        "rather than with the network's 8-px grid: steadier under a pan, not on footage (README)",
     )
     disc_width: int = DiscriminatorConfig.width
     command: str = ""  # the command line that started the run, for the record

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from bench.peer import PEER_STYLES, OneShotPeer
 
 if TYPE_CHECKING:
     from engines.runtime import Backend
+    from engines.runtime.frames import FrameBackend
 
 Stylize = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (uint8 HxWx3 RGB, weights [S]) -> uint8 HxWx3
 
@@ -55,6 +58,31 @@ def model_spec(spec: str) -> tuple[str, Path]:
     if not sep or not label or not path:
         raise SystemExit(f"--model takes LABEL=PATH, got {spec!r}")
     return label, Path(path)
+
+
+def add_model_options(parser: argparse.ArgumentParser, model_help: str, num_photos: int) -> None:
+    """The options of a bench that measures models on held-out photos (``bench.stroke_step``,
+    ``bench.shift_phase``): ``--model`` (repeated), ``--photos``, ``--num-photos``, ``--backend``,
+    ``--threads``."""
+    from bench.data import PHOTOS
+
+    parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH", help=model_help)
+    parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder the held-out photos are chosen from")
+    parser.add_argument("--num-photos", type=int, default=num_photos, help="how many held-out photos")
+    parser.add_argument("--backend", default="onnxruntime-cpu", help="runtime for .onnx models (float32: no rounding)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for inference")
+
+
+def load_exact(spec: str, backend: str, threads: int) -> tuple[str, Path, FrameBackend]:
+    """A ``--model LABEL=PATH`` to measure without rounding: (label, path, backend in float32),
+    ``.safetensors`` on the torch backend and ``.onnx`` on ``backend``. The caller closes it."""
+    from engines.runtime import load_backend
+
+    label, path = model_spec(spec)
+    if not path.is_file():
+        raise SystemExit(f"model file not found: {path}")
+    kind = "torch-cpu" if path.suffix == ".safetensors" else backend
+    return label, path, load_backend(path, kind, num_threads=threads, precision="fp32")
 
 
 def load_model(label: str, path: Path, backend: str, threads: int) -> Model:
