@@ -218,8 +218,10 @@ def test_quality_bench_runs_end_to_end_on_small_data(
     assert result["settings"]["num_photos"] == 2 and result["settings"]["video_frames"] == 5
     tiny = result["models"]["tiny"]
     assert [s["style"] for s in tiny["per_style"]] == ["ember", "glacier", "moss"]
-    for key in ("style_distance", "content_distance", "edge_f1", "warp_error", "pan_error"):
+    for key in ("style_distance", "content_distance", "edge_f1", "warp_error", "warp_error_low", "pan_error"):
         assert np.isfinite(tiny["summary"][key])
+    assert tiny["summary"]["warp_error_low"] <= tiny["summary"]["warp_error"]  # part of it
+    assert tiny["per_style"][0]["warp_error_low"] is not None
     assert tiny["summary"]["strength"] > 1.0  # it changes the picture
     # the same checkpoint under two labels scores identically: the bench is deterministic
     assert tiny["summary"] == {**result["models"]["nogan"]["summary"], "warp_vs_peer": tiny["summary"]["warp_vs_peer"]}
@@ -228,6 +230,41 @@ def test_quality_bench_runs_end_to_end_on_small_data(
         assert len(result["models"]["peer"]["per_style"]) == 3
         assert any("peer" in t["target"] for t in result["targets"])
     assert "| tiny |" in result["table"]
+
+
+def test_the_footage_score_splits_texture_flicker_from_regional_flicker() -> None:
+    """``video_scores``: marks that flip from frame to frame flicker, but blurred they are flat (the
+    regional part is near 0); the whole picture brightening and darkening is flicker at every scale."""
+    from tqdm import tqdm
+
+    from bench.metrics import FlowPair
+    from bench.quality.scoring import video_scores
+    from trainer.flow import flow_pair_from_flows
+
+    h, w = 96, 128
+    frames = [np.full((h, w, 3), 128, np.uint8) for _ in range(4)]
+    still = np.zeros((h, w, 2), np.float32)
+    pairs: list[FlowPair] = [flow_pair_from_flows(still, still) for _ in range(3)]
+    checker = ((np.indices((h, w)).sum(0) % 2) * 2 - 1)[..., None]  # +-1, a one-pixel checkerboard
+    weights = np.ones(1, np.float32)
+    flips = iter(range(4))
+
+    def marks(f: np.ndarray, _: np.ndarray) -> np.ndarray:
+        sign = 1 if next(flips) % 2 else -1
+        return np.clip(f.astype(int) + 20 * sign * checker, 0, 255).astype(np.uint8)
+
+    beats = iter(range(4))
+
+    def brightness(f: np.ndarray, _: np.ndarray) -> np.ndarray:
+        return np.clip(f.astype(int) + (20 if next(beats) % 2 else 0), 0, 255).astype(np.uint8)
+
+    with tqdm(disable=True) as bar:
+        texture = video_scores(marks, weights, frames, pairs, bar)
+        regions = video_scores(brightness, weights, frames, pairs, bar)
+        floor = video_scores(None, None, frames, pairs, bar)
+    assert texture.warp > 35 and texture.warp_low < 0.05 * texture.warp
+    assert regions.warp > 19 and regions.warp_low > 0.95 * regions.warp
+    assert floor.warp == floor.warp_low == 0.0
 
 
 def test_pan_score_is_zero_for_a_shift_equivariant_model_and_counts_flicker() -> None:

@@ -93,7 +93,17 @@ from bench.quality.inputs import (
 )
 from bench.quality.models import Model, load_model, load_oneshot, load_peer, model_spec
 from bench.quality.report import DEFINITIONS, Row, check_targets, markdown_table, per_style_table, result_json
-from bench.quality.scoring import Painting, PhotoScores, Result, pan_score, score_peer, score_photos, video_scores
+from bench.quality.scoring import (
+    FootageScore,
+    Painting,
+    PhotoScores,
+    Result,
+    VideoScore,
+    pan_score,
+    score_peer,
+    score_photos,
+    video_scores,
+)
 from bench.results import write_json
 from common.paths import DEFAULT_CHECKPOINT
 from common.sizes import parse_size
@@ -155,8 +165,7 @@ class VideoPhase:
     fps: float
     start: int
     pairs: list[FlowPair]
-    floor: float  # warping error of the input video itself
-    input_contrast: float
+    floor: FootageScore  # the input video's own scores (its warping error is the floor)
     seconds: float
 
 
@@ -231,26 +240,21 @@ def video_phase(
     # A peer style matched to two paintings runs once.
     runs = sum(len({w.tobytes() for w in r.weights}) + (r.mix is not None) for r in videos.values())
     with tqdm(total=runs * per_run + len(frames), desc="video", unit="frame") as bar:
-        floor, input_contrast, _ = video_scores(None, None, frames, pairs, bar)
+        floor = video_scores(None, None, frames, pairs, bar)
         for label, res in videos.items():
-            done: dict[bytes, tuple[float, float, float, float]] = {}
+            done: dict[bytes, VideoScore] = {}
             for j, w in enumerate(res.weights):
                 bar.set_postfix_str(f"{label}: {paintings[j].name}")
                 if w.tobytes() not in done:
-                    done[w.tobytes()] = (
-                        *video_scores(res.model.stylize, w, frames, pairs, bar),
-                        pan_score(res.model.stylize, w, clips, PAN_STEP, bar),
-                    )
-                err, contrast, strength, pan = done[w.tobytes()]
-                res.warp.append(err)
-                res.contrast.append(contrast)
-                res.strength.append(strength)
-                res.pan.append(pan)
+                    footage = video_scores(res.model.stylize, w, frames, pairs, bar)
+                    pan = pan_score(res.model.stylize, w, clips, PAN_STEP, bar)
+                    done[w.tobytes()] = VideoScore(**vars(footage), pan=pan)
+                res.video.append(done[w.tobytes()])
             if res.mix is not None:
                 bar.set_postfix_str(f"{label}: mix")
-                res.warp_mix = video_scores(res.model.stylize, res.mix, frames, pairs, bar)[0]
+                res.warp_mix = video_scores(res.model.stylize, res.mix, frames, pairs, bar).warp
                 bar.update(sum(len(c) for c in clips))  # the mix runs on the footage only
-    return VideoPhase(frames, fps, start, pairs, floor, input_contrast, time.time() - t0)
+    return VideoPhase(frames, fps, start, pairs, floor, time.time() - t0)
 
 
 def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Namespace) -> dict[str, Any]:
@@ -267,10 +271,11 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
         else:
             note = f"step {m.step}" if m.step is not None else m.runtime
         rows.append(Row(label, s["style_distance"], s["content_distance"], s["edge_f1"], s["warp_error"],
-                        s["warp_vs_peer"], s["video_contrast"], note, s["pan_error"], s["strength"]))  # fmt: skip
-    rows.append(Row("input (unstylized)", float(photos.input_style.mean()), 0.0, 1.0, video.floor, None,
-                    video.input_contrast, "the photos and video as they are; warp error = the floor",
-                    0.0, 0.0))  # fmt: skip
+                        s["warp_vs_peer"], s["video_contrast"], note, s["pan_error"], s["strength"],
+                        s["warp_error_low"]))  # fmt: skip
+    rows.append(Row("input (unstylized)", float(photos.input_style.mean()), 0.0, 1.0, video.floor.warp, None,
+                    video.floor.contrast, "the photos and video as they are; warp error = the floor",
+                    0.0, 0.0, video.floor.warp_low))  # fmt: skip
     if peer_res is not None and photos.screen is not None:
         screen = photos.screen
         model_json["peer"]["screening"] = [
@@ -308,8 +313,9 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
         "photos": [name for name, _ in photos.named],
         "input": {
             "style_distance_per_painting": photos.input_style.mean(0).tolist(),
-            "warp_error": video.floor,
-            "video_contrast": video.input_contrast,
+            "warp_error": video.floor.warp,
+            "warp_error_low": video.floor.warp_low,
+            "video_contrast": video.floor.contrast,
             "valid_fraction": float(np.mean([p.valid_fraction for p in video.pairs])),
         },
         "models": model_json,

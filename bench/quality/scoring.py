@@ -48,6 +48,29 @@ class PhotoScores:
         return self.style, self.style_layers, self.content, self.edge
 
 
+@dataclass(frozen=True)
+class FootageScore:
+    """A model's scores on the footage for one style-weight vector, all 0-255."""
+
+    warp: float  # mean warping error over consecutive pairs (flow of the input frames)
+    warp_low: float  # the same on the frames blurred (``low_pass``): regional change, not texture
+    contrast: float  # mean per-frame grey-level std of the output
+    strength: float  # mean |output - input|
+
+
+@dataclass(frozen=True)
+class VideoScore(FootageScore):
+    """:class:`FootageScore` and the warping error under a known pan (no flow)."""
+
+    pan: float = 0.0
+
+
+def low_pass(image: np.ndarray) -> np.ndarray:
+    """``image`` blurred with a Gaussian of sigma = its short side / 80 (6 px at 480), float32: what is
+    left is regions of colour and light, not brush marks or texture."""
+    return cv2.GaussianBlur(image.astype(np.float32), (0, 0), min(image.shape[:2]) / 80)
+
+
 @dataclass
 class Result:
     """One model's scores, column j being the style it uses for painting j."""
@@ -56,11 +79,12 @@ class Result:
     weights: list[np.ndarray]  # [K] style-weight vectors, one per painting
     photo: PhotoScores  # W == K, in painting order
     mix: np.ndarray | None = None  # weights of the mix (video only)
-    warp: list[float] = field(default_factory=list)  # [K] mean warping error per painting
+    video: list[VideoScore] = field(default_factory=list)  # [K] one per painting (empty: photos only)
     warp_mix: float | None = None
-    contrast: list[float] = field(default_factory=list)  # [K] mean per-frame grey std of the output video
-    strength: list[float] = field(default_factory=list)  # [K] mean |output - input| of the video, 0-255
-    pan: list[float] = field(default_factory=list)  # [K] warping error under a known pan (no flow), 0-255
+
+    def video_mean(self, name: str) -> float | None:
+        """The mean over the paintings of one :class:`VideoScore` field; None without video."""
+        return float(np.mean([getattr(v, name) for v in self.video])) if self.video else None
 
     def style_distance(self) -> np.ndarray:
         """[P,K]: output for painting j vs painting j."""
@@ -126,14 +150,18 @@ def score_peer(
 
 def video_scores(
     stylize: Stylize | None, weights: np.ndarray | None, frames: list[np.ndarray], pairs: list[FlowPair], bar: tqdm
-) -> tuple[float, float, float]:
-    """(mean warping error over consecutive pairs, mean grey-level std, strength), all 0-255.
+) -> FootageScore:
+    """The warping error over consecutive pairs, as the frames are and low-passed (:func:`low_pass`),
+    the mean grey-level std and the strength, all 0-255.
 
     ``stylize=None`` scores the input frames themselves. The contrast and the strength (mean
     |output - input|) are there to read the warping error by: a model that does little, or
-    a flat, washed-out output, has little to flicker.
+    a flat, washed-out output, has little to flicker. The low-passed error splits the flicker:
+    what is left of it is whole regions changing (colour or light shifting from frame to frame),
+    the rest is marks and texture that do not follow the scene.
     """
     errors: list[float] = []
+    low: list[float] = []
     contrast: list[float] = []
     strength: list[float] = []
     prev: np.ndarray | None = None
@@ -143,9 +171,10 @@ def video_scores(
         strength.append(float(np.abs(cur.astype(np.float32) - frame.astype(np.float32)).mean()))
         if prev is not None:
             errors.append(warp_error(prev, cur, pairs[t - 1]))
+            low.append(warp_error(low_pass(prev), low_pass(cur), pairs[t - 1]))
         prev = cur
         bar.update(1)
-    return float(np.mean(errors)), float(np.mean(contrast)), float(np.mean(strength))
+    return FootageScore(*(float(np.mean(v)) for v in (errors, low, contrast, strength)))
 
 
 def pan_score(
