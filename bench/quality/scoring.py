@@ -62,7 +62,7 @@ class FootageScore:
 class VideoScore(FootageScore):
     """:class:`FootageScore` and the warping error under a known pan (no flow)."""
 
-    pan: float = 0.0
+    pan: float
 
 
 def low_pass(image: np.ndarray) -> np.ndarray:
