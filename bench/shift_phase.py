@@ -57,8 +57,6 @@ def grid_share(errors: dict[int, float], stride: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engines.runtime import read_model_info
-
     p = argparse.ArgumentParser(
         prog="python -m bench.shift_phase",
         description=__doc__.split("\n\n")[0],
@@ -81,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.model:
         label, path, be = load_exact(spec, args.backend, args.threads)
         try:
-            if path.suffix == ".safetensors":
-                from trainer.checkpoint import read_generator_config
-
-                stride = read_generator_config(path).stride
-            else:
-                stride = read_model_info(path).stride
+            stride = be.shapes.multiple  # the network's stride: frames are padded to multiples of it
             errors = shift_errors(be.stylize, photos, len(be.styles))
         finally:
             be.close()

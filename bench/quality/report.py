@@ -109,7 +109,7 @@ def result_json(res: Result, paintings: list[Painting], peer: Result | None) -> 
                 "warp_vs_peer": _ratio_gain(v.warp, peer.video[j].warp) if v and peer and not is_peer else None,
             }
         )
-    warp, pan = res.video_mean("warp"), res.video_mean("pan")
+    warp, pan, strength = res.video_mean("warp"), res.video_mean("pan"), res.video_mean("strength")
     peer_warp = peer.video_mean("warp") if peer else None
     return {
         "path": str(res.model.path),
@@ -122,13 +122,11 @@ def result_json(res: Result, paintings: list[Painting], peer: Result | None) -> 
             "warp_error": warp,
             "warp_error_low": res.video_mean("warp_low"),
             "pan_error": pan,
-            "strength": res.video_mean("strength"),
+            "strength": strength,
             "video_contrast": res.video_mean("contrast"),
             "warp_vs_peer": None if is_peer else _ratio_gain(warp, peer_warp),
-            "pan_vs_peer": None
-            if is_peer or peer is None
-            else _ratio_gain(res.video_mean("pan"), peer.video_mean("pan")),
-            "strength_vs_peer": (res.video_mean("strength") or 0.0) / ps
+            "pan_vs_peer": None if is_peer or peer is None else _ratio_gain(pan, peer.video_mean("pan")),
+            "strength_vs_peer": (strength or 0.0) / ps
             if not is_peer and peer is not None and (ps := peer.video_mean("strength"))
             else None,
             "warp_error_mix": res.warp_mix,
