@@ -164,15 +164,16 @@ def video_scores(
     low: list[float] = []
     contrast: list[float] = []
     strength: list[float] = []
-    prev: np.ndarray | None = None
+    prev: tuple[np.ndarray, np.ndarray] | None = None  # the last frame as it is and low-passed
     for t, frame in enumerate(frames):
         cur = frame if stylize is None or weights is None else stylize(frame, weights)
+        cur_low = low_pass(cur)
         contrast.append(float(cv2.cvtColor(cur, cv2.COLOR_RGB2GRAY).std()))
         strength.append(float(np.abs(cur.astype(np.float32) - frame.astype(np.float32)).mean()))
         if prev is not None:
-            errors.append(warp_error(prev, cur, pairs[t - 1]))
-            low.append(warp_error(low_pass(prev), low_pass(cur), pairs[t - 1]))
-        prev = cur
+            errors.append(warp_error(prev[0], cur, pairs[t - 1]))
+            low.append(warp_error(prev[1], cur_low, pairs[t - 1]))
+        prev = cur, cur_low
         bar.update(1)
     return FootageScore(*(float(np.mean(v)) for v in (errors, low, contrast, strength)))
 
