@@ -70,7 +70,7 @@ def stroke_strip(
     be = next((m.backend for m in models if m.label == stroke_label), None)
     if be is None:
         raise SystemExit(f"--stroke-model {stroke_label!r} is not one of the --model labels")
-    if not be.strokes:
+    if not be.stroke_scale.anchors:
         print(f"{stroke_label} has no stroke input (a v1 model): no stroke strip")
         return
     strokes = [float(v) for v in args.strokes.split(",")]

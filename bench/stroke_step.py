@@ -10,10 +10,16 @@ same user ``stroke``; the runtime turns that into the network stroke for each fr
 (``common.stroke``). :func:`bench.metrics.stroke_frequency` (cycles per frame width, both
 pictures reduced to the same analysis size) of the small picture over that of the large one is
 the *kept* ratio: 1 when the step changes nothing, below 1 when the marks grow relative to the
-frame. The *jumped* ratio asks the small frame for the large frame's network stroke (user stroke
-x2), which is what a plan-less runtime would draw: it shows the measure sees the difference.
+frame. The *jumped* ratio gives the small frame the large frame's network stroke, which is what a
+plan-less runtime would draw: it shows the measure sees the difference.
 ``tests/test_shipped_model.py`` runs the same function on the shipped photos and wants the kept
 ratio's median within 0.9-1.1.
+
+``--fit-floor OUT.safetensors`` measures a checkpoint's *stroke floor* (``common.stroke``: the part
+of its marks that keeps its size in pixels whatever stroke it is asked for) on photos training
+sees, never the held-out ones the table is judged on, and writes a copy that carries it::
+
+    python -m bench.stroke_step --model v2=runs/v2/default.safetensors --fit-floor runs/v2/fitted.safetensors
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from PIL import Image
 from bench.metrics import stroke_frequency
 from bench.quality.inputs import select_photos
 from bench.quality.models import add_model_options, load_exact
+from common.stroke import StrokeScale
 
 if TYPE_CHECKING:
     from engines.runtime.frames import FrameBackend
@@ -47,7 +54,7 @@ class StepRatios:
     """Per photo, for each user stroke: frequency at 320x240 over frequency at 640x480."""
 
     kept: dict[float, list[float]]  # the runtime's stroke plan (network stroke halves with the frame)
-    jumped: list[float]  # the small frame asked for the large frame's network stroke (user stroke 1 x2)
+    jumped: list[float]  # the small frame given the large frame's network stroke at user stroke 1
 
     def medians(self) -> dict[str, float]:
         out = {f"kept@{s:g}": statistics.median(v) for s, v in self.kept.items()}
@@ -56,9 +63,10 @@ class StepRatios:
 
 def step_ratios(backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Sequence[float] = STROKES) -> StepRatios:
     """The ratios for 640x480 uint8 RGB ``photos``; photo ``i`` uses style ``3i`` (mod the styles), one-hot."""
-    if not backend.strokes:
+    if not backend.stroke_scale.anchors:
         raise ValueError("this model has no stroke input (a v1 model): its marks do not follow the frame size")
     eye = np.eye(len(backend.styles), dtype=np.float32)
+    _, big_stroke = backend.stroke_scale.plan(LARGE[1], LARGE[0], 1.0)
     kept: dict[float, list[float]] = {s: [] for s in strokes}
     jumped: list[float] = []
     for i, big in enumerate(photos):
@@ -69,8 +77,64 @@ def step_ratios(backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Se
         ref = {s: stroke_frequency(backend.stylize(big, w, s)) for s in {*strokes, 1.0}}
         for s in strokes:
             kept[s].append(stroke_frequency(backend.stylize(small, w, s)) / ref[s])
-        jumped.append(stroke_frequency(backend.stylize(small, w, 2.0)) / ref[1.0])
+        plan_less = backend.run_network(small[None], w[None], np.array([big_stroke], np.float32))[0]
+        jumped.append(stroke_frequency(plan_less) / ref[1.0])
     return StepRatios(kept, jumped)
+
+
+FLOORS = tuple(round(0.05 * i, 2) for i in range(13))  # the stroke floors --fit-floor tries: 0 to 0.6
+
+
+def fit_floor(
+    backend: FrameBackend, photos: Sequence[np.ndarray], floors: Sequence[float] = FLOORS
+) -> tuple[float, dict[float, dict[str, float]]]:
+    """(the floor whose kept ratios are nearest 1, every floor's median kept ratios).
+
+    Nearest: the smallest mean |log median| over ``STROKES``. The large frame's pictures do not
+    depend on the floor (it runs at the reference size), so only the small ones are redone.
+    """
+    anchors = backend.stroke_scale.anchors
+    if not anchors:
+        raise ValueError("this model has no stroke input (a v1 model): it has no stroke floor")
+    eye = np.eye(len(backend.styles), dtype=np.float32)
+    pairs = []
+    for i, big in enumerate(photos):
+        small = np.asarray(Image.fromarray(big).resize(SMALL, Image.Resampling.BOX))
+        w = eye[(3 * i) % len(eye)]
+        pairs.append((small, w, {s: stroke_frequency(backend.stylize(big, w, s)) for s in STROKES}))
+    table: dict[float, dict[str, float]] = {}
+    original = backend.stroke_scale
+    try:
+        for f in floors:
+            backend.stroke_scale = StrokeScale(anchors, f)
+            table[f] = {
+                f"kept@{s:g}": statistics.median(
+                    stroke_frequency(backend.stylize(sm, w, s)) / ref[s] for sm, w, ref in pairs
+                )
+                for s in STROKES
+            }
+    finally:
+        backend.stroke_scale = original
+    best = min(table, key=lambda f: statistics.fmean(abs(np.log(r)) for r in table[f].values()))
+    return best, table
+
+
+def write_fitted(path: Path, out: Path, floor: float, record: dict[str, object]) -> Path:
+    """A copy of checkpoint ``path`` whose config carries stroke floor ``floor``; ``record`` goes
+    into its training record (``train.stroke_floor_fit``)."""
+    import dataclasses
+
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    return save_checkpoint(
+        out,
+        dataclasses.replace(
+            ckpt,
+            generator_config=dataclasses.replace(ckpt.generator_config, stroke_floor=floor),
+            train={**ckpt.train, "stroke_floor_fit": record},
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_model_options(p, "a v2 model (.onnx or .safetensors), one row each", num_photos=8)
     p.add_argument("--json", type=Path, help="also write the result here")
+    p.add_argument(
+        "--fit-floor",
+        type=Path,
+        metavar="OUT",
+        help="measure the (one) .safetensors model's stroke floor on --num-photos photos that training "
+        "sees, and write a copy that carries it here",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.fit_floor:
+        return fit_main(args, argv)
 
     photos = [img for _, img in select_photos(args.photos, args.num_photos, LARGE)]
     rows: dict[str, dict[str, object]] = {}
@@ -109,6 +182,37 @@ def main(argv: list[str] | None = None) -> int:
 
         models = {k: {**v, "kept": {f"{s:g}": r for s, r in v["kept"].items()}} for k, v in rows.items()}  # type: ignore[union-attr]
         write_run("bench.stroke_step", argv, {"photos": len(photos), "models": models}, t0, args.json)
+    return 0
+
+
+def fit_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--fit-floor``: the table of floors, then the fitted copy."""
+    if len(args.model) != 1 or not args.model[0].endswith(".safetensors"):
+        raise SystemExit("--fit-floor takes exactly one --model LABEL=PATH.safetensors (a v2 checkpoint)")
+    named = select_photos(args.photos, args.num_photos, LARGE, held_out_only=False, training_only=True)
+    photos = [img for _, img in named]
+    t0 = time.time()
+    label, path, be = load_exact(args.model[0], args.backend, args.threads)
+    try:
+        best, table = fit_floor(be, photos)
+    except ValueError as e:
+        raise SystemExit(f"{label}: {e}") from None
+    finally:
+        be.close()
+    cols = list(table[best])
+    print(f"median frequency ratio, {SMALL[0]}x{SMALL[1]} over {LARGE[0]}x{LARGE[1]}, {len(photos)} training photos\n")
+    print("| stroke floor | " + " | ".join(cols) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in cols) + " |")
+    for f, med in table.items():
+        mark = " (fitted)" if f == best else ""
+        print(f"| {f:g}{mark} | " + " | ".join(f"{med[c]:.3f}" for c in cols) + " |")
+    record = {"floor": best, "photos": [name for name, _ in named], "medians": {f"{f:g}": m for f, m in table.items()}}
+    out = write_fitted(path, args.fit_floor, best, record)
+    print(f"\nwrote {out} with stroke floor {best:g}")
+    if args.json:
+        from bench.results import write_run
+
+        write_run("bench.stroke_step", argv, {"model": str(path), **record}, t0, args.json)
     return 0
 
 

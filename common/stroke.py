@@ -10,16 +10,30 @@ it runs on::
 
 At 640x480 the two are equal; when auto resolution halves the processing size,
 the network is asked for half-size strokes, and the look does not change.
-Standard library only.
+
+A trained network's marks are not quite proportional to the stroke it is asked for:
+part of every mark (an outline, the trunk's 8-px cell) keeps its size in pixels. A
+model measured to do so carries that part as its *stroke floor* ``f``
+(:class:`StrokeScale`; ``python -m bench.stroke_step --fit-floor``): with marks of
+``a x stroke + a x f`` pixels, the frame scale ``r`` it runs at asks for
+
+    network stroke = r x (stroke + f) - f
+
+which is the line above when ``f`` is 0, and finer below the reference frame (bolder
+above it) when it is not. Standard library only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 REFERENCE_SHORT = 480  # px: the frame short side at which network stroke == user stroke
 STROKE_MIN, STROKE_MAX = 0.5, 2.0  # the user control's range
 DEFAULT_STROKE = 1.0
+FINER_THAN_ANCHORS = 0.5  # anchor steps below the finest anchor a network extrapolates its rows
 
 
 def check_stroke(value: object) -> float:
@@ -32,6 +46,54 @@ def check_stroke(value: object) -> float:
     return v
 
 
-def network_stroke(stroke: float, height: int, width: int) -> float:
-    """The brush size to ask a network for, on a ``width`` x ``height`` frame, for a user's ``stroke``."""
-    return stroke * min(height, width) / REFERENCE_SHORT
+def network_stroke(stroke: float, height: int, width: int, floor: float = 0.0) -> float:
+    """The brush size to ask a network for, on a ``width`` x ``height`` frame, for a user's ``stroke``
+    (``floor``: the network's stroke floor, module docstring)."""
+    r = min(height, width) / REFERENCE_SHORT
+    return r * stroke - (1.0 - r) * floor  # r (stroke + floor) - floor, exactly ``stroke`` at r = 1
+
+
+def stroke_limits(anchors: tuple[float, ...]) -> tuple[float, float]:
+    """(finest, boldest) stroke a network with these anchors paints: ``FINER_THAN_ANCHORS`` anchor
+    steps below the finest anchor (its rows extrapolated along the first anchor step), and the
+    boldest anchor. A network clamps a stroke input to this range."""
+    if len(anchors) < 2:
+        return anchors[0], anchors[0]
+    step = math.log2(anchors[1] / anchors[0])
+    return anchors[0] * 2.0 ** (-FINER_THAN_ANCHORS * step), anchors[-1]
+
+
+@dataclass(frozen=True)
+class StrokeScale:
+    """How a model's marks follow its stroke input, and so what a runtime asks it for.
+
+    ``anchors``: the strokes the model has rows for (empty: no stroke input, a v1 model).
+    ``floor``: its stroke floor (module docstring), 0 for a model never measured.
+    """
+
+    anchors: tuple[float, ...] = ()
+    floor: float = 0.0
+
+    @classmethod
+    def of(cls, generator: Mapping[str, Any]) -> StrokeScale:
+        """From a generator config as stored in a checkpoint or an exported model's metadata."""
+        return cls(tuple(float(a) for a in generator.get("strokes", ())), float(generator.get("stroke_floor", 0.0)))
+
+    def plan(self, height: int, width: int, stroke: float) -> tuple[float, float | None]:
+        """(how much to scale a ``width`` x ``height`` frame before the network, the stroke input to give
+        it or None).
+
+        Without anchors (v1) the frame is resampled by 1 / stroke. A stroke finer than the network
+        paints at this frame size is clamped to its finest: the frame has too few pixels for finer
+        marks, and scaling it up would cost four times the work for detail it does not have. Beyond
+        the boldest, the frame is scaled down first until the boldest is what it asks for (bolder
+        and cheaper).
+        """
+        if not self.anchors:
+            return 1.0 / stroke, None
+        s = network_stroke(stroke, height, width, self.floor)
+        lo, hi = stroke_limits(self.anchors)
+        if s > hi:
+            # network stroke is linear in the frame scale r: r (stroke + f) - f. Solve for hi.
+            return (hi + self.floor) / (s + self.floor), hi
+        return 1.0, max(s, lo)

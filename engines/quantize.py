@@ -318,7 +318,7 @@ def gate(
         for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1]):
             dbs.append(psnr(q8.stylize(frame, mix), ref.stylize(frame, mix)))
         # So must every stroke anchor of a v2 model (at the network's own units: the frame is small).
-        for anchor in ref.strokes:
+        for anchor in ref.stroke_scale.anchors:
             img, one, st = frame[None], eye[:1], np.array([anchor], np.float32)
             dbs.append(psnr(q8.run_network(img, one, st)[0], ref.run_network(img, one, st)[0]))
     result = Gate(

@@ -145,6 +145,7 @@ def model_parameters(onnx_path: Path, extra: dict[str, str] | None = None) -> di
         PARAM_PREFIX + "sources": json.dumps(info.sources),
         PARAM_PREFIX + "stride": str(info.stride),
         PARAM_PREFIX + "strokes": json.dumps(list(info.strokes)),
+        PARAM_PREFIX + "stroke_floor": str(info.stroke_scale.floor),
         PARAM_PREFIX + "format_version": str(info.format_version),
         PARAM_PREFIX + "checkpoint_sha256": info.checkpoint_sha256,
     }
@@ -245,7 +246,8 @@ def serve(
     styles = list(runtime.styles)
     facts = {
         "styles": styles,
-        "strokes": list(runtime.strokes),
+        "strokes": list(runtime.stroke_scale.anchors),
+        "stroke_floor": runtime.stroke_scale.floor,
         "stride": runtime.shapes.multiple,
         "backend": runtime.name,
         "precision": runtime.precision,
@@ -275,7 +277,7 @@ def serve(
                 inputs=[
                     Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3)),
                     Tensor(name="style", dtype=np.float32, shape=(len(styles),)),
-                    *([Tensor(name="stroke", dtype=np.float32, shape=(1,))] if runtime.strokes else []),
+                    *([Tensor(name="stroke", dtype=np.float32, shape=(1,))] if runtime.stroke_scale.anchors else []),
                 ],  # fmt: skip
                 outputs=[Tensor(name="stylized", dtype=np.uint8, shape=(-1, -1, 3))],
                 config=ModelConfig(

@@ -208,7 +208,7 @@ class Server:
                 "styles": model.styles_json(),
                 "presets": [p.to_json() for p in model.presets],
                 "backend": model.backend_info,
-                "strokes": list(model.backend.strokes),  # empty: one brush size, the stroke resamples
+                "strokes": list(model.backend.stroke_scale.anchors),  # empty: one brush size, the stroke resamples
                 # "auto" first: the page's default choice where the server's default is auto.
                 "resolutions": [AUTO_RESOLUTION, *self.config.resolutions],
                 "default_resolution": self.config.default_resolution,

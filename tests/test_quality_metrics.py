@@ -362,3 +362,70 @@ def figures_pad() -> int:
     from bench.figures import PAD
 
     return PAD
+
+
+def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
+    tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench.stroke_step --fit-floor``: every floor is tried on photos training sees (never the
+    held-out ones), the one whose kept ratios are nearest 1 is written into a copy of the
+    checkpoint, and from there it travels through export to what every runtime asks the network."""
+    from PIL import Image
+
+    from bench import stroke_step
+    from common.split import held_out
+    from engines.export import export_onnx
+    from engines.runtime import load_backend, read_model_info
+    from engines.triton import model_parameters
+    from trainer.checkpoint import load_checkpoint
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    names = [f"p{i}.png" for i in range(12)]
+    for name in names:
+        img = np.full((480, 640, 3), 128, np.uint8)
+        for _ in range(60):  # blocks with edges (select_photos passes over flat pictures)
+            x, y = int(rng.integers(0, 600)), int(rng.integers(0, 440))
+            img[y : y + 40, x : x + 40] = rng.integers(0, 255, 3)
+        Image.fromarray(img).save(folder / name)
+    training = [n for n in names if not held_out(n)]
+    assert 0 < len(training) < len(names)  # the split leaves some of these names out
+
+    out = tmp_path / "fitted.safetensors"
+    args = ["--model", f"tiny={tiny_v2_checkpoint}", "--photos", str(folder), "--num-photos", "12"]
+    assert stroke_step.main([*args, "--threads", "1", "--fit-floor", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(training)} training photos" in printed and "(fitted)" in printed
+
+    record = load_checkpoint(out).train["stroke_floor_fit"]
+    table = record["medians"]
+    assert sorted(record["photos"]) == sorted(training) and len(table) == len(stroke_step.FLOORS)
+    assert len({round(m["kept@1"], 6) for m in table.values()}) > 1  # the floor reaches the network
+    score = {f: float(np.mean([abs(np.log(r)) for r in m.values()])) for f, m in table.items()}
+    assert record["floor"] == float(min(score, key=score.get))  # type: ignore[arg-type]
+    assert load_checkpoint(out).generator_config.stroke_floor == record["floor"]
+
+    # A floor of 0.4 written the same way: export keeps it, and a runtime plans with it.
+    four = stroke_step.write_fitted(tiny_v2_checkpoint, tmp_path / "four.safetensors", 0.4, {"floor": 0.4})
+    onnx = export_onnx(four, four.with_suffix(".onnx"))
+    assert read_model_info(onnx).stroke_scale.floor == 0.4
+    assert model_parameters(onnx)["stylecast.stroke_floor"] == "0.4"  # what a Triton client plans with
+    backend = load_backend(onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
+    asked: list[float] = []
+    inner = backend._run  # type: ignore[attr-defined]
+
+    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        assert strokes is not None
+        asked.append(float(strokes[0]))
+        return inner(images, weights, strokes)
+
+    backend._run = run  # type: ignore[attr-defined]
+    w = np.array([1, 0, 0], np.float32)
+    for h, wd in ((480, 640), (240, 320)):
+        backend.stylize(np.zeros((h, wd, 3), np.uint8), w, 1.6)
+    backend.close()
+    assert asked == [pytest.approx(1.6), pytest.approx(0.5 * 1.6 - 0.5 * 0.4)]
+
+    with pytest.raises(SystemExit, match="exactly one"):
+        stroke_step.main([*args, "--model", f"b={tiny_v2_checkpoint}", "--fit-floor", str(out)])

@@ -383,18 +383,18 @@ class Recorder:
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 def test_v2_backends_match_torch_at_every_stroke(tiny_v2_onnx: Path, tiny_v2_checkpoint: Path, name: str) -> None:
-    from common.stroke import network_stroke
+    from common.stroke import network_stroke, stroke_limits
     from engines.wrap import UInt8Generator
     from trainer.checkpoint import load_generator
 
     backend = load_backend(tiny_v2_onnx, name, num_threads=1, precision="fp32")
-    assert backend.strokes == (0.5, 1.0, 2.0) and backend.shapes.multiple == 8
+    assert backend.stroke_scale.anchors == (0.5, 1.0, 2.0) and backend.shapes.multiple == 8
     generator, _ = load_generator(tiny_v2_checkpoint)
     images = frames(2, 240, 320)
     weights = np.array([[0, 1, 0], [0.5, 0.0, 2.0]], np.float32)
     for stroke in (0.5, 1.0, 1.7, 2.0):
-        # 320x240: the network is asked for half the user's stroke (clamped at its finest anchor).
-        s = max(0.5, network_stroke(stroke, 240, 320))
+        # 320x240: the network is asked for half the user's stroke (clamped at the finest it paints).
+        s = max(stroke_limits((0.5, 1.0, 2.0))[0], network_stroke(stroke, 240, 320))
         with torch.no_grad():
             want = UInt8Generator(generator)(
                 torch.from_numpy(images), torch.from_numpy(weights), torch.full((2,), s)
@@ -406,15 +406,35 @@ def test_v2_backends_match_torch_at_every_stroke(tiny_v2_onnx: Path, tiny_v2_che
 
 
 def test_stroke_plan() -> None:
-    from engines.runtime.frames import stroke_plan
+    from common.stroke import StrokeScale
 
-    anchors = (0.5, 1.0, 2.0)
-    assert stroke_plan(480, 640, 1.0, anchors) == (1.0, 1.0)  # the reference frame: as asked
-    assert stroke_plan(240, 320, 1.0, anchors) == (1.0, 0.5)  # auto's step down: half-size brush in net pixels
-    assert stroke_plan(240, 320, 0.5, anchors) == (1.0, 0.5)  # finer than the frame can show: clamped
-    assert stroke_plan(720, 1280, 2.0, anchors) == (2.0 / 3.0, 2.0)  # beyond the boldest anchor: scaled down first
-    assert stroke_plan(480, 640, 2.0, ()) == (0.5, None)  # v1: resampled, no input
-    assert stroke_plan(480, 640, 1.0, ()) == (1.0, None)  # v1 at stroke 1: exactly today's picture
+    plan = StrokeScale((0.5, 1.0, 2.0)).plan
+    finest = 0.5 / 2**0.5  # half an anchor step below the finest anchor: the network extrapolates that far
+    assert plan(480, 640, 1.0) == (1.0, 1.0)  # the reference frame: as asked
+    assert plan(240, 320, 1.0) == (1.0, 0.5)  # auto's step down: half-size brush in net pixels
+    assert plan(240, 320, 0.5) == (1.0, pytest.approx(finest))  # finer than the network paints: clamped
+    assert plan(720, 1280, 2.0) == (2.0 / 3.0, 2.0)  # beyond the boldest anchor: scaled down first
+    assert StrokeScale().plan(480, 640, 2.0) == (0.5, None)  # v1: resampled, no input
+    assert StrokeScale().plan(480, 640, 1.0) == (1.0, None)  # v1 at stroke 1: exactly today's picture
+
+
+def test_a_stroke_floor_asks_for_finer_marks_below_the_reference_frame_and_bolder_above() -> None:
+    """A model whose marks keep a part of their size in pixels (its stroke floor f) is asked for
+    r (stroke + f) - f at frame scale r: exactly the stroke at 640x480, and a scaled-down frame
+    comes out at exactly the boldest anchor, as without a floor."""
+    from common.stroke import StrokeScale
+
+    floored = StrokeScale((0.5, 1.0, 2.0), floor=0.4)
+    assert floored.plan(480, 640, 1.0) == (1.0, 1.0) and floored.plan(480, 640, 1.7) == (1.0, 1.7)
+    assert floored.plan(240, 320, 1.6)[1] == pytest.approx(0.5 * 2.0 - 0.4)  # 0.6, not 0.8
+    assert floored.plan(240, 320, 1.0)[1] == pytest.approx(0.5 / 2**0.5)  # 0.3 asked: the finest it paints
+    assert floored.plan(720, 1080, 1.0) == (1.0, pytest.approx(1.5 * 1.4 - 0.4))  # 1.7, not 1.5
+    scale, s = floored.plan(720, 1280, 1.6)
+    assert s == 2.0 and scale < 1.0
+    # At the size it scales to, the frame asks for exactly the boldest anchor.
+    assert floored.plan(round(720 * scale), round(1280 * scale), 1.6) == (1.0, pytest.approx(2.0))
+    assert StrokeScale.of({"strokes": [0.5, 1, 2], "stroke_floor": 0.4}) == floored
+    assert StrokeScale.of({"num_styles": 3}) == StrokeScale()  # a v1 config: no stroke input
 
 
 def test_a_resolution_step_keeps_the_stroke_relative_to_the_frame(tiny_v2_onnx: Path) -> None:
@@ -439,7 +459,7 @@ def test_v1_models_take_a_stroke_by_resampling(tiny_onnx: Path, tiny_checkpoint:
     """A v1 model has no stroke input: stroke 1 is exactly its picture, stroke 2 runs it at half
     size and scales the result back up (bolder, cheaper)."""
     backend = load_backend(tiny_onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
-    assert backend.strokes == ()
+    assert backend.stroke_scale.anchors == ()
     rec = Recorder(backend)
     img, w = frames(1, 96, 128)[0], np.array([0, 1, 0], np.float32)
     plain = backend.stylize(img, w, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -462,13 +463,51 @@ def test_the_up_sampling_blur_makes_the_picture_follow_the_scene_and_grow_adds_i
     Trainer(_config(data, blurred, size=64, resume=True, steps=3, up_blur=True)).run(progress=False)
     assert load_generator(blurred)[1].step == 3
 
+    # The same blur after the last, full-resolution shuffle too: the finest marks stop following
+    # the grid as well, and the picture changes less again.
+    both = tmp_path / "both" / "m.safetensors"
+    assert trainer_main(["grow", str(blurred), "--head-blur", "--out", str(both)]) == 0
+    g2, ckpt2 = load_generator(both)
+    assert g2.config == GeneratorConfig(**{**g1.config.to_dict(), "head_blur": True})
+    assert ckpt2.train["grow"][-1] == {"from": str(blurred), "step": 3, "head_blur": True}
+    g1, _ = load_generator(blurred)  # as trained on above
+    soft, softer = (sum(_shift_error(g, x, w, d) for d in range(1, 8)) for g in (g1, g2))
+    assert softer < soft
+    with pytest.raises(ValueError, match="head_blur True \\(this run: False\\).*--head-blur"):
+        Trainer(_config(data, both, size=64, resume=True, steps=4, up_blur=True))
+    Trainer(_config(data, both, size=64, resume=True, steps=4, up_blur=True, head_blur=True)).run(progress=False)
+    assert load_generator(both)[1].step == 4
+
     # Nothing to change, a v1 model, or a model that has it already: a clear error each.
     assert trainer_main(["grow", str(base), "--out", str(tmp_path / "x.safetensors")]) == 2
-    assert "--blocks N (deeper) or --up-blur" in capsys.readouterr().err
+    assert "--blocks N (deeper), --up-blur or --head-blur" in capsys.readouterr().err
     assert trainer_main(["grow", str(blurred), "--up-blur", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "this one has it" in capsys.readouterr().err
+    assert trainer_main(["grow", str(both), "--head-blur", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--head-blur needs a v2 model without it (this one has it)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="v2 setting"):
         _config(data, base, arch=1, up_blur=True)
+    with pytest.raises(ValueError, match="v2 setting"):
+        _config(data, base, arch=1, head_blur=True)
+
+
+def test_training_on_drops_a_fitted_stroke_floor(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """A stroke floor describes the marks a file paints now (bench.stroke_step --fit-floor); training
+    changes them, so a resumed run goes on without it rather than refusing or keeping a stale one."""
+    import dataclasses
+
+    from trainer.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "m.safetensors"
+    Trainer(_config(data, out, size=64)).run(progress=False)
+    ckpt = load_checkpoint(out)
+    save_checkpoint(
+        out, dataclasses.replace(ckpt, generator_config=dataclasses.replace(ckpt.generator_config, stroke_floor=0.4))
+    )
+    assert load_checkpoint(out).generator_config.stroke_floor == 0.4
+    Trainer(_config(data, out, size=64, resume=True, steps=3)).run(progress=False)
+    after = load_checkpoint(out)
+    assert after.step == 3 and after.generator_config.stroke_floor == 0.0
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -541,8 +580,27 @@ def test_stroke_weights_are_one_hot_at_anchors_and_interpolate_between() -> None
     assert torch.allclose(t[:3], torch.eye(3))
     assert torch.allclose(t[3], torch.tensor([0.5, 0.5, 0.0]))  # halfway in log2 between 0.5 and 1
     assert torch.allclose(t[4], torch.tensor([0.0, 0.5, 0.5]))
-    assert torch.allclose(t[5], torch.tensor([1.0, 0.0, 0.0])) and torch.allclose(t[6], torch.tensor([0.0, 0.0, 1.0]))
+    # Below the finest anchor the first step's line goes on for half a step, then stops; above the
+    # boldest, the stroke is clamped.
+    assert torch.allclose(t[5], torch.tensor([1.5, -0.5, 0.0])) and torch.allclose(t[6], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(t.sum(1), torch.ones(7))
+
+
+def test_strokes_below_the_finest_anchor_extrapolate_its_rows() -> None:
+    """Finer than training drew (a stroke floor asks for it on small frames): every affine is the
+    line through the two finest anchors' rows, continued, up to half a step below; the picture at
+    and above the finest anchor is what it was."""
+    g = _v2()
+    w = torch.tensor([[0.0, 1.0]])
+    rows = {s: g.style_affines(w, g.stroke_weights(torch.tensor([s]), 1, torch.float32)) for s in (0.4, 0.5, 1.0)}
+    e = math.log2(0.5 / 0.4)  # how far below 0.5, in anchor steps (one octave each)
+    for (g4, b4), (g5, b5), (g1, b1) in zip(rows[0.4], rows[0.5], rows[1.0], strict=True):
+        assert torch.allclose(g4, g5 + e * (g5 - g1), atol=1e-6) and torch.allclose(b4, b5 + e * (b5 - b1), atol=1e-6)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        pics = {s: g(x, w, torch.tensor([s])) for s in (0.2, 2**-1.5, 0.4, 0.5)}
+    assert torch.equal(pics[0.2], pics[2**-1.5])  # clamped half a step below
+    assert not torch.allclose(pics[0.4], pics[0.5], atol=1e-4)
 
 
 def test_training_strokes_cover_the_anchors_and_a_share_is_the_default(
@@ -620,6 +678,8 @@ def test_v2_generator_sizes_and_the_blur_folds_into_one_kernel() -> None:
         ({"stride": 4}, "exactly 8"),
         ({"deep_width": 0}, "deep_width"),
         ({"instance_norm": "some"}, "instance_norm must be none, trunk or all"),
+        ({"stroke_floor": -0.1}, "stroke_floor must be from 0 to 1"),
+        ({"stroke_floor": 1.5}, "stroke_floor must be from 0 to 1"),
     ],
 )
 def test_v2_config_errors_are_clear(overrides: dict[str, object], message: str) -> None:
@@ -633,6 +693,8 @@ def test_a_v1_config_without_version_reads_back_as_v1() -> None:
     assert cfg.version == 1 and cfg.strokes == () and isinstance(build_generator(cfg), Generator)
     with pytest.raises(ValueError, match="v2 settings"):
         GeneratorConfig(8, strokes=(1.0,))
+    with pytest.raises(ValueError, match="v2 settings"):
+        GeneratorConfig(8, stroke_floor=0.3)
     with pytest.raises(ValueError, match="unknown generator version"):
         GeneratorConfig(8, version=3)
 

@@ -21,6 +21,8 @@ Copy-paste commands:
     python -m trainer train ... --out runs/deep/model.safetensors --blocks 5 --steps 2000 --resume
     # ... or the same model with the up-sampling blur (steadier under a pan); train on with --up-blur
     python -m trainer grow runs/model.safetensors --up-blur --out runs/blur/model.safetensors
+    # ... and after the last, full-resolution one too; train on with --up-blur --head-blur
+    python -m trainer grow runs/model.safetensors --up-blur --head-blur --out runs/blur2/model.safetensors
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
@@ -83,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="v2: blur after each coarse up-sampling (steadier under a pan; the picture changes until trained)",
     )
-    g.add_argument("--out", required=True, help="checkpoint to write (resume from it with the same --blocks/--up-blur)")
+    g.add_argument(
+        "--head-blur",
+        action="store_true",
+        help="v2: the same blur after the last, full-resolution up-sampling (on the picture's logits)",
+    )
+    g.add_argument(
+        "--out", required=True, help="checkpoint to write (resume from it with the same --blocks/--up-blur/--head-blur)"
+    )
 
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(add_style(from_args(AddStyleConfig, args, style=path, name=name, losses=losses,
                                       command=command_line())))  # fmt: skip
         elif args.subcommand == "grow":
-            print(grow(args.model, args.out, args.blocks, args.up_blur))
+            print(grow(args.model, args.out, args.blocks, args.up_blur, args.head_blur))
         elif args.subcommand == "sample":
             print(render_sample(args.model, args.content, args.out, args.mix, args.size))
         elif args.subcommand == "info":

@@ -50,7 +50,8 @@ def preprocessing(config: GeneratorConfig) -> dict[str, Any]:
     if config.strokes:
         out["stroke"] = (
             "brush size in network pixels relative to a 480-line frame (common.stroke), "
-            f"anchors {list(config.strokes)}, clamped to their range"
+            f"anchors {list(config.strokes)}, extrapolated half an anchor step below the finest and clamped "
+            f"beyond; stroke floor {config.stroke_floor:g}"
         )
     return out
 

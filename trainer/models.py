@@ -37,7 +37,8 @@ W multiples of 8::
 The blurs after the two coarse up-samplings (``up_blur``; off in the shipped v2) are fixed
 [1,2,1] depthwise filters: without them the picture depends on where the scene falls on the 8-px
 grid, which is most of what changes when the camera pans (:meth:`GeneratorV2.upsample`; the
-README has what they measured).
+README has what they measured). ``head_blur`` puts the same filter after the last, full-resolution
+shuffle, on the three channels of the picture's logits.
 
 Measured at 640x480 on OpenVINO (2 vCPUs, AMD EPYC with AVX512-BF16): dense
 convs cost about 1 ms per 177 M multiply-adds in bf16, so v2 keeps to about
@@ -65,6 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from common.stroke import FINER_THAN_ANCHORS, StrokeScale
 
 # v2's shape, chosen by timing candidates at 640x480 (see the module docstring and the README).
 V2_DEFAULTS: dict[str, Any] = {
@@ -97,7 +100,9 @@ class GeneratorConfig:
     fine_blocks: int = 0  # v2: dense blocks at 1/4 scale
     strokes: tuple[float, ...] = ()  # v2: stroke anchors, a geometric series such as (0.5, 1, 2)
     instance_norm: str = "none"  # v2: which affines normalise first: "none", "trunk" (1/8 scale), "all"
-    up_blur: bool = False  # v2: a fixed [1,2,1] blur after each pixel-shuffle up-sampling (shift stability)
+    up_blur: bool = False  # v2: a fixed [1,2,1] blur after each coarse pixel-shuffle up-sampling (shift stability)
+    head_blur: bool = False  # v2: the same blur after the last, full-resolution one (on the picture's logits)
+    stroke_floor: float = 0.0  # v2: the part of its marks that does not follow the stroke (common.stroke), measured
 
     @classmethod
     def v2(cls, num_styles: int, **overrides: Any) -> GeneratorConfig:
@@ -114,8 +119,12 @@ class GeneratorConfig:
         if self.version == 1:
             if self.stride != 4:
                 raise ValueError("the v1 generator downsamples by exactly 4 (stride=4)")
-            if self.strokes or self.deep_width or self.fine_blocks or self.instance_norm != "none" or self.up_blur:
-                raise ValueError("strokes, deep_width, fine_blocks, instance_norm and up_blur are v2 settings")
+            v2_only = (self.strokes, self.deep_width, self.fine_blocks, self.instance_norm != "none", self.up_blur)
+            if any(v2_only) or self.head_blur or self.stroke_floor:
+                raise ValueError(
+                    "strokes, deep_width, fine_blocks, instance_norm, up_blur, head_blur and stroke_floor "
+                    "are v2 settings"
+                )
         elif self.version == 2:
             if self.stride != 8:
                 raise ValueError("the v2 generator downsamples by exactly 8 (stride=8)")
@@ -127,6 +136,8 @@ class GeneratorConfig:
             steps = [math.log2(b / a) for a, b in zip(anchors, anchors[1:], strict=False)]
             if steps and max(steps) - min(steps) > 1e-6:
                 raise ValueError(f"stroke anchors must be evenly spaced in log2, got {list(anchors)}")
+            if not 0.0 <= self.stroke_floor <= 1.0:
+                raise ValueError(f"stroke_floor must be from 0 to 1, got {self.stroke_floor}")
             if self.instance_norm not in ("none", "trunk", "all"):
                 raise ValueError(f"instance_norm must be none, trunk or all, got {self.instance_norm!r}")
         else:
@@ -136,6 +147,11 @@ class GeneratorConfig:
     def num_strokes(self) -> int:
         """Rows per style: one per stroke anchor (v1: 1)."""
         return max(1, len(self.strokes))
+
+    @property
+    def stroke_scale(self) -> StrokeScale:
+        """What a runtime asks this network for at each frame size (``common.stroke``)."""
+        return StrokeScale(self.strokes, self.stroke_floor)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -429,17 +445,26 @@ class GeneratorV2(nn.Module):
         """Stroke sizes [N] (or [], or None for 1) -> interpolation weights over the anchors [N,K].
 
         Piecewise linear in log2(stroke) between neighbouring anchors ("hat" weights that
-        sum to 1), clamped to the anchors' range; exactly one-hot at an anchor.
+        sum to 1); exactly one-hot at an anchor. Below the finest anchor the first step's line
+        goes on for ``FINER_THAN_ANCHORS`` of a step (weights 1 + e and -e on the two finest
+        anchors: finer marks than training drew, measured in ``bench.stroke_step``); beyond
+        that, and above the boldest anchor, the stroke is clamped (``common.stroke.stroke_limits``).
         """
         anchors = self.log2_anchors
         device = self.down1.weight.device
         if stroke is None:
             stroke = torch.ones((), dtype=dtype, device=device)
         u = torch.log2(stroke.to(dtype).reshape(-1, 1).expand(batch, 1).clamp_min(1e-6))
-        u = u.clamp(anchors[0], anchors[-1])
         spacing = anchors[1] - anchors[0] if len(anchors) > 1 else 1.0
+        lowest = anchors[0] - FINER_THAN_ANCHORS * spacing if len(anchors) > 1 else anchors[0]
+        u = u.clamp(lowest, anchors[-1])
         grid = torch.tensor(anchors, dtype=dtype, device=device)
-        return F.relu(1.0 - (u - grid[None, :]).abs() / spacing)  # [N,K]
+        hat = F.relu(1.0 - (u.clamp_min(anchors[0]) - grid[None, :]).abs() / spacing)  # [N,K]
+        below = (anchors[0] - u).clamp_min(0.0) / spacing  # [N,1]: 0 from the finest anchor up
+        if len(anchors) < 2:
+            return hat
+        line = torch.tensor([1.0, -1.0] + [0.0] * (len(anchors) - 2), dtype=dtype, device=device)
+        return hat + below * line[None, :]
 
     def style_affines(self, w: torch.Tensor, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(gamma [N,C], beta [N,C]) of every affine for style weights ``w`` [N,S] and stroke weights
@@ -461,7 +486,7 @@ class GeneratorV2(nn.Module):
             offset += 2 * c
         return out
 
-    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+    def upsample(self, x: torch.Tensor, blur: bool | None = None) -> torch.Tensor:
         """x2 pixel shuffle of ``x`` [N,4C,h,w] -> [N,C,2h,2w], then, with ``config.up_blur``, the
         binomial [1,2,1] blur per channel (zero response at the fine grid's Nyquist frequency).
 
@@ -469,9 +494,10 @@ class GeneratorV2(nn.Module):
         depends on where the scene falls on the coarse grid: shifting a frame by anything but a
         multiple of 8 px changed stage 6's output 4-6x as much as shifting it by 8
         (``bench.shift_phase``). The blur makes nearest-neighbour up-sampling exactly bilinear and
-        damps the sub-pixel differences a trained shuffle learns."""
+        damps the sub-pixel differences a trained shuffle learns. ``blur`` overrides the config
+        (the last up-sampling follows ``config.head_blur``)."""
         x = F.pixel_shuffle(x, 2)
-        if not self.config.up_blur:
+        if not (self.config.up_blur if blur is None else blur):
             return x
         c = x.shape[1]
         kernel = self.blur.to(x.dtype).expand(c, 1, 3, 3)
@@ -497,8 +523,8 @@ class GeneratorV2(nn.Module):
             # The picture itself in float32: bf16 would round it to about one uint8 level, as much as
             # the frame-to-frame flicker the temporal losses measure. The layer is tiny.
             with torch.autocast(x.device.type, enabled=False):
-                return torch.sigmoid(F.pixel_shuffle(self.head(x.float()), 2))
-        return torch.sigmoid(F.pixel_shuffle(self.head(x), 2))  # [N,3,H,W]
+                return torch.sigmoid(self.upsample(self.head(x.float()), self.config.head_blur))
+        return torch.sigmoid(self.upsample(self.head(x), self.config.head_blur))  # [N,3,H,W]
 
     def style_parameters(self) -> list[nn.Parameter]:
         """The per-style rows (every affine's gamma and beta)."""

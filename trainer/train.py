@@ -184,6 +184,11 @@ class TrainConfig:
         "v2: blur after each coarse up-sampling (GeneratorV2.upsample), so the picture moves with the scene "
         "rather than with the network's 8-px grid: steadier under a pan, not on footage (README)",
     )
+    head_blur: bool = opt(
+        False,
+        "v2: the same blur after the last, full-resolution up-sampling too (on the picture's logits), "
+        "so the finest marks do not follow the grid either",
+    )
     disc_width: int = DiscriminatorConfig.width
     command: str = ""  # the command line that started the run, for the record
 
@@ -202,8 +207,8 @@ class TrainConfig:
             raise ValueError("give at least one --style painting")
         if not 0.0 <= self.default_stroke_share <= 1.0:
             raise ValueError(f"--default-stroke-share must be from 0 to 1, got {self.default_stroke_share}")
-        if self.up_blur and self.arch != 2:
-            raise ValueError("--up-blur is a v2 setting (--arch 2)")
+        if (self.up_blur or self.head_blur) and self.arch != 2:
+            raise ValueError("--up-blur and --head-blur are v2 settings (--arch 2)")
         if self.temporal_noise < 0:
             raise ValueError(f"--temporal-noise must be >= 0, got {self.temporal_noise}")
         if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
@@ -216,7 +221,7 @@ class TrainConfig:
         """The generator this run trains: the version's defaults, with the width options that were given."""
         given = {k: v for k in ("width", "half_width", "num_blocks") if (v := getattr(self, k)) is not None}
         if self.arch == 2:
-            return GeneratorConfig.v2(num_styles, up_blur=self.up_blur, **given)
+            return GeneratorConfig.v2(num_styles, up_blur=self.up_blur, head_blur=self.head_blur, **given)
         return GeneratorConfig(num_styles, **given)
 
 
@@ -446,8 +451,15 @@ class Trainer:
                 f"--resume: {self.out} was trained on styles {ckpt.style_names}, "
                 f"this run has {[s.name for s in self.styles]}"
             )
-        if ckpt.generator_config != self.G.config:
-            have, want = ckpt.generator_config, self.G.config
+        # A fitted stroke floor describes the marks the file paints now; training changes them, so the
+        # run goes on without it (fit it again: bench.stroke_step --fit-floor).
+        if ckpt.generator_config.stroke_floor:
+            log.info(
+                "--resume: %s had stroke floor %g; training drops it", self.out, ckpt.generator_config.stroke_floor
+            )
+        have = dataclasses.replace(ckpt.generator_config, stroke_floor=0.0)
+        if have != self.G.config:
+            want = self.G.config
             diff = ", ".join(
                 f"{k} {getattr(have, k)} (this run: {getattr(want, k)})"
                 for k in have.to_dict()
@@ -455,7 +467,7 @@ class Trainer:
             )
             raise ValueError(
                 f"--resume: {self.out} is a different generator: {diff}; pass the options it was "
-                "trained or grown with (--arch, --width, --half-width, --blocks, --up-blur)"
+                "trained or grown with (--arch, --width, --half-width, --blocks, --up-blur, --head-blur)"
             )
         self.G.load_state_dict(ckpt.generator_state)
         if ckpt.discriminator_state is not None:
@@ -742,27 +754,32 @@ def deepen_generator(base: StyleGenerator, num_blocks: int) -> StyleGenerator:
     return new
 
 
-def grow(model: str, out: str, num_blocks: int | None = None, up_blur: bool = False) -> Path:
+def grow(model: str, out: str, num_blocks: int | None = None, up_blur: bool = False, head_blur: bool = False) -> Path:
     """`python -m trainer grow`: a changed copy of a checkpoint that a ``train --resume`` run (with
-    the same ``--blocks``/``--up-blur``) carries on from. ``num_blocks``: deeper, computing the same
-    picture (:func:`deepen_generator`); ``up_blur``: the same weights with the blur after each
-    up-sampling (``GeneratorV2.upsample``), which changes the picture a little until training
-    adapts. The critic and its optimiser come along. The generator's optimiser comes along when its
-    tensors are unchanged; after deepening Adam starts afresh, as it does from a shipped file."""
+    the same ``--blocks``/``--up-blur``/``--head-blur``) carries on from. ``num_blocks``: deeper,
+    computing the same picture (:func:`deepen_generator`); ``up_blur`` / ``head_blur``: the same
+    weights with the blur after the coarse / the last up-sampling (``GeneratorV2.upsample``), which
+    changes the picture a little until training adapts. The critic and its optimiser come along.
+    The generator's optimiser comes along when its tensors are unchanged; after deepening Adam
+    starts afresh, as it does from a shipped file."""
     G, ckpt = load_generator(model)
     cfg = ckpt.generator_config
-    if num_blocks is None and not up_blur:
-        raise ValueError("grow needs --blocks N (deeper) or --up-blur")
-    if up_blur and (cfg.version != 2 or cfg.up_blur):
-        raise ValueError("--up-blur needs a v2 model without it" + (" (this one has it)" if cfg.up_blur else ""))
+    if num_blocks is None and not up_blur and not head_blur:
+        raise ValueError("grow needs --blocks N (deeper), --up-blur or --head-blur")
+    blurs = {name: True for wanted, name in ((up_blur, "up_blur"), (head_blur, "head_blur")) if wanted}
+    for name in blurs:
+        if cfg.version != 2 or getattr(cfg, name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} needs a v2 model without it" + (" (this one has it)" if cfg.version == 2 else ""))
     record: dict[str, Any] = {"from": model, "step": ckpt.step}
     if num_blocks is not None:
         G = deepen_generator(G, num_blocks)
         record["num_blocks"] = [cfg.num_blocks, num_blocks]
-    if up_blur:
-        blurred = build_generator(dataclasses.replace(G.config, up_blur=True))
+    if blurs:
+        blurred = build_generator(dataclasses.replace(G.config, **blurs))
         blurred.load_state_dict(G.state_dict())
-        G, record["up_blur"] = blurred, True
+        G = blurred
+        record.update(blurs)
     keep = ("d",) if num_blocks is not None else ("d", "g")
     return save_checkpoint(
         out,

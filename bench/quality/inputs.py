@@ -38,20 +38,24 @@ def cover_crop(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 
 def select_photos(
-    folder: Path, count: int, size: tuple[int, int], held_out_only: bool = True
+    folder: Path, count: int, size: tuple[int, int], held_out_only: bool = True, training_only: bool = False
 ) -> list[tuple[str, np.ndarray]]:
     """``count`` photos spread evenly over the sorted folder, as ``size`` (width, height) uint8 RGB.
 
     ``held_out_only``: only the photos training never sees (``common.split``, by the path
-    relative to ``folder``, as the trainer decides it). Photos that would be upscaled and
+    relative to ``folder``, as the trainer decides it); ``training_only``: only the others (to
+    calibrate on, leaving the held-out ones to judge). Photos that would be upscaled and
     photos with almost no edges (defocused or flat: edge F1 means nothing there) are passed
     over for the next file in the folder.
     """
     files = find_images(folder)
-    if held_out_only:
-        files = [f for f in files if held_out(f.relative_to(folder).as_posix())]
+    if held_out_only and training_only:
+        raise ValueError("held_out_only and training_only exclude each other")
+    if held_out_only or training_only:
+        files = [f for f in files if held_out(f.relative_to(folder).as_posix()) == held_out_only]
+    which = " held out" if held_out_only else " for training" if training_only else ""
     if not files:
-        raise SystemExit(f"no photos (jpg, png, webp){' held out' if held_out_only else ''} under {folder}")
+        raise SystemExit(f"no photos (jpg, png, webp){which} under {folder}")
     stride = max(1, len(files) // count)
     chosen: list[tuple[str, np.ndarray]] = []
     used: set[int] = set()

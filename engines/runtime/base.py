@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from common.stroke import StrokeScale
+
 
 class EngineError(RuntimeError):
     """A model or engine cannot be loaded or run (missing, corrupt, unsupported)."""
@@ -64,7 +66,7 @@ class Backend(Protocol):
     precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"
     reason: str  # why it runs: picked by load_backend("auto") and why, or requested explicitly
     precision_reason: str  # why at that precision: measured fastest that passed its parity gate, or asked for
-    strokes: tuple[float, ...]  # stroke anchors the model paints natively (empty: one brush size, resampled)
+    stroke_scale: StrokeScale  # its stroke anchors (none: one brush size, resampled) and stroke floor
 
     def stylize(self, frame: np.ndarray, weights: np.ndarray, stroke: float = 1.0) -> np.ndarray:
         """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8.

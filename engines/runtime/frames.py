@@ -9,8 +9,8 @@ profiles) additionally resize into the range and back (``cv2.resize``, area
 down / linear up).
 
 The stroke (``common.stroke``: brush size relative to the picture, 1 by default)
-is turned into what the network runs (:func:`stroke_plan`): a v2 model gets the
-brush size in its own pixels as an input, so the look is the same at every
+is turned into what the network runs (``common.stroke.StrokeScale.plan``): a v2 model
+gets the brush size in its own pixels as an input, so the look is the same at every
 processing size; beyond its largest anchor the frame is scaled down first
 (bolder and cheaper). A v1 model has one brush size: its stroke resamples the
 frame (stroke 2 runs it at half size and scales the result back up), and
@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from common.stroke import DEFAULT_STROKE, check_stroke, network_stroke
+from common.stroke import DEFAULT_STROKE, StrokeScale, check_stroke
 from engines.runtime.base import InputError, ShapeRange, check_frame, check_weights
 
 log = logging.getLogger(__name__)
@@ -53,23 +53,6 @@ def check_weights_batch(weights: object, n: int, num_styles: int) -> np.ndarray:
     return np.stack([check_weights(row, num_styles) for row in w])
 
 
-def stroke_plan(h: int, w: int, stroke: float, anchors: tuple[float, ...]) -> tuple[float, float | None]:
-    """(how much to scale an h x w frame before the network, the stroke input to give it or None).
-
-    ``anchors`` are the model's stroke anchors (empty for a model without a stroke input).
-    A stroke finer than the smallest anchor at this frame size is clamped to it: the
-    frame has too few pixels for finer strokes (at 320x240, stroke 0.5 asks for quarter-size
-    brush marks), and scaling it up would cost four times the work for detail it does not have.
-    """
-    if not anchors:
-        return 1.0 / stroke, None
-    s = network_stroke(stroke, h, w)
-    lo, hi = anchors[0], anchors[-1]
-    if s > hi:
-        return hi / s, hi
-    return 1.0, max(s, lo)
-
-
 def target_size(h: int, w: int, shapes: ShapeRange) -> tuple[int, int]:
     """The (H, W) a network with range ``shapes`` runs an h x w frame at.
 
@@ -90,7 +73,7 @@ def target_size(h: int, w: int, shapes: ShapeRange) -> tuple[int, int]:
 class FrameBackend(ABC):
     """Base of every backend: the frame/weight contract of :class:`Backend`.
 
-    Subclasses set ``name``, ``styles``, ``shapes``, ``precision``, ``strokes``
+    Subclasses set ``name``, ``styles``, ``shapes``, ``precision``, ``stroke_scale``
     and implement :meth:`_run` on a uint8 [N,H,W,3] batch whose H, W are already
     inside ``shapes``. ``reason`` says why :func:`engines.runtime.load_backend`
     picked it, ``precision_reason`` why it runs at ``precision``
@@ -103,7 +86,7 @@ class FrameBackend(ABC):
     precision: str = "fp32"
     reason: str = "requested explicitly"
     precision_reason: str = "fp32: the only precision this backend runs"
-    strokes: tuple[float, ...] = ()  # the model's stroke anchors (empty: no stroke input)
+    stroke_scale: StrokeScale = StrokeScale()  # the model's stroke anchors and floor (no anchors: no stroke input)
 
     @abstractmethod
     def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
@@ -132,7 +115,7 @@ class FrameBackend(ABC):
             stroke = check_stroke(stroke)
         except ValueError as e:
             raise InputError(str(e)) from None
-        scale, net_stroke = stroke_plan(h, w, stroke, self.strokes)
+        scale, net_stroke = self.stroke_scale.plan(h, w, stroke)
         if scale == 1.0:
             th, tw = self._target_size(h, w)
         else:
@@ -153,7 +136,7 @@ class FrameBackend(ABC):
 
         The client has already done what :meth:`stylize_batch` does around the call: ``images``
         is uint8 [N,H,W,3] with H, W multiples of the stride, ``weights`` [N,S], ``strokes`` [N]
-        in the network's own units (:func:`stroke_plan`), given exactly when the model has a
+        in the network's own units (``StrokeScale.plan``), given exactly when the model has a
         stroke input.
         """
         n, h, w = images.shape[:3]
@@ -163,8 +146,9 @@ class FrameBackend(ABC):
                 f"images must be uint8 [N,H,W,3] with H, W multiples of {m}, got {images.dtype}{images.shape}"
             )
         wts = check_weights_batch(weights, n, len(self.styles))
-        if (strokes is None) != (not self.strokes):
-            raise InputError("this model takes a stroke input" if self.strokes else "this model has no stroke input")
+        takes_stroke = bool(self.stroke_scale.anchors)
+        if (strokes is None) == takes_stroke:
+            raise InputError("this model takes a stroke input" if takes_stroke else "this model has no stroke input")
         stk = None if strokes is None else np.ascontiguousarray(strokes, np.float32).reshape(n)
         return self._run(np.ascontiguousarray(images), wts, stk)
 

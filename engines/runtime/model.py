@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.stroke import StrokeScale
 from engines.runtime.base import ModelFileError
 
 META_PREFIX = "stylecast."
@@ -40,7 +41,12 @@ class ModelInfo:
     @property
     def strokes(self) -> tuple[float, ...]:
         """The stroke anchors of a v2 model, whose graph has a ``stroke`` input; () for v1."""
-        return tuple(float(s) for s in self.generator.get("strokes", ()))
+        return self.stroke_scale.anchors
+
+    @property
+    def stroke_scale(self) -> StrokeScale:
+        """The stroke anchors and stroke floor (``common.stroke``)."""
+        return StrokeScale.of(self.generator)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:

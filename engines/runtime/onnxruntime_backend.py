@@ -51,7 +51,7 @@ class OnnxRuntimeBackend(FrameBackend):
 
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
-        self.strokes = self.info.strokes
+        self.stroke_scale = self.info.stroke_scale
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -66,7 +66,7 @@ class OpenVinoBackend(FrameBackend):
 
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
-        self.strokes = self.info.strokes
+        self.stroke_scale = self.info.stroke_scale
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=self.info.stride)
         self.name = "openvino-cpu"
         self.config = openvino_config(num_threads, precision)
@@ -111,7 +111,7 @@ class OpenVinoBackend(FrameBackend):
                 model = self._model.clone()
                 n, h, w = shape
                 shapes = {"image": [n, h, w, 3], "style": [n, len(self.styles)]}
-                if self.strokes:
+                if self.stroke_scale.anchors:
                     shapes["stroke"] = [n]
                 model.reshape(shapes)
                 compiled = self._compiled[key] = self._compile(model)

@@ -108,7 +108,7 @@ class TensorRTBackend(FrameBackend):
         engine_dir = Path(engine_dir)
         self.info = read_model_info(onnx_path)
         self.styles = list(self.info.styles)
-        self.strokes = self.info.strokes
+        self.stroke_scale = self.info.stroke_scale
         cached = Manifest.read(engine_dir)
         if reason := plan_refusal(cached.runtime_version, trt.__version__):
             raise EngineError(f"{engine_dir}: {reason}")
@@ -148,7 +148,7 @@ class TensorRTBackend(FrameBackend):
         self._image = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
         self._out = cuda.DeviceBuffer(max_b * max_px * 3, self._stream)
         self._style = cuda.DeviceBuffer(max_b * s * 4, self._stream)
-        self._stroke = cuda.DeviceBuffer(max_b * 4, self._stream) if self.strokes else None
+        self._stroke = cuda.DeviceBuffer(max_b * 4, self._stream) if self.stroke_scale.anchors else None
         # Page-locked host staging: the copies really are asynchronous on the stream.
         self._host_in = cuda.PinnedBuffer(max_b * max_px * 3)
         self._host_out = cuda.PinnedBuffer(max_b * max_px * 3)

@@ -94,7 +94,7 @@ class TorchBackend(FrameBackend):
         self.precision = precision
         self._lock = threading.Lock()
         self.styles = ckpt.style_names
-        self.strokes = generator.config.strokes
+        self.stroke_scale = generator.config.stroke_scale
         self.shapes = ShapeRange(min_hw=(8, 8), max_hw=(4096, 4096), multiple=generator.config.stride)
         self.name = f"torch-{device}"  # the kind; the precision is .precision
         log.info("%s loaded %s", self.name, checkpoint_path)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from common.stroke import StrokeScale
 from engines.runtime.base import EngineError, ShapeRange
 from engines.runtime.frames import FrameBackend
 from engines.runtime.registry import Kind, Request
@@ -71,7 +72,7 @@ class TritonBackend(FrameBackend):
         self.shared_memory = shared_memory
         meta = self._describe()
         self.styles = list(meta["styles"])
-        self.strokes = tuple(float(s) for s in meta.get("strokes", ()))
+        self.stroke_scale = StrokeScale.of(meta)
         self.stride = int(meta.get("stride", 4))
         self.max_batch = int(meta["max_batch"])
         self.version = str(meta.get("version", ""))
@@ -123,6 +124,7 @@ class TritonBackend(FrameBackend):
         if "styles" in facts:
             out: dict[str, Any] = {"styles": json.loads(facts["styles"]), "stride": facts.get("stride", 4)}
             out["strokes"] = json.loads(facts.get("strokes", "[]"))
+            out["stroke_floor"] = float(facts.get("stroke_floor", 0.0))
             out["precision"] = facts.get("precision", "fp32")
             out["backend"] = config.get("backend") or config.get("platform")
         else:
