@@ -766,7 +766,7 @@ def grow(model: str, out: str, num_blocks: int | None = None, up_blur: bool = Fa
     cfg = ckpt.generator_config
     if num_blocks is None and not up_blur and not head_blur:
         raise ValueError("grow needs --blocks N (deeper), --up-blur or --head-blur")
-    blurs = {name: True for wanted, name in ((up_blur, "up_blur"), (head_blur, "head_blur")) if wanted}
+    blurs: dict[str, Any] = {name: True for wanted, name in ((up_blur, "up_blur"), (head_blur, "head_blur")) if wanted}
     for name in blurs:
         if cfg.version != 2 or getattr(cfg, name):
             flag = "--" + name.replace("_", "-")
