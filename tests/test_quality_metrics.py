@@ -351,7 +351,7 @@ def test_compare_sheet_puts_models_side_by_side_and_strips_strokes(
     wide, tall = Image.open(strip).size
     assert wide == 130 + 2 * (64 + figures_pad()) + figures_pad() and tall > 2 * 48
     # the strip's two strokes differ: the stroke input reaches the network (at 320x240 neither is clamped
-    # to the finest anchor, see engines.runtime.frames.stroke_plan)
+    # to the finest stroke the network paints, see common.stroke.StrokeScale.plan)
     tiles = np.asarray(Image.open(strip).convert("RGB"))[-48 - figures_pad() : -figures_pad()]
     left = tiles[:, 130 + figures_pad() : 130 + figures_pad() + 64].astype(int)
     right = tiles[:, 130 + 2 * figures_pad() + 64 : 130 + 2 * figures_pad() + 128].astype(int)

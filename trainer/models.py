@@ -391,7 +391,8 @@ class GeneratorV2(nn.Module):
 
     image: [N,3,H,W] float in [0,1], H and W multiples of ``config.stride`` (8).
     style: [N,S] or [S] non-negative weights, any scale (normalised to sum 1).
-    stroke: [N] or [] brush size relative to the reference (None: 1); clamped to the anchors' range.
+    stroke: [N] or [] brush size relative to the reference (None: 1); clamped to
+    ``common.stroke.stroke_limits`` (half an anchor step below the finest anchor to the boldest).
     returns: [N,3,H,W] float in (0,1).
     """
 
