@@ -53,7 +53,10 @@ The stroke input is the brush size in *network pixels* relative to the
 training reference: 1 paints the painting's own strokes on a frame whose short
 side is 480 px, 2 paints them twice as large. The affine rows exist at the
 anchors ``config.strokes`` (0.5, 1, 2); a stroke between two anchors
-interpolates their rows linearly in log2(stroke), like a style mix.
+interpolates their rows linearly in log2(stroke), like a style mix, and down to
+half an anchor step below the finest the line through its two finest rows goes
+on (``common.stroke.stroke_limits``). ``config.stroke_floor`` says how a runtime
+should ask for a stroke at each frame size (``common.stroke.StrokeScale``).
 """
 
 from __future__ import annotations
