@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from common.stroke import FINER_THAN_ANCHORS, StrokeScale
+from common.stroke import StrokeScale, stroke_limits
 
 # v2's shape, chosen by timing candidates at 640x480 (see the module docstring and the README).
 V2_DEFAULTS: dict[str, Any] = {
@@ -442,6 +442,7 @@ class GeneratorV2(nn.Module):
         self.register_buffer("blur", _BLUR.clone()[None, None], persistent=False)
         # Plain floats: constants in an exported graph.
         self.log2_anchors = [math.log2(a) for a in config.strokes]
+        self.log2_finest = math.log2(stroke_limits(config.strokes)[0])  # below the finest anchor: extrapolated
 
     normalize_style = staticmethod(Generator.normalize_style)
 
@@ -450,7 +451,7 @@ class GeneratorV2(nn.Module):
 
         Piecewise linear in log2(stroke) between neighbouring anchors ("hat" weights that
         sum to 1); exactly one-hot at an anchor. Below the finest anchor the first step's line
-        goes on for ``FINER_THAN_ANCHORS`` of a step (weights 1 + e and -e on the two finest
+        goes on for ``common.stroke.FINER_THAN_ANCHORS`` of a step (weights 1 + e and -e on the two finest
         anchors: finer marks than training drew, measured in ``bench.stroke_step``); beyond
         that, and above the boldest anchor, the stroke is clamped (``common.stroke.stroke_limits``).
         """
@@ -460,8 +461,7 @@ class GeneratorV2(nn.Module):
             stroke = torch.ones((), dtype=dtype, device=device)
         u = torch.log2(stroke.to(dtype).reshape(-1, 1).expand(batch, 1).clamp_min(1e-6))
         spacing = anchors[1] - anchors[0] if len(anchors) > 1 else 1.0
-        lowest = anchors[0] - FINER_THAN_ANCHORS * spacing if len(anchors) > 1 else anchors[0]
-        u = u.clamp(lowest, anchors[-1])
+        u = u.clamp(self.log2_finest, anchors[-1])
         grid = torch.tensor(anchors, dtype=dtype, device=device)
         hat = F.relu(1.0 - (u.clamp_min(anchors[0]) - grid[None, :]).abs() / spacing)  # [N,K]
         below = (anchors[0] - u).clamp_min(0.0) / spacing  # [N,1]: 0 from the finest anchor up
