@@ -28,8 +28,8 @@ import argparse
 import logging
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,24 +61,42 @@ class StepRatios:
         return {**out, "jumped@1": statistics.median(self.jumped)}
 
 
-def step_ratios(backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Sequence[float] = STROKES) -> StepRatios:
-    """The ratios for 640x480 uint8 RGB ``photos``; photo ``i`` uses style ``3i`` (mod the styles), one-hot."""
-    if not backend.stroke_scale.anchors:
-        raise ValueError("this model has no stroke input (a v1 model): its marks do not follow the frame size")
+def step_photos(
+    backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Iterable[float]
+) -> list[tuple[np.ndarray, np.ndarray, dict[float, float]]]:
+    """Per 640x480 uint8 RGB photo: (its 320x240 box reduction, its one-hot style weights, the
+    640x480 picture's stroke frequency at each of ``strokes``). Photo ``i`` uses style ``3i``
+    (mod the styles)."""
     eye = np.eye(len(backend.styles), dtype=np.float32)
-    _, big_stroke = backend.stroke_scale.plan(LARGE[1], LARGE[0], 1.0)
-    kept: dict[float, list[float]] = {s: [] for s in strokes}
-    jumped: list[float] = []
+    out = []
     for i, big in enumerate(photos):
         if big.shape[:2] != (LARGE[1], LARGE[0]):
             raise ValueError(f"photos must be {LARGE[0]}x{LARGE[1]}, got {big.shape[1]}x{big.shape[0]}")
         small = np.asarray(Image.fromarray(big).resize(SMALL, Image.Resampling.BOX))
         w = eye[(3 * i) % len(eye)]
-        ref = {s: stroke_frequency(backend.stylize(big, w, s)) for s in {*strokes, 1.0}}
-        for s in strokes:
-            kept[s].append(stroke_frequency(backend.stylize(small, w, s)) / ref[s])
-        plan_less = backend.run_network(small[None], w[None], np.array([big_stroke], np.float32))[0]
-        jumped.append(stroke_frequency(plan_less) / ref[1.0])
+        out.append((small, w, {s: stroke_frequency(backend.stylize(big, w, s)) for s in strokes}))
+    return out
+
+
+def kept_ratios(
+    backend: FrameBackend, prepared: list[tuple[np.ndarray, np.ndarray, dict[float, float]]], stroke: float
+) -> list[float]:
+    """Per :func:`step_photos` entry: the 320x240 picture's stroke frequency at ``stroke`` (the
+    runtime's plan) over the 640x480 one's."""
+    return [stroke_frequency(backend.stylize(small, w, stroke)) / ref[stroke] for small, w, ref in prepared]
+
+
+def step_ratios(backend: FrameBackend, photos: Sequence[np.ndarray], strokes: Sequence[float] = STROKES) -> StepRatios:
+    """The ratios for 640x480 uint8 RGB ``photos``; photo ``i`` uses style ``3i`` (mod the styles), one-hot."""
+    if not backend.stroke_scale.anchors:
+        raise ValueError("this model has no stroke input (a v1 model): its marks do not follow the frame size")
+    _, big_stroke = backend.stroke_scale.plan(LARGE[1], LARGE[0], 1.0)
+    prepared = step_photos(backend, photos, {*strokes, 1.0})
+    kept = {s: kept_ratios(backend, prepared, s) for s in strokes}
+    jumped = [
+        stroke_frequency(backend.run_network(small[None], w[None], np.array([big_stroke], np.float32))[0]) / ref[1.0]
+        for small, w, ref in prepared
+    ]
     return StepRatios(kept, jumped)
 
 
@@ -96,23 +114,13 @@ def fit_floor(
     anchors = backend.stroke_scale.anchors
     if not anchors:
         raise ValueError("this model has no stroke input (a v1 model): it has no stroke floor")
-    eye = np.eye(len(backend.styles), dtype=np.float32)
-    pairs = []
-    for i, big in enumerate(photos):
-        small = np.asarray(Image.fromarray(big).resize(SMALL, Image.Resampling.BOX))
-        w = eye[(3 * i) % len(eye)]
-        pairs.append((small, w, {s: stroke_frequency(backend.stylize(big, w, s)) for s in STROKES}))
+    prepared = step_photos(backend, photos, STROKES)
     table: dict[float, dict[str, float]] = {}
     original = backend.stroke_scale
     try:
         for f in floors:
             backend.stroke_scale = StrokeScale(anchors, f)
-            table[f] = {
-                f"kept@{s:g}": statistics.median(
-                    stroke_frequency(backend.stylize(sm, w, s)) / ref[s] for sm, w, ref in pairs
-                )
-                for s in STROKES
-            }
+            table[f] = {f"kept@{s:g}": statistics.median(kept_ratios(backend, prepared, s)) for s in STROKES}
     finally:
         backend.stroke_scale = original
     best = min(table, key=lambda f: statistics.fmean(abs(np.log(r)) for r in table[f].values()))
@@ -122,16 +130,14 @@ def fit_floor(
 def write_fitted(path: Path, out: Path, floor: float, record: dict[str, object]) -> Path:
     """A copy of checkpoint ``path`` whose config carries stroke floor ``floor``; ``record`` goes
     into its training record (``train.stroke_floor_fit``)."""
-    import dataclasses
-
     from trainer.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     return save_checkpoint(
         out,
-        dataclasses.replace(
+        replace(
             ckpt,
-            generator_config=dataclasses.replace(ckpt.generator_config, stroke_floor=floor),
+            generator_config=replace(ckpt.generator_config, stroke_floor=floor),
             train={**ckpt.train, "stroke_floor_fit": record},
         ),
     )
