@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,3 +51,14 @@ def still_camera(path: Path, size: tuple[int, int] = (640, 480), frames: int = 2
         for _ in range(frames):
             f.write(b"FRAME\n" + i420.tobytes())
     return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+
+
+async def open_hooked(page: Any, url: str, timeout_ms: int = 30_000) -> None:
+    """Load a ``?hook=1`` page and wait until ``window.stylecast`` exists.
+
+    The page imports hook.js dynamically, and a dynamic import does not hold back the load event
+    that ``page.goto`` waits for. A predicate that reads ``stylecast`` straight after ``goto`` can
+    therefore run before the hook exists, and Playwright raises on its ReferenceError instead of
+    retrying."""
+    await page.goto(url)
+    await page.wait_for_function("window.stylecast !== undefined", timeout=timeout_ms)

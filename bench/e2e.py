@@ -43,7 +43,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE, open_hooked
 from bench.results import RESULTS_DIR, write_json
 from common.cpu import cpu_summary
 from common.paths import DEFAULT_MODEL
@@ -98,7 +98,7 @@ async def measure(
     page = await context.new_page()
     page.on("pageerror", lambda e: log.warning("page error: %s", e))
     try:
-        await page.goto(f"{url}/?bench=1&hook=1&res={size}&codec={codec}")
+        await open_hooked(page, f"{url}/?bench=1&hook=1&res={size}&codec={codec}")
         await page.wait_for_function("window.stylecast && window.stylecast.state.info !== null")
         await page.get_by_role("button", name="Start camera").click()
         await page.wait_for_function(

@@ -50,7 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE
+from bench.chromium import BASE_ARGS, CHROMIUM, FAKE_CAMERA, FULL_RATE, open_hooked
 from bench.data import VIDEO
 from bench.loopback import WhipClient, local_server
 from common.mix import parse_mix
@@ -206,7 +206,7 @@ async def take(args: argparse.Namespace, camera: Path) -> None:
                 context = await browser.new_context(viewport={"width": args.width, "height": args.height})
                 page = await context.new_page()
                 page.on("pageerror", lambda e: log.warning("page error: %s", e))
-                await page.goto(f"{url}/?hook=1" + ("&session=latest" if args.watch else ""))
+                await open_hooked(page, f"{url}/?hook=1" + ("&session=latest" if args.watch else ""))
                 await page.locator("#styles input[type=range]").first.wait_for(timeout=timeout_ms)
                 wanted = await resolve_mix(page, args.mix)
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.chromium import BASE_ARGS, FAKE_CAMERA, still_camera
+from bench.chromium import BASE_ARGS, FAKE_CAMERA, open_hooked, still_camera
 from bench.loopback import LocalServer, serve
 from engines.runtime import load_backend
 from streamer.config import StreamerConfig
@@ -105,7 +105,7 @@ async def test_page_streams_stylized_video_and_sliders_change_it(
     server = await start_server()
     camera = write_y4m(tmp_path / "camera.y4m")
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await page.goto(f"{server.url}/?hook=1&res=320x240")
+    await open_hooked(page, f"{server.url}/?hook=1&res=320x240")
 
     # The mixer is built from /api/info: one slider per style, strength, presets.
     ember = page.get_by_label("ember weight")
@@ -209,7 +209,7 @@ async def test_record_downloads_a_playable_webm_of_the_stylized_video(
     camera = tmp_path / "camera.y4m"
     picture = still_camera(camera, (320, 240))
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await page.goto(f"{server.url}/?hook=1&res=320x240")
+    await open_hooked(page, f"{server.url}/?hook=1&res=320x240")
     record = page.get_by_role("button", name="Record")
     assert await record.is_disabled()  # nothing to record before the video comes
     await page.get_by_role("button", name="Start camera").click()
@@ -269,13 +269,13 @@ async def test_page_says_when_the_server_is_full(
     server = await start_server(max_sessions=1)
     camera = write_y4m(tmp_path / "camera.y4m")
     first = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await first.goto(f"{server.url}/?hook=1&res=320x240")
+    await open_hooked(first, f"{server.url}/?hook=1&res=320x240")
     await first.get_by_role("button", name="Start camera").click()
     await first.wait_for_function("stylecast.state.connected || !document.getElementById('message').hidden")
     assert await first.get_by_role("alert").is_hidden(), await first.get_by_role("alert").text_content()
 
     second = await first.context.new_page()
-    await second.goto(f"{server.url}/?hook=1&res=320x240")
+    await open_hooked(second, f"{server.url}/?hook=1&res=320x240")
     await second.get_by_role("button", name="Start camera").click()
     text = await alert_text(second)
     assert text.startswith("The server is busy:"), text
@@ -321,7 +321,7 @@ async def test_page_takes_the_token_once_from_its_url_and_says_when_it_is_wrong(
     server = await start_server(token=TOKEN)
     camera = write_y4m(tmp_path / "camera.y4m")
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await page.goto(f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
+    await open_hooked(page, f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
     await page.get_by_label("ember weight").wait_for()
     # Kept for the tab, taken out of the address bar.
     assert "token" not in page.url and "hook=1" in page.url
@@ -365,7 +365,7 @@ async def test_page_streams_over_https_with_a_self_signed_certificate(
     camera = write_y4m(tmp_path / "camera.y4m")
     # A phone would show the certificate warning once; the test browser skips it.
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}", "--ignore-certificate-errors")
-    await page.goto(f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
+    await open_hooked(page, f"{server.url}/?hook=1&token={TOKEN}&res=320x240")
     assert await page.evaluate("window.isSecureContext")
     await page.get_by_role("button", name="Start camera").click()
     await page.wait_for_function(
@@ -389,7 +389,7 @@ async def test_page_learns_a_dropped_painting_and_shows_it_as_a_slider_without_r
     cv2.imwrite(str(painting), stripes)
     camera = write_y4m(tmp_path / "camera.y4m")
     page = await launch(*FAKE_CAMERA, f"--use-file-for-fake-video-capture={camera}")
-    await page.goto(f"{server.url}/?hook=1&res=320x240")
+    await open_hooked(page, f"{server.url}/?hook=1&res=320x240")
     await page.get_by_role("button", name="Start camera").click()
     await page.wait_for_function("stylecast.renderedFrames > 10", timeout=60_000)
 

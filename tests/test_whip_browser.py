@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from bench.chromium import BASE_ARGS, FAKE_CAMERA, FULL_RATE, still_camera
+from bench.chromium import BASE_ARGS, FAKE_CAMERA, FULL_RATE, open_hooked, still_camera
 from bench.loopback import LocalServer, WhipClient, pattern, serve
 from engines.runtime import load_backend
 from streamer.config import StreamerConfig
@@ -210,7 +210,7 @@ async def test_the_page_watches_and_steers_a_whip_session_and_the_clean_view_sho
         session = server.server.sessions[session_id]
 
         page = await browser()
-        await page.goto(f"{server.url}/?token={TOKEN}&hook=1&session={session_id}")
+        await open_hooked(page, f"{server.url}/?token={TOKEN}&hook=1&session={session_id}")
         await page.get_by_role("button", name="Watch").click()
         await page.wait_for_function("stylecast.renderedFrames > 20", timeout=60_000)
         assert not await page.locator("#original").is_visible()  # no camera on this page
@@ -241,7 +241,7 @@ async def test_the_page_watches_and_steers_a_whip_session_and_the_clean_view_sho
 
         # The clean view: only the video, filling the window, playing without a click.
         clean = await browser()
-        await clean.goto(f"{server.url}/?token={TOKEN}&hook=1&session=latest&view=1")
+        await open_hooked(clean, f"{server.url}/?token={TOKEN}&hook=1&session=latest&view=1")
         await clean.wait_for_function("stylecast.renderedFrames > 10", timeout=60_000)
         box = await clean.locator("#stylized").bounding_box()
         assert box == {"x": 0, "y": 0, "width": 900, "height": 700}
