@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -39,7 +39,6 @@ from PIL import Image
 from bench.metrics import stroke_frequency
 from bench.quality.inputs import select_photos
 from bench.quality.models import add_model_options, load_exact
-from common.stroke import StrokeScale
 
 if TYPE_CHECKING:
     from engines.runtime.frames import FrameBackend
@@ -119,7 +118,7 @@ def fit_floor(
     original = backend.stroke_scale
     try:
         for f in floors:
-            backend.stroke_scale = StrokeScale(anchors, f)
+            backend.stroke_scale = replace(original, floor=f)
             table[f] = {f"kept@{s:g}": statistics.median(kept_ratios(backend, prepared, s)) for s in STROKES}
     finally:
         backend.stroke_scale = original
@@ -127,9 +126,9 @@ def fit_floor(
     return best, table
 
 
-def write_fitted(path: Path, out: Path, floor: float, record: dict[str, object]) -> Path:
-    """A copy of checkpoint ``path`` whose config carries stroke floor ``floor``; ``record`` goes
-    into its training record (``train.stroke_floor_fit``)."""
+def write_fitted(path: Path, out: Path, fitted: dict[str, Any], name: str, record: dict[str, object]) -> Path:
+    """A copy of checkpoint ``path`` whose generator config carries ``fitted`` (``stroke_floor``,
+    ``stroke_unit``); ``record`` goes into its training record as ``train[name]``."""
     from trainer.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -137,8 +136,8 @@ def write_fitted(path: Path, out: Path, floor: float, record: dict[str, object])
         out,
         replace(
             ckpt,
-            generator_config=replace(ckpt.generator_config, stroke_floor=floor),
-            train={**ckpt.train, "stroke_floor_fit": record},
+            generator_config=replace(ckpt.generator_config, **fitted),
+            train={**ckpt.train, name: record},
         ),
     )
 
@@ -213,7 +212,7 @@ def fit_main(args: argparse.Namespace, argv: list[str] | None) -> int:
         mark = " (fitted)" if f == best else ""
         print(f"| {f:g}{mark} | " + " | ".join(f"{med[c]:.3f}" for c in cols) + " |")
     record = {"floor": best, "photos": [name for name, _ in named], "medians": {f"{f:g}": m for f, m in table.items()}}
-    out = write_fitted(path, args.fit_floor, best, record)
+    out = write_fitted(path, args.fit_floor, {"stroke_floor": best}, "stroke_floor_fit", record)
     print(f"\nwrote {out} with stroke floor {best:g}")
     if args.json:
         from bench.results import write_run

@@ -20,7 +20,15 @@ model measured to do so carries that part as its *stroke floor* ``f``
     network stroke = r x (stroke + f) - f
 
 which is the line above when ``f`` is 0, and finer below the reference frame (bolder
-above it) when it is not. Standard library only.
+above it) when it is not.
+
+What stroke 1 means is measured too. The network stroke whose marks come closest to the
+paintings' own at the reference frame is the model's *stroke unit* ``u`` (``python -m
+bench.stroke_unit --fit``), and a user's stroke is counted in it::
+
+    network stroke = r x (u x stroke + f) - f
+
+``u = 1`` and ``f = 0`` give the first line. Standard library only.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ REFERENCE_SHORT = 480  # px: the frame short side at which network stroke == use
 STROKE_MIN, STROKE_MAX = 0.5, 2.0  # the user control's range
 DEFAULT_STROKE = 1.0
 FINER_THAN_ANCHORS = 0.5  # anchor steps below the finest anchor a network extrapolates its rows
+STROKE_UNIT_RANGE = (0.5, 2.0)  # the stroke units a model may carry (a measured unit falls well inside)
 
 
 def check_stroke(value: object) -> float:
@@ -46,11 +55,11 @@ def check_stroke(value: object) -> float:
     return v
 
 
-def network_stroke(stroke: float, height: int, width: int, floor: float = 0.0) -> float:
+def network_stroke(stroke: float, height: int, width: int, floor: float = 0.0, unit: float = 1.0) -> float:
     """The brush size to ask a network for, on a ``width`` x ``height`` frame, for a user's ``stroke``
-    (``floor``: the network's stroke floor, module docstring)."""
+    (``floor`` and ``unit``: the network's stroke floor and unit, module docstring)."""
     r = min(height, width) / REFERENCE_SHORT
-    return r * stroke - (1.0 - r) * floor  # r (stroke + floor) - floor, exactly ``stroke`` at r = 1
+    return r * unit * stroke - (1.0 - r) * floor  # r (u stroke + f) - f: exactly ``u x stroke`` at r = 1
 
 
 def stroke_limits(anchors: tuple[float, ...]) -> tuple[float, float]:
@@ -69,15 +78,27 @@ class StrokeScale:
 
     ``anchors``: the strokes the model has rows for (empty: no stroke input, a v1 model).
     ``floor``: its stroke floor (module docstring), 0 for a model never measured.
+    ``unit``: its stroke unit (module docstring), 1 for a model never measured.
     """
 
     anchors: tuple[float, ...] = ()
     floor: float = 0.0
+    unit: float = 1.0
 
     @classmethod
     def of(cls, generator: Mapping[str, Any]) -> StrokeScale:
-        """From a generator config as stored in a checkpoint or an exported model's metadata."""
-        return cls(tuple(float(a) for a in generator.get("strokes", ())), float(generator.get("stroke_floor", 0.0)))
+        """From a generator config as stored in a checkpoint or an exported model's metadata, or
+        from :meth:`facts`."""
+        return cls(
+            tuple(float(a) for a in generator.get("strokes", ())),
+            float(generator.get("stroke_floor", 0.0)),
+            float(generator.get("stroke_unit", 1.0)),
+        )
+
+    def facts(self) -> dict[str, Any]:
+        """The scale under the generator config's names (what :meth:`of` reads back): for a remote
+        client, which plans exactly as a local one."""
+        return {"strokes": list(self.anchors), "stroke_floor": self.floor, "stroke_unit": self.unit}
 
     def plan(self, height: int, width: int, stroke: float) -> tuple[float, float | None]:
         """(how much to scale a ``width`` x ``height`` frame before the network, the stroke input to give
@@ -91,9 +112,9 @@ class StrokeScale:
         """
         if not self.anchors:
             return 1.0 / stroke, None
-        s = network_stroke(stroke, height, width, self.floor)
+        s = network_stroke(stroke, height, width, self.floor, self.unit)
         lo, hi = stroke_limits(self.anchors)
         if s > hi:
-            # network stroke is linear in the frame scale r: r (stroke + f) - f. Solve for hi.
+            # network stroke is linear in the frame scale r: r (u stroke + f) - f. Solve for hi.
             return (hi + self.floor) / (s + self.floor), hi
         return 1.0, max(s, lo)

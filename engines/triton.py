@@ -144,8 +144,7 @@ def model_parameters(onnx_path: Path, extra: dict[str, str] | None = None) -> di
         PARAM_PREFIX + "styles": json.dumps(info.styles),
         PARAM_PREFIX + "sources": json.dumps(info.sources),
         PARAM_PREFIX + "stride": str(info.stride),
-        PARAM_PREFIX + "strokes": json.dumps(list(info.strokes)),
-        PARAM_PREFIX + "stroke_floor": str(info.stroke_scale.floor),
+        **{PARAM_PREFIX + k: json.dumps(v) for k, v in info.stroke_scale.facts().items()},
         PARAM_PREFIX + "format_version": str(info.format_version),
         PARAM_PREFIX + "checkpoint_sha256": info.checkpoint_sha256,
     }
@@ -246,8 +245,7 @@ def serve(
     styles = list(runtime.styles)
     facts = {
         "styles": styles,
-        "strokes": list(runtime.stroke_scale.anchors),
-        "stroke_floor": runtime.stroke_scale.floor,
+        **runtime.stroke_scale.facts(),
         "stride": runtime.shapes.multiple,
         "backend": runtime.name,
         "precision": runtime.precision,

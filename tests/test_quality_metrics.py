@@ -364,13 +364,30 @@ def figures_pad() -> int:
     return PAD
 
 
+def block_photos(folder: Path, count: int, size: tuple[int, int] = (640, 480), seed: int = 3) -> tuple[Path, list[str]]:
+    """``count`` PNG photos of coloured blocks (edges: select_photos passes over flat pictures) in
+    ``folder``; (folder, their names)."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    names = [f"p{i}.png" for i in range(count)]
+    w, h = size
+    for name in names:
+        img = np.full((h, w, 3), 128, np.uint8)
+        for _ in range(60):
+            x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+            img[y : y + 40, x : x + 40] = rng.integers(0, 255, 3)
+        Image.fromarray(img).save(folder / name)
+    return folder, names
+
+
 def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``bench.stroke_step --fit-floor``: every floor is tried on photos training sees (never the
     held-out ones), the one whose kept ratios are nearest 1 is written into a copy of the
     checkpoint, and from there it travels through export to what every runtime asks the network."""
-    from PIL import Image
 
     from bench import stroke_step
     from common.split import held_out
@@ -379,16 +396,7 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     from engines.triton import model_parameters
     from trainer.checkpoint import load_checkpoint
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    names = [f"p{i}.png" for i in range(12)]
-    for name in names:
-        img = np.full((480, 640, 3), 128, np.uint8)
-        for _ in range(60):  # blocks with edges (select_photos passes over flat pictures)
-            x, y = int(rng.integers(0, 600)), int(rng.integers(0, 440))
-            img[y : y + 40, x : x + 40] = rng.integers(0, 255, 3)
-        Image.fromarray(img).save(folder / name)
+    folder, names = block_photos(tmp_path / "photos", 12)
     training = [n for n in names if not held_out(n)]
     assert 0 < len(training) < len(names)  # the split leaves some of these names out
 
@@ -407,7 +415,9 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     assert load_checkpoint(out).generator_config.stroke_floor == record["floor"]
 
     # A floor of 0.4 written the same way: export keeps it, and a runtime plans with it.
-    four = stroke_step.write_fitted(tiny_v2_checkpoint, tmp_path / "four.safetensors", 0.4, {"floor": 0.4})
+    four = stroke_step.write_fitted(
+        tiny_v2_checkpoint, tmp_path / "four.safetensors", {"stroke_floor": 0.4}, "stroke_floor_fit", {"floor": 0.4}
+    )
     onnx = export_onnx(four, four.with_suffix(".onnx"))
     assert read_model_info(onnx).stroke_scale.floor == 0.4
     assert model_parameters(onnx)["stylecast.stroke_floor"] == "0.4"  # what a Triton client plans with
@@ -429,3 +439,70 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
 
     with pytest.raises(SystemExit, match="exactly one"):
         stroke_step.main([*args, "--model", f"b={tiny_v2_checkpoint}", "--fit-floor", str(out)])
+
+
+def test_stroke_unit_fit_measures_against_the_paintings_on_training_photos_and_the_model_carries_it(
+    tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench.stroke_unit --fit``: each unit is tried at 640x480 on photos training sees, the one
+    whose pictures come closest to the paintings (mean style distance) is written into a copy of
+    the checkpoint, and from there it travels through export to what every runtime asks the network."""
+    from PIL import Image
+
+    from bench import stroke_step, stroke_unit
+    from common.split import held_out
+    from engines.export import export_onnx
+    from engines.runtime import load_backend, read_model_info
+    from engines.triton import model_parameters
+    from trainer.checkpoint import load_checkpoint
+
+    folder, names = block_photos(tmp_path / "photos", 8, seed=5)
+    training = [n for n in names if not held_out(n)]
+    paintings = tmp_path / "paintings"
+    paintings.mkdir()
+    rng = np.random.default_rng(7)
+    for name in ("ember", "glacier", "moss"):  # the tiny model's painting files
+        Image.fromarray(rng.integers(0, 255, (500, 600, 3), dtype=np.uint8)).save(paintings / f"{name}.png")
+
+    out = tmp_path / "unit.safetensors"
+    args = ["--model", f"tiny={tiny_v2_checkpoint}", "--photos", str(folder), "--styles-dir", str(paintings)]
+    args += ["--num-photos", "2", "--threads", "1", "--units", "0.6,0.8,1"]
+    assert stroke_unit.main([*args, "--fit", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 training photos x 3 styles" in printed and "(fitted)" in printed
+
+    record = load_checkpoint(out).train["stroke_unit_fit"]
+    means = record["means"]
+    assert set(record["photos"]) <= set(training) and len(record["photos"]) == 2
+    assert list(means) == ["0.6", "0.8", "1"]
+    assert len({round(m["style"], 6) for m in means.values()}) == 3  # the unit reaches the network
+    assert record["unit"] == float(min(means, key=lambda u: means[u]["style"]))
+    assert load_checkpoint(out).generator_config.stroke_unit == record["unit"]
+
+    # A unit of 0.8 with a floor of 0.4: export keeps both, and a runtime plans with them.
+    both = stroke_step.write_fitted(
+        tiny_v2_checkpoint, tmp_path / "both.safetensors", {"stroke_floor": 0.4, "stroke_unit": 0.8}, "fit", {}
+    )
+    onnx = export_onnx(both, both.with_suffix(".onnx"))
+    assert read_model_info(onnx).stroke_scale.unit == 0.8
+    assert model_parameters(onnx)["stylecast.stroke_unit"] == "0.8"  # what a Triton client plans with
+    backend = load_backend(onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
+    asked: list[float] = []
+    inner = backend._run  # type: ignore[attr-defined]
+
+    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        assert strokes is not None
+        asked.append(float(strokes[0]))
+        return inner(images, weights, strokes)
+
+    backend._run = run  # type: ignore[attr-defined]
+    w = np.array([1, 0, 0], np.float32)
+    for h, wd in ((480, 640), (240, 320)):
+        backend.stylize(np.zeros((h, wd, 3), np.uint8), w, 1.6)
+    backend.close()
+    assert asked == [pytest.approx(0.8 * 1.6), pytest.approx(0.5 * (0.8 * 1.6 + 0.4) - 0.4)]
+
+    with pytest.raises(SystemExit, match="exactly one"):
+        stroke_unit.main([*args, "--model", f"b={tiny_v2_checkpoint}"])
+    with pytest.raises(SystemExit, match="outside 0.5..2"):
+        stroke_unit.main([*args[:-1], "0.2,1"])

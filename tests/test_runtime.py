@@ -437,6 +437,28 @@ def test_a_stroke_floor_asks_for_finer_marks_below_the_reference_frame_and_bolde
     assert StrokeScale.of({"num_styles": 3}) == StrokeScale()  # a v1 config: no stroke input
 
 
+def test_a_stroke_unit_counts_the_users_stroke_in_network_strokes_at_every_frame_size() -> None:
+    """A model whose stroke 1 is measured to paint marks off the painting's carries the network
+    stroke that matches them, its stroke unit u: at frame scale r it is asked for r (u stroke + f) - f,
+    so u x stroke at 640x480, the floor's plan below and above it, and the same closed-form scale-down
+    to the boldest anchor."""
+    from common.stroke import StrokeScale
+
+    scale = StrokeScale((0.5, 1.0, 2.0), floor=0.4, unit=0.8)
+    assert scale.plan(480, 640, 1.0) == (1.0, pytest.approx(0.8)) and scale.plan(480, 640, 2.0)[1] == pytest.approx(1.6)
+    assert scale.plan(240, 320, 1.6)[1] == pytest.approx(0.5 * (0.8 * 1.6 + 0.4) - 0.4)  # 0.44
+    assert scale.plan(720, 1080, 1.0) == (1.0, pytest.approx(1.5 * 1.2 - 0.4))  # 1.4
+    factor, s = scale.plan(1080, 1920, 2.0)  # asks for 2.25 (1.6 + 0.4) - 0.4 = 5.3: scaled down
+    assert s == 2.0 and factor < 1.0
+    assert scale.plan(round(1080 * factor), round(1920 * factor), 2.0) == (1.0, pytest.approx(2.0))
+    # Unit 1 is the plan without one; the facts a remote client gets read back as the same scale.
+    assert StrokeScale((0.5, 1.0, 2.0), 0.4, 1.0).plan(240, 320, 1.6) == StrokeScale((0.5, 1.0, 2.0), 0.4).plan(
+        240, 320, 1.6
+    )
+    assert StrokeScale.of(scale.facts()) == scale
+    assert StrokeScale.of({"strokes": [0.5, 1, 2], "stroke_floor": 0.4}).unit == 1.0  # a file from before units
+
+
 def test_a_resolution_step_keeps_the_stroke_relative_to_the_frame(tiny_v2_onnx: Path) -> None:
     """What auto resolution does when it steps 640x480 -> 320x240: the network is asked for strokes
     half as many of its pixels wide, so they cover the same part of the picture."""

@@ -491,9 +491,10 @@ def test_the_up_sampling_blur_makes_the_picture_follow_the_scene_and_grow_adds_i
         _config(data, base, arch=1, head_blur=True)
 
 
-def test_training_on_drops_a_fitted_stroke_floor(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
-    """A stroke floor describes the marks a file paints now (bench.stroke_step --fit-floor); training
-    changes them, so a resumed run goes on without it rather than refusing or keeping a stale one."""
+def test_training_on_drops_a_fitted_stroke_floor_and_unit(data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """A stroke floor and unit describe the marks a file paints now (bench.stroke_step --fit-floor,
+    bench.stroke_unit --fit); training changes them, so a resumed run goes on without them rather
+    than refusing or keeping stale ones."""
     import dataclasses
 
     from trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -502,12 +503,15 @@ def test_training_on_drops_a_fitted_stroke_floor(data: tuple[Path, list[Path]], 
     Trainer(_config(data, out, size=64)).run(progress=False)
     ckpt = load_checkpoint(out)
     save_checkpoint(
-        out, dataclasses.replace(ckpt, generator_config=dataclasses.replace(ckpt.generator_config, stroke_floor=0.4))
+        out,
+        dataclasses.replace(
+            ckpt, generator_config=dataclasses.replace(ckpt.generator_config, stroke_floor=0.4, stroke_unit=0.8)
+        ),
     )
-    assert load_checkpoint(out).generator_config.stroke_floor == 0.4
+    assert load_checkpoint(out).generator_config.stroke_scale.facts()["stroke_unit"] == 0.8
     Trainer(_config(data, out, size=64, resume=True, steps=3)).run(progress=False)
     after = load_checkpoint(out)
-    assert after.step == 3 and after.generator_config.stroke_floor == 0.0
+    assert after.step == 3 and after.generator_config.stroke_floor == 0.0 and after.generator_config.stroke_unit == 1.0
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -680,6 +684,8 @@ def test_v2_generator_sizes_and_the_blur_folds_into_one_kernel() -> None:
         ({"instance_norm": "some"}, "instance_norm must be none, trunk or all"),
         ({"stroke_floor": -0.1}, "stroke_floor must be from 0 to 1"),
         ({"stroke_floor": 1.5}, "stroke_floor must be from 0 to 1"),
+        ({"stroke_unit": 0.3}, "stroke_unit must be from 0.5 to 2"),
+        ({"stroke_unit": 2.5}, "stroke_unit must be from 0.5 to 2"),
     ],
 )
 def test_v2_config_errors_are_clear(overrides: dict[str, object], message: str) -> None:
@@ -695,6 +701,8 @@ def test_a_v1_config_without_version_reads_back_as_v1() -> None:
         GeneratorConfig(8, strokes=(1.0,))
     with pytest.raises(ValueError, match="v2 settings"):
         GeneratorConfig(8, stroke_floor=0.3)
+    with pytest.raises(ValueError, match="v2 settings"):
+        GeneratorConfig(8, stroke_unit=0.8)
     with pytest.raises(ValueError, match="unknown generator version"):
         GeneratorConfig(8, version=3)
 

@@ -51,7 +51,7 @@ def preprocessing(config: GeneratorConfig) -> dict[str, Any]:
         out["stroke"] = (
             "brush size in network pixels relative to a 480-line frame (common.stroke), "
             f"anchors {list(config.strokes)}, extrapolated half an anchor step below the finest and clamped "
-            f"beyond; stroke floor {config.stroke_floor:g}"
+            f"beyond; stroke floor {config.stroke_floor:g}, stroke unit {config.stroke_unit:g}"
         )
     return out
 

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from common.stroke import StrokeScale, stroke_limits
+from common.stroke import STROKE_UNIT_RANGE, StrokeScale, stroke_limits
 
 # v2's shape, chosen by timing candidates at 640x480 (see the module docstring and the README).
 V2_DEFAULTS: dict[str, Any] = {
@@ -106,6 +106,7 @@ class GeneratorConfig:
     up_blur: bool = False  # v2: a fixed [1,2,1] blur after each coarse pixel-shuffle up-sampling (shift stability)
     head_blur: bool = False  # v2: the same blur after the last, full-resolution one (on the picture's logits)
     stroke_floor: float = 0.0  # v2: the part of its marks that does not follow the stroke (common.stroke), measured
+    stroke_unit: float = 1.0  # v2: the network stroke that a user's stroke 1 asks for (common.stroke), measured
 
     @classmethod
     def v2(cls, num_styles: int, **overrides: Any) -> GeneratorConfig:
@@ -123,10 +124,10 @@ class GeneratorConfig:
             if self.stride != 4:
                 raise ValueError("the v1 generator downsamples by exactly 4 (stride=4)")
             v2_only = (self.strokes, self.deep_width, self.fine_blocks, self.instance_norm != "none", self.up_blur)
-            if any(v2_only) or self.head_blur or self.stroke_floor:
+            if any(v2_only) or self.head_blur or self.stroke_floor or self.stroke_unit != 1.0:
                 raise ValueError(
-                    "strokes, deep_width, fine_blocks, instance_norm, up_blur, head_blur and stroke_floor "
-                    "are v2 settings"
+                    "strokes, deep_width, fine_blocks, instance_norm, up_blur, head_blur, stroke_floor and "
+                    "stroke_unit are v2 settings"
                 )
         elif self.version == 2:
             if self.stride != 8:
@@ -141,6 +142,9 @@ class GeneratorConfig:
                 raise ValueError(f"stroke anchors must be evenly spaced in log2, got {list(anchors)}")
             if not 0.0 <= self.stroke_floor <= 1.0:
                 raise ValueError(f"stroke_floor must be from 0 to 1, got {self.stroke_floor}")
+            if not STROKE_UNIT_RANGE[0] <= self.stroke_unit <= STROKE_UNIT_RANGE[1]:
+                lo, hi = STROKE_UNIT_RANGE
+                raise ValueError(f"stroke_unit must be from {lo:g} to {hi:g}, got {self.stroke_unit}")
             if self.instance_norm not in ("none", "trunk", "all"):
                 raise ValueError(f"instance_norm must be none, trunk or all, got {self.instance_norm!r}")
         else:
@@ -154,7 +158,7 @@ class GeneratorConfig:
     @property
     def stroke_scale(self) -> StrokeScale:
         """What a runtime asks this network for at each frame size (``common.stroke``)."""
-        return StrokeScale(self.strokes, self.stroke_floor)
+        return StrokeScale(self.strokes, self.stroke_floor, self.stroke_unit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

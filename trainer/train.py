@@ -451,13 +451,17 @@ class Trainer:
                 f"--resume: {self.out} was trained on styles {ckpt.style_names}, "
                 f"this run has {[s.name for s in self.styles]}"
             )
-        # A fitted stroke floor describes the marks the file paints now; training changes them, so the
-        # run goes on without it (fit it again: bench.stroke_step --fit-floor).
-        if ckpt.generator_config.stroke_floor:
+        # A fitted stroke floor and unit describe the marks the file paints now; training changes them,
+        # so the run goes on without them (fit them again: bench.stroke_step --fit-floor, bench.stroke_unit).
+        fitted = ckpt.generator_config
+        if fitted.stroke_floor or fitted.stroke_unit != 1.0:
             log.info(
-                "--resume: %s had stroke floor %g; training drops it", self.out, ckpt.generator_config.stroke_floor
+                "--resume: %s had stroke floor %g and unit %g; training drops them",
+                self.out,
+                fitted.stroke_floor,
+                fitted.stroke_unit,
             )
-        have = dataclasses.replace(ckpt.generator_config, stroke_floor=0.0)
+        have = dataclasses.replace(fitted, stroke_floor=0.0, stroke_unit=1.0)
         if have != self.G.config:
             want = self.G.config
             diff = ", ".join(

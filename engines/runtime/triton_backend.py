@@ -123,8 +123,7 @@ class TritonBackend(FrameBackend):
         facts = {k.removeprefix("stylecast."): v["string_value"] for k, v in config.get("parameters", {}).items()}
         if "styles" in facts:
             out: dict[str, Any] = {"styles": json.loads(facts["styles"]), "stride": facts.get("stride", 4)}
-            out["strokes"] = json.loads(facts.get("strokes", "[]"))
-            out["stroke_floor"] = float(facts.get("stroke_floor", 0.0))
+            out.update({k: json.loads(facts[k]) for k in StrokeScale().facts() if k in facts})
             out["precision"] = facts.get("precision", "fp32")
             out["backend"] = config.get("backend") or config.get("platform")
         else:
