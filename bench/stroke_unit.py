@@ -10,7 +10,9 @@ that: its stroke 1 may paint marks larger or smaller than the painting's. This b
 photos that training sees (never the held-out ones the quality bench judges) at 640x480, the
 reference frame, with every style, at user stroke 1 under each candidate unit, and measures the
 style distance to each painting (VGG Gram, as ``bench.quality``: three crops of the painting at
-``--painting-size``). The unit with the lowest mean distance is the fit; ``--fit OUT`` writes a
+``--painting-size``). The fit is the coarsest unit whose mean distance is within ``--tolerance``
+(1 %) of the lowest: the curve is flat near its minimum, and of two units that paint as close to
+the paintings the coarser keeps more of the photo and flickers less on video. ``--fit OUT`` writes a
 copy of the checkpoint that carries it (and keeps its stroke floor: the unit changes nothing at
 the reference frame that the floor describes). Content distance is printed beside it: finer
 marks keep less of the photo's structure, and they flicker more on video, which only
@@ -44,6 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bench.stroke_unit")
 UNITS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.15)  # the units tried by default
+TOLERANCE = 0.01  # a unit this close (relative) to the lowest style distance counts as as close
+
+
+def best_unit(table: dict[float, dict[str, float]], tolerance: float = TOLERANCE) -> float:
+    """The coarsest unit whose mean style distance is within ``tolerance`` (relative) of the lowest."""
+    lowest = min(row["style"] for row in table.values())
+    return max(u for u, row in table.items() if row["style"] <= lowest * (1.0 + tolerance))
 
 
 def unit_distances(
@@ -97,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--styles-dir", type=Path, default=PAINTINGS, help="folder holding the paintings")
     p.add_argument("--painting-size", type=int, default=480, help="short side the paintings are scaled to")
     p.add_argument("--units", default=",".join(f"{u:g}" for u in UNITS), help="comma-separated stroke units to try")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help="the fit is the coarsest unit within this relative distance of the lowest style distance",
+    )
     p.add_argument("--fit", type=Path, metavar="OUT", help="write a copy of the model carrying the best unit here")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
@@ -127,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{label}: {e}") from None
     finally:
         be.close()
-    best = min(table, key=lambda u: table[u]["style"])
+    best = best_unit(table, args.tolerance)
     print(f"\n{label}: stroke 1 at {LARGE[0]}x{LARGE[1]}, {len(photos)} training photos x {len(sources)} styles\n")
     print("| stroke unit | style distance | content distance |")
     print("| ---: | ---: | ---: |")
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {u:g}{mark} | {row['style']:.4f} | {row['content']:.3f} |")
     record = {
         "unit": best,
+        "tolerance": args.tolerance,
         "photos": [name for name, _ in named],
         "paintings": sources,
         "painting_size": args.painting_size,
