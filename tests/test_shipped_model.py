@@ -3,6 +3,7 @@ consistent and credited."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,6 @@ def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame(
     from bench.quality.inputs import cover_crop
     from bench.stroke_step import LARGE, step_ratios
     from common.paths import CONTENT_DIR
-    from common.stroke import StrokeScale
     from engines.runtime import load_backend
 
     backend = load_backend(V2 / ONNX, "onnxruntime-cpu", num_threads=2, precision="fp32")
@@ -152,11 +152,11 @@ def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame(
     try:
         ratios = step_ratios(backend, photos)
         assert backend.stroke_scale.floor > 0
-        backend.stroke_scale = StrokeScale(backend.stroke_scale.anchors)  # the plan before the floor
+        backend.stroke_scale = dataclasses.replace(backend.stroke_scale, floor=0.0)  # the plan before the floor
         unfloored = step_ratios(backend, photos, strokes=(1.0,)).medians()
     finally:
         backend.close()
     medians = ratios.medians()
     assert 0.9 <= medians["kept@1"] <= 1.1 and 0.9 <= medians["kept@1.6"] <= 1.1, ratios
     assert medians["jumped@1"] <= 0.85, ratios
-    assert unfloored["kept@1"] < 0.9, unfloored  # 0.886 on a Xeon
+    assert unfloored["kept@1"] < 0.9, unfloored  # 0.893 on a Xeon (unit 0.9; 0.886 with unit 1)
