@@ -66,7 +66,7 @@ class Backend(Protocol):
     precision: str  # the arithmetic it runs: "fp32", "fp16", "bf16" or "int8"
     reason: str  # why it runs: picked by load_backend("auto") and why, or requested explicitly
     precision_reason: str  # why at that precision: measured fastest that passed its parity gate, or asked for
-    stroke_scale: StrokeScale  # its stroke anchors (none: one brush size, resampled) and stroke floor
+    stroke_scale: StrokeScale  # its stroke anchors (none: one brush size, resampled), stroke floor and unit
 
     def stylize(self, frame: np.ndarray, weights: np.ndarray, stroke: float = 1.0) -> np.ndarray:
         """One HxWx3 uint8 RGB frame (any size >= 8x8) and [S] weights -> stylized HxWx3 uint8.

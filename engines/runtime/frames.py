@@ -86,7 +86,7 @@ class FrameBackend(ABC):
     precision: str = "fp32"
     reason: str = "requested explicitly"
     precision_reason: str = "fp32: the only precision this backend runs"
-    stroke_scale: StrokeScale = StrokeScale()  # the model's stroke anchors and floor (no anchors: no stroke input)
+    stroke_scale: StrokeScale = StrokeScale()  # the model's stroke anchors, floor and unit (no anchors: v1)
 
     @abstractmethod
     def _run(self, images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:

@@ -45,7 +45,7 @@ class ModelInfo:
 
     @property
     def stroke_scale(self) -> StrokeScale:
-        """The stroke anchors and stroke floor (``common.stroke``)."""
+        """The stroke anchors, floor and unit (``common.stroke``)."""
         return StrokeScale.of(self.generator)
 
 
