@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from engines.runtime.frames import FrameBackend
     from trainer.metrics import VggMetrics
 
-log = logging.getLogger("bench.stroke_unit")
 UNITS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.15)  # the units tried by default
 TOLERANCE = 0.01  # a unit this close (relative) to the lowest style distance counts as as close
 
