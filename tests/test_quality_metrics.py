@@ -382,6 +382,30 @@ def block_photos(folder: Path, count: int, size: tuple[int, int] = (640, 480), s
     return folder, names
 
 
+def strokes_asked(onnx: Path, stroke: float) -> list[float]:
+    """The stroke input an ONNX Runtime backend gives the network for user ``stroke`` on a 640x480
+    frame, then on a 320x240 one (style 0)."""
+    from engines.runtime import load_backend
+
+    backend = load_backend(onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
+    asked: list[float] = []
+    inner = backend._run  # type: ignore[attr-defined]
+
+    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
+        assert strokes is not None
+        asked.append(float(strokes[0]))
+        return inner(images, weights, strokes)
+
+    backend._run = run  # type: ignore[attr-defined]
+    w = np.eye(len(backend.styles), dtype=np.float32)[0]
+    try:
+        for h, wd in ((480, 640), (240, 320)):
+            backend.stylize(np.zeros((h, wd, 3), np.uint8), w, stroke)
+    finally:
+        backend.close()
+    return asked
+
+
 def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -392,7 +416,7 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     from bench import stroke_step
     from common.split import held_out
     from engines.export import export_onnx
-    from engines.runtime import load_backend, read_model_info
+    from engines.runtime import read_model_info
     from engines.triton import model_parameters
     from trainer.checkpoint import load_checkpoint
 
@@ -421,21 +445,7 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
     onnx = export_onnx(four, four.with_suffix(".onnx"))
     assert read_model_info(onnx).stroke_scale.floor == 0.4
     assert model_parameters(onnx)["stylecast.stroke_floor"] == "0.4"  # what a Triton client plans with
-    backend = load_backend(onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
-    asked: list[float] = []
-    inner = backend._run  # type: ignore[attr-defined]
-
-    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
-        assert strokes is not None
-        asked.append(float(strokes[0]))
-        return inner(images, weights, strokes)
-
-    backend._run = run  # type: ignore[attr-defined]
-    w = np.array([1, 0, 0], np.float32)
-    for h, wd in ((480, 640), (240, 320)):
-        backend.stylize(np.zeros((h, wd, 3), np.uint8), w, 1.6)
-    backend.close()
-    assert asked == [pytest.approx(1.6), pytest.approx(0.5 * 1.6 - 0.5 * 0.4)]
+    assert strokes_asked(onnx, 1.6) == [pytest.approx(1.6), pytest.approx(0.5 * 1.6 - 0.5 * 0.4)]
 
     with pytest.raises(SystemExit, match="exactly one"):
         stroke_step.main([*args, "--model", f"b={tiny_v2_checkpoint}", "--fit-floor", str(out)])
@@ -452,7 +462,7 @@ def test_stroke_unit_fit_measures_against_the_paintings_on_training_photos_and_t
     from bench import stroke_step, stroke_unit
     from common.split import held_out
     from engines.export import export_onnx
-    from engines.runtime import load_backend, read_model_info
+    from engines.runtime import read_model_info
     from engines.triton import model_parameters
     from trainer.checkpoint import load_checkpoint
 
@@ -490,21 +500,7 @@ def test_stroke_unit_fit_measures_against_the_paintings_on_training_photos_and_t
     onnx = export_onnx(both, both.with_suffix(".onnx"))
     assert read_model_info(onnx).stroke_scale.unit == 0.8
     assert model_parameters(onnx)["stylecast.stroke_unit"] == "0.8"  # what a Triton client plans with
-    backend = load_backend(onnx, "onnxruntime-cpu", num_threads=1, precision="fp32")
-    asked: list[float] = []
-    inner = backend._run  # type: ignore[attr-defined]
-
-    def run(images: np.ndarray, weights: np.ndarray, strokes: np.ndarray | None) -> np.ndarray:
-        assert strokes is not None
-        asked.append(float(strokes[0]))
-        return inner(images, weights, strokes)
-
-    backend._run = run  # type: ignore[attr-defined]
-    w = np.array([1, 0, 0], np.float32)
-    for h, wd in ((480, 640), (240, 320)):
-        backend.stylize(np.zeros((h, wd, 3), np.uint8), w, 1.6)
-    backend.close()
-    assert asked == [pytest.approx(0.8 * 1.6), pytest.approx(0.5 * (0.8 * 1.6 + 0.4) - 0.4)]
+    assert strokes_asked(onnx, 1.6) == [pytest.approx(0.8 * 1.6), pytest.approx(0.5 * (0.8 * 1.6 + 0.4) - 0.4)]
 
     with pytest.raises(SystemExit, match="exactly one"):
         stroke_unit.main([*args, "--model", f"b={tiny_v2_checkpoint}"])
