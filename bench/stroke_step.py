@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_options(p, "a v2 model (.onnx or .safetensors), one row each", num_photos=8)
+    add_model_options(
+        p, "a v2 model (.onnx or .safetensors), one row each", 8, "held-out photos (with --fit-floor: training photos)"
+    )
     p.add_argument("--json", type=Path, help="also write the result here")
     p.add_argument(
         "--fit-floor",

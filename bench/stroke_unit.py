@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_model_options(p, "the v2 checkpoint (.safetensors) to measure (once)", num_photos=4)
+    add_model_options(p, "the v2 checkpoint (.safetensors) to measure (once)", 4, "training photos")
     p.add_argument("--styles-dir", type=Path, default=PAINTINGS, help="folder holding the paintings")
     p.add_argument("--painting-size", type=int, default=480, help="short side the paintings are scaled to")
     p.add_argument("--units", default=",".join(f"{u:g}" for u in UNITS), help="comma-separated stroke units to try")

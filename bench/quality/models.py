@@ -60,15 +60,17 @@ def model_spec(spec: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
-def add_model_options(parser: argparse.ArgumentParser, model_help: str, num_photos: int) -> None:
-    """The options of a bench that measures models on held-out photos (``bench.stroke_step``,
-    ``bench.shift_phase``): ``--model`` (repeated), ``--photos``, ``--num-photos``, ``--backend``,
-    ``--threads``."""
+def add_model_options(
+    parser: argparse.ArgumentParser, model_help: str, num_photos: int, photos: str = "held-out photos"
+) -> None:
+    """The options of a bench that measures models on photos (``bench.stroke_step``,
+    ``bench.shift_phase``, ``bench.stroke_unit``): ``--model`` (repeated), ``--photos``,
+    ``--num-photos``, ``--backend``, ``--threads``. ``photos`` says which ones it uses."""
     from bench.data import PHOTOS
 
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=PATH", help=model_help)
-    parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder the held-out photos are chosen from")
-    parser.add_argument("--num-photos", type=int, default=num_photos, help="how many held-out photos")
+    parser.add_argument("--photos", type=Path, default=PHOTOS, help=f"folder the {photos} are chosen from")
+    parser.add_argument("--num-photos", type=int, default=num_photos, help=f"how many {photos}")
     parser.add_argument("--backend", default="onnxruntime-cpu", help="runtime for .onnx models (float32: no rounding)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for inference")
 
