@@ -2,7 +2,7 @@
 
 Copy-paste command (from the repository root)::
 
-    python -m bench.stroke_unit --model v2=runs/v2/fitted.safetensors --fit runs/v2/fitted.safetensors
+    python -m bench.stroke_unit --model v2=runs/v2/default.safetensors --fit runs/v2/unit.safetensors
 
 ``common.stroke`` defines a user's stroke 1 as marks that cover as much of the frame as the
 painting's own marks cover of the painting. A trained network's stroke input only approximates

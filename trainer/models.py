@@ -55,8 +55,8 @@ side is 480 px, 2 paints them twice as large. The affine rows exist at the
 anchors ``config.strokes`` (0.5, 1, 2); a stroke between two anchors
 interpolates their rows linearly in log2(stroke), like a style mix, and down to
 half an anchor step below the finest the line through its two finest rows goes
-on (``common.stroke.stroke_limits``). ``config.stroke_floor`` says how a runtime
-should ask for a stroke at each frame size (``common.stroke.StrokeScale``).
+on (``common.stroke.stroke_limits``). ``config.stroke_floor`` and ``config.stroke_unit``
+say how a runtime should ask for a stroke at each frame size (``common.stroke.StrokeScale``).
 """
 
 from __future__ import annotations
