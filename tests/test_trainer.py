@@ -721,6 +721,44 @@ def test_training_leaves_out_the_held_out_photos(tmp_path: Path) -> None:
     assert {p.name for p in kept.paths} == set(names) - expected_out
 
 
+def test_a_copy_of_a_held_out_photo_elsewhere_is_left_out_of_training_too(tmp_path: Path) -> None:
+    from common.split import held_out
+
+    folder = tmp_path / "photos"
+    (folder / "other").mkdir(parents=True)
+    names = [f"p{i:02d}.png" for i in range(24)]
+    for i, name in enumerate(names):
+        _photo(folder / name, i, size=(160, 120))
+    out = sorted(n for n in names if held_out(n))
+    # A smaller, re-encoded copy of a held-out photo under another name, as a second folder of a
+    # photo collection often has; its own path is not held out, so only its picture gives it away.
+    copy = next(f"other/copy{i}.jpg" for i in range(100) if not held_out(f"other/copy{i}.jpg"))
+    Image.open(folder / out[0]).resize((100, 75)).save(folder / copy, quality=80)
+    kept = {p.relative_to(folder).as_posix() for p in ContentImages.from_folder(folder, 32, skip=held_out).paths}
+    assert kept == set(names) - set(out)  # the copy is gone, every other training photo stays
+    # Without the split nothing is compared or dropped.
+    assert copy in {p.relative_to(folder).as_posix() for p in ContentImages.from_folder(folder, 32).paths}
+
+
+def test_the_shipped_content_set_chooses_only_photos_training_may_use(tmp_path: Path) -> None:
+    from common.split import held_out
+    from trainer.content_set import FOLDERS, choose
+
+    data = tmp_path / "data"
+    for f, (folder, readme) in enumerate(FOLDERS.items()):
+        (data / "content" / folder).mkdir(parents=True)
+        blocks = []
+        for i in range(16):
+            _photo(data / "content" / folder / f"photo{i}.png", 100 * f + i)
+            blocks.append(f"Files: photo{i}.png\nCopyright: someone\nLicense: CC0-1.0\nSource: https://example.org/{i}")
+        (data / "attribution" / readme).parent.mkdir(parents=True)
+        (data / "attribution" / readme).write_text("\n\n".join(blocks), encoding="utf-8")
+    paths = [p.relative_to(data / "content").as_posix() for p, _ in choose(data, per_folder=16)]
+    every = [f"{folder}/photo{i}.png" for folder in FOLDERS for i in range(16)]
+    assert any(held_out(p) for p in every)  # the split holds some of these out
+    assert sorted(paths) == sorted(p for p in every if not held_out(p))
+
+
 def test_video_pairs_use_only_the_training_frames_and_their_warp_aligns(tmp_path: Path) -> None:
     """A synthetic pan: frame t+1 is frame t moved 2 px right. Warping the first frame with the
     measured flow must bring it much closer to the second than it was."""

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from trainer.data import load_rgb
+from common.split import held_out
+from trainer.data import load_rgb, training_files
 
 FOLDERS = {  # content folder -> the README with its per-file credits (under attribution/)
     "gcompris-qt-data__explore_monuments": "gcompris/explore_monuments/explore_monuments/resource/README",
@@ -60,14 +61,22 @@ def parse_credits(readme: Path) -> dict[str, dict[str, str]]:
 
 
 def choose(data: Path, per_folder: int) -> list[tuple[Path, dict[str, str]]]:
-    """Up to ``per_folder`` freely licensed photos of each folder, spread over its sorted files."""
+    """Up to ``per_folder`` freely licensed photos of each folder, spread over its sorted files.
+
+    Only photos that training may use (``trainer.data.training_files``): the benches judge on
+    the held-out ones, and a style learned on this set must not have seen them.
+    """
+    allowed = set(training_files(data / "content", held_out))
     chosen = []
     for folder, readme in FOLDERS.items():
         credits = parse_credits(data / "attribution" / readme)
         files = [
             p
             for p in sorted((data / "content" / folder).iterdir())
-            if p.name in credits and FREE.match(credits[p.name].get("License", "")) and credits[p.name].get("Source")
+            if p in allowed
+            and p.name in credits
+            and FREE.match(credits[p.name].get("License", ""))
+            and credits[p.name].get("Source")
         ]
         step = max(1, len(files) // per_folder)
         chosen += [(p, credits[p.name]) for p in files[::step][:per_folder]]

@@ -63,6 +63,52 @@ def load_rgb(path: Path, short_side: int | None = None) -> Image.Image:
         return im
 
 
+SAME_PICTURE = 0.98  # thumbnail correlation above which two files show one picture
+
+
+def picture_print(path: Path, side: int = 16) -> np.ndarray | None:
+    """A ``side`` x ``side`` grey thumbnail, zero-mean and unit-length (None if unreadable): two
+    files show the same picture, whatever their size, format or compression, when the dot
+    product of their prints is near 1. On the training material copies score 0.9998 or more
+    and the closest different pictures 0.90."""
+    try:
+        with Image.open(path) as src:
+            src.draft("L", (side * 4, side * 4))  # JPEG decodes at a fraction of its size
+            grey = ImageOps.exif_transpose(src).convert("L").resize((side, side), Image.Resampling.BOX)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+    v = np.asarray(grey, dtype=np.float64).ravel()
+    v -= v.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-9 else None  # a flat picture is nobody's copy
+
+
+def training_files(folder: str | Path, skip: Callable[[str], bool] | None) -> list[Path]:
+    """The images under ``folder`` that training may use: all of them except those that
+    ``skip(relative posix path)`` holds out and any that shows the same picture as a held-out
+    one (a resized or re-encoded copy in another folder would put a held-out photo into training)."""
+    files = find_images(folder)
+    if skip is None:
+        return files
+    root = Path(folder)
+    left = [p for p in files if skip(p.relative_to(root).as_posix())]
+    files = [p for p in files if not skip(p.relative_to(root).as_posix())]
+    if left:
+        log.info("left out %d held-out photos under %s", len(left), folder)
+    held = [v for v in map(picture_print, left) if v is not None]
+    if not held or not files:
+        return files
+    prints = np.stack(held)
+    keep = []
+    for path in files:
+        v = picture_print(path)
+        if v is not None and float((prints @ v).max()) > SAME_PICTURE:
+            log.info("left out %s: the same picture as a held-out photo", path.relative_to(root).as_posix())
+        else:
+            keep.append(path)
+    return keep
+
+
 def preview_photo(folder: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """The first usable photo under ``folder``, cut to ``size`` (w, h) around its centre: [3,h,w] in [0,1]."""
     for path in find_images(folder):
@@ -101,16 +147,11 @@ class ContentImages:
         Crops are then cut at random scales between ``size`` and the short side, so
         ``work_side`` sets the largest scale a crop shows the scene at (640 for v2: a
         256 px crop is then between 40 % and all of a video frame's short side).
-        ``skip(relative posix path)`` leaves photos out (the held-out split).
+        ``skip(relative posix path)`` leaves photos out (the held-out split), with any copy of
+        them (:func:`training_files`).
         """
         min_side = min_side if min_side is not None else size // 2
-        files = find_images(folder)
-        if skip is not None:
-            root = Path(folder)
-            left = [p for p in files if skip(p.relative_to(root).as_posix())]
-            files = [p for p in files if not skip(p.relative_to(root).as_posix())]
-            if left:
-                log.info("left out %d held-out photos under %s", len(left), folder)
+        files = training_files(folder, skip)
         if not files:
             raise DataError(f"no images (jpg, png, webp) found under {folder}")
         images, kept = [], []
