@@ -232,6 +232,20 @@ def test_quality_bench_runs_end_to_end_on_small_data(
     assert "| tiny |" in result["table"]
 
 
+def test_footage_for_choosing_a_setting_comes_from_the_training_part_of_the_video(tmp_path: Path) -> None:
+    from bench.quality.inputs import read_video
+
+    frames = [np.full((16, 24, 3), 20 * i, np.uint8) for i in range(10)]  # frame i is grey 20*i
+    write_video(tmp_path / "v.avi", frames)
+    held, _, start = read_video(tmp_path / "v.avi", None, 3, 1.0)
+    assert start == 6 and [int(f.mean()) for f in held] == [120, 140, 160]  # the held-out last 40 %
+    train, _, start = read_video(tmp_path / "v.avi", None, 3, 1.0, training=True)
+    assert start == 3 and [int(f.mean()) for f in train] == [60, 80, 100]  # the last 3 before it
+    assert read_video(tmp_path / "v.avi", 0, 6, 1.0, training=True)[2] == 0
+    with pytest.raises(SystemExit, match="past the training part"):
+        read_video(tmp_path / "v.avi", 1, 6, 1.0, training=True)
+
+
 def test_the_footage_score_splits_texture_flicker_from_regional_flicker() -> None:
     """``video_scores``: marks that flip from frame to frame flicker, but blurred they are flat (the
     regional part is near 0); the whole picture brightening and darkening is flicker at every scale."""

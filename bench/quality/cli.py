@@ -27,7 +27,8 @@ Copy-paste commands (from the repository root)::
 What it measures (definitions in ``bench/metrics.py``):
 
 * photos (``--photos``, ``--num-photos`` of them, only the held-out ones that training
-  never sees unless ``--all-photos``, resized to cover ``--size`` (384, or 640x480 for the
+  never sees unless ``--all-photos`` or ``--training-photos`` (which also takes the footage
+  from the training part of the video: for choosing a setting), resized to cover ``--size`` (384, or 640x480 for the
   frame a camera sends) and centre-cropped): for each of our styles i, the output of style i vs
   painting i: **style distance** (relative VGG19 Gram distance, relu1_1..4_1);
   output vs input: **content distance** (relu4_1, relative) and **edge F1**
@@ -201,7 +202,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def photo_phase(plan: Plan, args: argparse.Namespace) -> PhotoPhase:
     """Every model (and the peer's best match per painting) on every photo."""
     t0 = time.time()
-    named = select_photos(args.photos, args.num_photos, args.size, held_out_only=not args.all_photos)
+    named = select_photos(
+        args.photos,
+        args.num_photos,
+        args.size,
+        held_out_only=args.split == "held-out",
+        training_only=args.split == "training",
+    )
     photos = [img for _, img in named]
     vgg, paintings, peer = plan.vgg, plan.paintings, plan.peer
     input_stats = [vgg.stats(img) for img in photos]
@@ -231,7 +238,7 @@ def video_phase(
     """Warping error (real footage, flow; and a known pan of photos), contrast and strength of every
     model's video (filled into ``results``) and of the input. Fixed-size models (the one-shot peer) skip it."""
     t0 = time.time()
-    frames, fps, start = read_video(args.video, args.start, args.frames, args.video_scale)
+    frames, fps, start = read_video(args.video, args.start, args.frames, args.video_scale, args.split == "training")
     flow = FlowEstimator()
     pairs = [flow.pair(frames[t - 1], frames[t]) for t in tqdm(range(1, len(frames)), desc="flow", unit="pair")]
     clips = [pan_frames(img, args.pan_frames, PAN_STEP) for _, img in photos.named[: args.pan_photos]]
@@ -295,7 +302,8 @@ def report(plan: Plan, photos: PhotoPhase, video: VideoPhase, args: argparse.Nam
             "photos": str(args.photos),
             "num_photos": len(photos.named),
             "size": list(args.size),
-            "held_out_only": not args.all_photos,
+            "held_out_only": args.split == "held-out",
+            "split": args.split,
             "pan": {"photos": min(args.pan_photos, len(photos.named)), "frames": args.pan_frames, "step_px": PAN_STEP},
             "painting_size": args.painting_size,
             "peer_screen": photos.n_screen,
@@ -393,10 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="photos are resized to cover PX x PX (or WIDTHxHEIGHT, e.g. 640x480: the camera's frame) and "
         "centre-cropped to it",
     )
-    p.add_argument(
+    split = p.add_mutually_exclusive_group()
+    split.add_argument(
         "--all-photos",
-        action="store_true",
+        dest="split",
+        action="store_const",
+        const="all",
+        default="held-out",
         help="choose among every photo, not only the held-out ones training never sees (common.split)",
+    )
+    split.add_argument(
+        "--training-photos",
+        dest="split",
+        action="store_const",
+        const="training",
+        help="judge only on material training may use: its photos, and footage from the training part of "
+        "the video (by default its last --frames frames): to choose a setting without looking at the "
+        "held-out material that judges it",
     )
     p.add_argument("--styles-dir", type=Path, default=PAINTINGS, help="folder holding the paintings")
     p.add_argument(
@@ -411,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="INDEX",
         default=None,
-        help="first video frame (index); default: the first held-out frame (the last 40 %%, common.split)",
+        help="first video frame (index); default: the first held-out frame (the last 40 %%, common.split), "
+        "or with --training-photos the last --frames frames before it",
     )
     p.add_argument("--pan-photos", type=int, metavar="N", default=3, help="photos panned for the known-motion error")
     p.add_argument("--pan-frames", type=int, metavar="N", default=8, help="frames per panned photo")

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from bench.metrics import edge_map
-from common.split import held_out, video_held_out_frames
-from trainer.data import find_images, find_painting, load_rgb
+from common.split import held_out, video_held_out_frames, video_train_frames
+from trainer.data import find_images, find_painting, load_rgb, training_files
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,20 @@ def select_photos(
     """``count`` photos spread evenly over the sorted folder, as ``size`` (width, height) uint8 RGB.
 
     ``held_out_only``: only the photos training never sees (``common.split``, by the path
-    relative to ``folder``, as the trainer decides it); ``training_only``: only the others (to
-    calibrate on, leaving the held-out ones to judge). Photos that would be upscaled and
+    relative to ``folder``, as the trainer decides it); ``training_only``: only the photos
+    training may use (``trainer.data.training_files``: to calibrate on, leaving the held-out
+    ones to judge). Photos that would be upscaled and
     photos with almost no edges (defocused or flat: edge F1 means nothing there) are passed
     over for the next file in the folder.
     """
-    files = find_images(folder)
     if held_out_only and training_only:
         raise ValueError("held_out_only and training_only exclude each other")
-    if held_out_only or training_only:
-        files = [f for f in files if held_out(f.relative_to(folder).as_posix()) == held_out_only]
+    if training_only:
+        files = training_files(folder, held_out)  # as the trainer decides it, copies of held-out photos left out
+    else:
+        files = find_images(folder)
+    if held_out_only:
+        files = [f for f in files if held_out(f.relative_to(folder).as_posix())]
     which = " held out" if held_out_only else " for training" if training_only else ""
     if not files:
         raise SystemExit(f"no photos (jpg, png, webp){which} under {folder}")
@@ -103,17 +107,29 @@ def painting_crops(path: Path, short: int, crop: int) -> list[np.ndarray]:
     return out
 
 
-def read_video(path: Path, start: int | None, count: int, scale: float) -> tuple[list[np.ndarray], float, int]:
+def read_video(
+    path: Path, start: int | None, count: int, scale: float, training: bool = False
+) -> tuple[list[np.ndarray], float, int]:
     """``count`` consecutive frames as uint8 RGB, scaled, cropped to multiples of 8; (frames, fps, start).
 
-    ``start=None``: the first frame of the held-out part (``common.split``), which training never sees.
+    ``start=None``: the first frame of the held-out part (``common.split``), which training never
+    sees. ``training``: frames from the part training may use (by default its last ``count``,
+    next to the held-out part), and an error if ``start`` would reach into the held-out part.
     """
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise SystemExit(f"cannot open video {path}")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    if start is None:
-        start = video_held_out_frames(int(cap.get(cv2.CAP_PROP_FRAME_COUNT))).start
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if training:
+        train = video_train_frames(total)
+        start = max(0, train.stop - count) if start is None else start
+        if start + count > train.stop:
+            cap.release()
+            raise SystemExit(f"frames {start}..{start + count - 1} reach past the training part of {path} "
+                             f"(frames 0..{train.stop - 1}; the rest is held out)")  # fmt: skip
+    elif start is None:
+        start = video_held_out_frames(total).start
     cap.set(cv2.CAP_PROP_POS_FRAMES, start)
     frames: list[np.ndarray] = []
     while len(frames) < count:
