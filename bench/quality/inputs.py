@@ -45,9 +45,8 @@ def select_photos(
     ``held_out_only``: only the photos training never sees (``common.split``, by the path
     relative to ``folder``, as the trainer decides it); ``training_only``: only the photos
     training may use (``trainer.data.training_files``: to calibrate on, leaving the held-out
-    ones to judge). Photos that would be upscaled and
-    photos with almost no edges (defocused or flat: edge F1 means nothing there) are passed
-    over for the next file in the folder.
+    ones to judge). Photos that would be upscaled and photos with almost no edges (defocused or
+    flat: edge F1 means nothing there) are passed over for the next file in the folder.
     """
     if held_out_only and training_only:
         raise ValueError("held_out_only and training_only exclude each other")
