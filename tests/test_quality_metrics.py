@@ -246,6 +246,32 @@ def test_footage_for_choosing_a_setting_comes_from_the_training_part_of_the_vide
         read_video(tmp_path / "v.avi", 1, 6, 1.0, training=True)
 
 
+def test_style_targets_carry_how_far_another_draw_of_photos_could_move_them() -> None:
+    from bench.quality.report import check_targets, photo_interval
+
+    ours, ref = [0.08, 0.09, 0.10, 0.07, 0.12, 0.06], [0.12, 0.12, 0.13, 0.11, 0.13, 0.12]
+    lo, hi = photo_interval(ours, ref)
+    ratio = sum(ours) / sum(ref)
+    assert lo < ratio < hi and hi - lo > 0.05  # six photos this spread leave a wide interval
+    assert photo_interval(ref, ref) == (1.0, 1.0)  # the same photos scored alike: no doubt
+    lo4, hi4 = photo_interval(ours * 4, ref * 4)  # four times the photos, scored alike
+    assert hi4 - lo4 < hi - lo
+    with pytest.raises(ValueError, match="do not pair"):
+        photo_interval(ours, ref[:5])
+
+    def summary(per_photo: list[float]) -> dict[str, object]:
+        return {
+            "style_distance": float(np.mean(per_photo)),
+            "content_distance": 1.0,
+            "style_distance_per_photo": per_photo,
+        }
+
+    targets = check_targets({"v1": summary(ref), "v2": summary(ours), "oneshot": summary(ref)}, "nogan", "v1")
+    style = [t for t in targets if t["model"] == "v2" and t["target"].startswith("style distance")]
+    assert len(style) == 2 and all(t["interval"] == [lo, hi] for t in style)
+    assert all("interval" not in t for t in targets if not t["target"].startswith("style distance"))
+
+
 def test_the_footage_score_splits_texture_flicker_from_regional_flicker() -> None:
     """``video_scores``: marks that flip from frame to frame flicker, but blurred they are flat (the
     regional part is near 0); the whole picture brightening and darkening is flicker at every scale."""

@@ -468,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for t in result["targets"]:
         value = f"{t['value']:.2f}x" if "x " in t["target"] or "<= the" in t["target"] else f"{t['value']:.3f}"
+        if "interval" in t:
+            value += f" (90 % of photo draws: {t['interval'][0]:.2f}x-{t['interval'][1]:.2f}x)"
         print(f"{'MET ' if t['met'] else 'MISS'}  {t['model']}: {t['target']}: {value}")
     s = result["settings"]
     print(
