@@ -447,6 +447,12 @@ class GeneratorV2(nn.Module):
         # Plain floats: constants in an exported graph.
         self.log2_anchors = [math.log2(a) for a in config.strokes]
         self.log2_finest = math.log2(stroke_limits(config.strokes)[0])  # below the finest anchor: extrapolated
+        # The same as tensors, made once on the model's device: a tensor built from a list in forward()
+        # is a host-to-device copy on every frame, which a CUDA graph cannot capture. Not in the state dict.
+        self.anchor_grid: torch.Tensor
+        self.register_buffer("anchor_grid", torch.tensor(self.log2_anchors), persistent=False)
+        self.finer_line: torch.Tensor  # the extrapolation below the finest anchor: +1 on it, -1 on the next
+        self.register_buffer("finer_line", torch.tensor([1.0, -1.0, *[0.0] * (k - 2)])[:k], persistent=False)
 
     normalize_style = staticmethod(Generator.normalize_style)
 
@@ -463,16 +469,15 @@ class GeneratorV2(nn.Module):
         device = self.down1.weight.device
         if stroke is None:
             stroke = torch.ones((), dtype=dtype, device=device)
-        u = torch.log2(stroke.to(dtype).reshape(-1, 1).expand(batch, 1).clamp_min(1e-6))
+        u = torch.log2(stroke.to(device=device, dtype=dtype).reshape(-1, 1).expand(batch, 1).clamp_min(1e-6))
         spacing = anchors[1] - anchors[0] if len(anchors) > 1 else 1.0
         u = u.clamp(self.log2_finest, anchors[-1])
-        grid = torch.tensor(anchors, dtype=dtype, device=device)
+        grid = self.anchor_grid.to(dtype)
         hat = F.relu(1.0 - (u.clamp_min(anchors[0]) - grid[None, :]).abs() / spacing)  # [N,K]
         below = (anchors[0] - u).clamp_min(0.0) / spacing  # [N,1]: 0 from the finest anchor up
         if len(anchors) < 2:
             return hat
-        line = torch.tensor([1.0, -1.0] + [0.0] * (len(anchors) - 2), dtype=dtype, device=device)
-        return hat + below * line[None, :]
+        return hat + below * self.finer_line.to(dtype)[None, :]
 
     def style_affines(self, w: torch.Tensor, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(gamma [N,C], beta [N,C]) of every affine for style weights ``w`` [N,S] and stroke weights
