@@ -22,7 +22,9 @@ torch = pytest.importorskip("torch")
 
 # uint8 levels allowed per precision vs the float32 torch reference, and the share of
 # values allowed to differ at all (float32 runtimes differ only in rounding order).
-TOLERANCE = {"fp32": (1, 0.01), "fp16": (3, 0.25)}
+# fp32 on CUDA convolves in TF32 by default (PyTorch's cuDNN convolutions, ONNX Runtime's use_tf32) on
+# Ampere and newer: still at most 1 level off, on more values (1.07 % on an H200, tiny model, 64x96).
+TOLERANCE = {"fp32": (1, 0.01), "fp16": (3, 0.25), "cuda-fp32": (1, 0.03)}
 
 CPU_BACKENDS = ["openvino-cpu", "onnxruntime-cpu", "torch-cpu"]
 
@@ -195,7 +197,7 @@ def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
     images, weights = frames(2, 64, 96), np.array([[1, 0, 0], [1, 1, 1]], np.float32)
     want = reference(tiny_checkpoint, images, weights)
     for g, w in zip(backend.stylize_batch(list(images), weights), want, strict=True):
-        compare_uint8(g, w, backend.name, *TOLERANCE[precision])
+        compare_uint8(g, w, backend.name, *TOLERANCE["cuda-fp32" if precision == "fp32" else precision])
 
 
 @pytest.mark.tensorrt
