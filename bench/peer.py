@@ -49,8 +49,15 @@ class OneShotPeer:
         predict, transform = peer_model_path("arbitrary_predict.onnx"), peer_model_path("arbitrary_transform.onnx")
         if predict is None or transform is None:
             raise FileNotFoundError("the one-shot peer is not installed (pip install 'stylecast[bench]')")
-        self.predict = ort.InferenceSession(str(predict), providers=["CPUExecutionProvider"])
-        self.transform = ort.InferenceSession(str(transform), providers=["CPUExecutionProvider"])
+        # Both graphs are quantized (QuantizeLinear/DequantizeLinear pairs). Past the basic level, ONNX
+        # Runtime fuses those into integer kernels whose results depend on the CPU: on an AMD EPYC
+        # without VNNI (ONNX Runtime 1.32), the style vector moved by up to 0.5, the pictures got streaks
+        # and the style distance at 384 went from 0.122 (Xeon) to 0.186. Basic optimisation computes
+        # the graph as written, the same on every CPU (tests/test_quality_metrics.py checks it).
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.predict = ort.InferenceSession(str(predict), options, providers=["CPUExecutionProvider"])
+        self.transform = ort.InferenceSession(str(transform), options, providers=["CPUExecutionProvider"])
         self.style_input = next(i.name for i in self.transform.get_inputs() if i.name != "content_image")
 
     def style_vector(self, painting: Path) -> np.ndarray:

