@@ -22,7 +22,10 @@ At each size every configuration is compiled and warmed first; then, runtime by
 runtime, ours and the peer at each precision are timed in turns of 5 calls (the
 first of each turn untimed, so no model pays for the caches the other emptied), so
 drift on a noisy machine hits all alike. The
-headline row per size is each model at its own fastest precision. The JSON and
+headline row per size is each model at its own fastest precision among those that
+pass the runtime's precision gate here (PSNR against fp32 on the probe, as
+``load_backend``'s auto applies it): an int8 model whose integer kernels round too
+far on this CPU is timed and shown, but not counted as the model's speed. The JSON and
 the table record the CPU model and its flags. Timings never pass or fail anything.
 """
 
@@ -49,6 +52,7 @@ from common.cpu import cpu_bf16_flag, cpu_summary
 from common.paths import DEFAULT_MODEL
 from common.sizes import format_size, parse_sizes
 from engines.runtime import EngineError, load_backend
+from engines.runtime.precision import PSNR_FLOOR, probe_psnr, run_probe
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,10 @@ class Timing:
     median_ms: float
     p90_ms: float
     repeats: int
+    # Ours: the runtime's precision gate on this machine (engines.runtime.precision), which is what
+    # load_backend's auto applies: PSNR vs fp32 on the probe (None for fp32 itself and the peer).
+    psnr_db: float | None = None
+    passes_gate: bool = True  # False: auto would refuse this precision here, so it is never "fastest"
 
 
 def untrained_default_model(folder: Path, num_styles: int = PEER_STYLES) -> Path:
@@ -229,6 +237,7 @@ def run_bench(
                     ours.append((label, prec, _load_ours(path, b, prec, num_threads)))
                 except (EngineError, ValueError, ImportError) as e:  # a bench covers what is available
                     skipped[f"{label} {b} {prec}"] = str(e)
+    gate = _gate(ours)
     peers: list[tuple[str, str, PeerRunner]] = []
     if peer is not None:
         for b in ("openvino-cpu", "openvino-cpu-dynamic", "onnxruntime-cpu"):
@@ -270,7 +279,8 @@ def run_bench(
                 for (m, b, prec), (med, p90) in zip(
                     [lab for lab, _ in group], _interleaved([c for _, c in group], warmup, repeats), strict=True
                 ):
-                    rows.append(Timing(m, b, prec, size, round(med, 2), round(p90, 2), repeats))
+                    db, passes = gate.get((m, b, prec), (None, True))
+                    rows.append(Timing(m, b, prec, size, round(med, 2), round(p90, 2), repeats, db, passes))
             bar.update()
     finally:
         bar.close()
@@ -301,13 +311,30 @@ def run_bench(
     }
 
 
+def _gate(ours: list[tuple[str, str, Any]]) -> dict[tuple[str, str, str], tuple[float | None, bool]]:
+    """(label, backend, precision) -> (PSNR vs fp32 on the probe, passes) for every non-fp32 configuration
+    of ours, with the runtime's own gate: a precision auto would refuse here (an int8 model on a CPU
+    whose integer kernels round it too far, say) must not be reported as the model's speed."""
+    out: dict[tuple[str, str, str], tuple[float | None, bool]] = {}
+    for label, name in dict.fromkeys((lab, b.name) for lab, _, b in ours):
+        members = [(p, b) for lab, p, b in ours if (lab, b.name) == (label, name)]
+        ref = next((b for p, b in members if p == "fp32"), None)
+        want = run_probe(ref) if ref is not None else None
+        for p, b in members:
+            if p != "fp32":  # without an fp32 reference here, nothing vouches for it
+                db = probe_psnr(b, want) if want is not None else None
+                out[(label, name, p)] = (db, db is not None and db >= PSNR_FLOOR.get(p, 0.0))
+    return out
+
+
 def best_per_size(rows: list[Timing]) -> list[dict[str, Any]]:
-    """Per size: ours, the peer and each --compare model at their fastest configuration, and the ratios."""
+    """Per size: ours, the peer and each --compare model at their fastest configuration that passes the
+    precision gate here, and the ratios."""
     out = []
     for size in dict.fromkeys(r.size for r in rows):
         best = {}
         for m in dict.fromkeys(r.model for r in rows):
-            cands = [r for r in rows if r.size == size and r.model == m]
+            cands = [r for r in rows if r.size == size and r.model == m and r.passes_gate]
             if cands:
                 best[m] = min(cands, key=lambda r: r.median_ms)
         if "ours" in best:
@@ -358,11 +385,16 @@ def format_table(result: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| model | backend | precision | size | median ms | p90 ms |",
-        "| --- | --- | --- | --- | ---: | ---: |",
+        "| model | backend | precision | size | median ms | p90 ms | PSNR vs fp32 (gate) |",
+        "| --- | --- | --- | --- | ---: | ---: | --- |",
     ]
     for r in result["rows"]:
         cells = [r["model"], r["backend"], r["precision"], r["size"], f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}"]
+        if r["model"] == "peer" or r["precision"] == "fp32":
+            cells.append("-")
+        else:
+            db = "no fp32 reference" if r["psnr_db"] is None else f"{r['psnr_db']:.1f} dB"
+            cells.append(db if r["passes_gate"] else f"{db}: refused here, not counted as fastest")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"ours: {result['timed']['ours']}.")

@@ -220,3 +220,45 @@ def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tiny_v2_onnx: P
     assert "| v2 | openvino-cpu | fp32 | 64x48 |" in table and "- 64x48: v2 (openvino-cpu" in table
     path = write_json(result, tmp_path / "speed.json")
     assert json.loads(path.read_text())["rows"] == result["rows"]
+
+
+def test_bench_counts_as_a_models_speed_only_precisions_the_gate_lets_through(
+    tiny_onnx: Path, tiny_v2_onnx: Path
+) -> None:
+    """An int8 model whose kernels round too far on this CPU is refused by load_backend's auto, so the
+    bench must not report its time as the model's speed (seen: v2's int8 on an AMD EPYC, 29.8 dB)."""
+    from dataclasses import asdict
+
+    from bench.model_speed import Timing, _gate, best_per_size, format_table
+    from engines.runtime import load_backend
+
+    def ov(path: Path) -> object:
+        return load_backend(path, "openvino-cpu", num_threads=1, precision="fp32")
+
+    # Real backends: the same model as the "int8" of one label passes (identical pictures), another
+    # model standing in for the "int8" of the other label is far from its fp32 and is refused.
+    same, other = ov(tiny_onnx), ov(tiny_v2_onnx)
+    ours = [("m", "fp32", ov(tiny_onnx)), ("m", "int8", same), ("n", "fp32", ov(tiny_onnx)), ("n", "int8", other)]
+    gate = _gate(ours)
+    assert gate[("m", "openvino-cpu", "int8")] == (float("inf"), True)
+    db, passes = gate[("n", "openvino-cpu", "int8")]
+    assert db is not None and db < 30 and not passes
+
+    rows = [
+        Timing("ours", "openvino-cpu", "fp32", "64x48", 10.0, 11.0, 2),
+        Timing("ours", "openvino-cpu", "int8", "64x48", 5.0, 6.0, 2, 29.8, False),
+        Timing("v2", "openvino-cpu", "fp32", "64x48", 12.0, 13.0, 2),
+        Timing("v2", "openvino-cpu", "int8", "64x48", 6.0, 7.0, 2, 33.0, True),
+        Timing("peer", "openvino-cpu", "fp32", "64x48", 40.0, 41.0, 2),
+    ]
+    best = best_per_size(rows)[0]
+    assert best["ours"] == "openvino-cpu fp32" and best["ours_ms"] == 10.0 and best["peer_over_ours"] == 4.0
+    assert best["compare"]["v2"]["config"] == "openvino-cpu int8" and best["compare"]["v2"]["over_ours"] == 0.6
+    result = {
+        "cpu": {"model": "x", "flags": [], "cores": 2}, "threads": 2, "repeats": 2, "warmup": 1,
+        "best": [best], "rows": [asdict(r) for r in rows], "timed": {"ours": "o", "peer": "p"},
+        "notes": [], "skipped": {},
+    }  # fmt: skip
+    table = format_table(result)
+    assert "| ours | openvino-cpu | int8 | 64x48 | 5.0 | 6.0 | 29.8 dB: refused here, not counted as fastest |" in table
+    assert "| v2 | openvino-cpu | int8 | 64x48 | 6.0 | 7.0 | 33.0 dB |" in table

@@ -88,6 +88,12 @@ def run_probe(backend: FrameBackend) -> list[np.ndarray]:
     return [backend.stylize(f, w) for f, w in zip(frames, weights, strict=True)]
 
 
+def probe_psnr(backend: FrameBackend, want: Sequence[np.ndarray]) -> float:
+    """The gate's measure: the lowest PSNR (dB) of ``backend``'s probe outputs against ``want``,
+    the float32 reference's (:func:`run_probe`). A precision passes at :data:`PSNR_FLOOR` or above."""
+    return min(psnr(g, w) for g, w in zip(run_probe(backend), want, strict=True))
+
+
 def time_probe(backends: Sequence[FrameBackend]) -> list[float]:
     """Median ms of one probe frame on each backend, timed in turns (ABAB...), so drift hits all alike.
 
@@ -161,8 +167,7 @@ def choose(
                     notes.append(f"{c.precision}: cannot be built here ({e})")
                     continue
                 built.append(backend)
-                got = run_probe(backend)
-                db = min(psnr(g, w) for g, w in zip(got, want, strict=True))
+                db = probe_psnr(backend, want)
                 floor = PSNR_FLOOR.get(c.precision, 0.0)
                 if db < floor:
                     notes.append(
