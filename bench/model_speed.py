@@ -52,7 +52,7 @@ from common.cpu import cpu_bf16_flag, cpu_summary
 from common.paths import DEFAULT_MODEL
 from common.sizes import format_size, parse_sizes
 from engines.runtime import EngineError, load_backend
-from engines.runtime.precision import PSNR_FLOOR, probe_psnr, run_probe
+from engines.runtime.precision import passes_gate, probe_psnr, run_probe
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def _gate(ours: list[tuple[str, str, Any]]) -> dict[tuple[str, str, str], tuple[
         for p, b in members:
             if p != "fp32":  # without an fp32 reference here, nothing vouches for it
                 db = probe_psnr(b, want) if want is not None else None
-                out[(label, name, p)] = (db, db is not None and db >= PSNR_FLOOR.get(p, 0.0))
+                out[(label, name, p)] = (db, db is not None and passes_gate(p, db))
     return out
 
 

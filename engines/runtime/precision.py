@@ -90,8 +90,13 @@ def run_probe(backend: FrameBackend) -> list[np.ndarray]:
 
 def probe_psnr(backend: FrameBackend, want: Sequence[np.ndarray]) -> float:
     """The gate's measure: the lowest PSNR (dB) of ``backend``'s probe outputs against ``want``,
-    the float32 reference's (:func:`run_probe`). A precision passes at :data:`PSNR_FLOOR` or above."""
+    the float32 reference's (:func:`run_probe`); :func:`passes_gate` judges it."""
     return min(psnr(g, w) for g, w in zip(run_probe(backend), want, strict=True))
+
+
+def passes_gate(precision: str, db: float) -> bool:
+    """Whether ``precision`` keeps the picture: its probe PSNR at or above :data:`PSNR_FLOOR`."""
+    return db >= PSNR_FLOOR.get(precision, 0.0)
 
 
 def time_probe(backends: Sequence[FrameBackend]) -> list[float]:
@@ -169,7 +174,7 @@ def choose(
                 built.append(backend)
                 db = probe_psnr(backend, want)
                 floor = PSNR_FLOOR.get(c.precision, 0.0)
-                if db < floor:
+                if not passes_gate(c.precision, db):
                     notes.append(
                         f"{c.precision}: PSNR {db:.1f} dB vs fp32 on the probe, "
                         f"{floor - db:.1f} dB below its floor {floor:g}"
