@@ -233,7 +233,10 @@ async def test_large_messages_close_the_sender_though_they_are_few(start: Start)
                 flooder.channel.send(big)  # type: ignore[union-attr]
                 await asyncio.sleep(1 / 40)
             await flooder.wait(lambda: any(m.get("type") == "bye" for m in flooder.messages), what="bye")
-            assert time.monotonic() - t0 < 3.0
+            # At most 120 messages, under 300 in any second: only the bytes can have closed it. Closed
+            # while the flood lasts or soon after: on a slow 2-vCPU host the 30 MB take seconds to cross
+            # the in-process SCTP link (3.9 s seen on an AMD EPYC, under 3 s on a Xeon).
+            assert time.monotonic() - t0 < 8.0
             assert "flooding" in next(m for m in flooder.messages if m.get("type") == "bye")["message"]
             await steady.wait(lambda: len(srv.server.sessions) == 1, timeout=10, what="the flooder to be closed")
             before = steady.frames
