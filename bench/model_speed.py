@@ -321,8 +321,8 @@ def _gate(ours: list[tuple[str, str, Any]]) -> dict[tuple[str, str, str], tuple[
         ref = next((b for p, b in members if p == "fp32"), None)
         want = run_probe(ref) if ref is not None else None
         for p, b in members:
-            if p != "fp32":  # without an fp32 reference here, nothing vouches for it
-                db = probe_psnr(b, want) if want is not None else None
+            if p != "fp32":
+                db = probe_psnr(b, want) if want is not None else None  # no fp32 here: nothing vouches for it
                 out[(label, name, p)] = (db, db is not None and passes_gate(p, db))
     return out
 
