@@ -13,7 +13,8 @@ On the shipped model (its checkpoint for torch, its ONNX for TensorRT):
   1280x720 and 1920x1080: median ms per frame of the torch backend's own module under float16
   autocast, as the backend runs it (uint8 frame in and out on the GPU), eager and replayed as a
   CUDA graph (captured once per size; the input copied into its static buffer each call), and of
-  the backend's ``stylize`` (a numpy frame in and out, the copies to and from the GPU included).
+  the backend's ``stylize`` (a numpy frame in and out, the copies to and from the GPU included),
+  as it serves (its own CUDA graph per shape) and with ``cuda_graphs=False``.
 
 Exits non-zero, saying what, when the machine has no CUDA GPU or torch sees none: this runs
 where a GPU is expected, and a silent skip there would hide the reason.
@@ -55,6 +56,7 @@ def time_torch(checkpoint: Path, repeats: int) -> dict[str, Any]:
     from engines.runtime.torch_backend import TorchBackend
 
     backend = TorchBackend(checkpoint, device="cuda", precision="fp16")
+    eager_backend = TorchBackend(checkpoint, device="cuda", precision="fp16", cuda_graphs=False)
     module = backend._module  # the backend's own UInt8Generator, channels_last on the GPU
     n, stroke_input = len(backend.styles), bool(backend.stroke_scale.anchors)
     out: dict[str, Any] = {"checkpoint": checkpoint.relative_to(MODELS_DIR.parent.parent).as_posix(), "sizes": {}}
@@ -102,13 +104,16 @@ def time_torch(checkpoint: Path, repeats: int) -> dict[str, Any]:
         image = frame[0].cpu().numpy()
         for _ in range(5):
             backend.stylize(image, weights)
+            eager_backend.stylize(image, weights)
         out["sizes"][f"{w}x{h}"] = {
             "eager_ms": eager,
             "cuda_graph_ms": graphed,
             "graph_matches_eager": same,
             "backend_stylize_ms": median_ms(backend.stylize, image, weights),
+            "backend_stylize_eager_ms": median_ms(eager_backend.stylize, image, weights),
         }
     backend.close()
+    eager_backend.close()
     return out
 
 

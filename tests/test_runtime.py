@@ -200,6 +200,33 @@ def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
         compare_uint8(g, w, backend.name, *TOLERANCE["cuda-fp32" if precision == "fp32" else precision])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_graphs_replay_what_eager_runs(
+    tiny_v2_checkpoint: Path, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new input shape is captured once, later calls with new frames replay it with their own
+    inputs (not the captured ones), and the least recently used shape is dropped past the limit."""
+    from engines.runtime import torch_backend
+
+    need_gpu(torch_backend.cuda_unavailable_reason())
+    monkeypatch.setattr(torch_backend, "MAX_GRAPHS", 2)
+    graphed = torch_backend.TorchBackend(tiny_v2_checkpoint, device="cuda", precision=precision)
+    eager = torch_backend.TorchBackend(tiny_v2_checkpoint, device="cuda", precision=precision, cuda_graphs=False)
+    weights = np.array([[1, 0, 0], [0.2, 0.3, 0.5]], np.float32)
+    calls = [(2, 64, 96, 1.0), (1, 48, 64, 0.5), (2, 64, 96, 2.0), (2, 64, 96, 1.0), (1, 32, 32, 1.0)]
+    for seed, (n, h, w, stroke) in enumerate(calls):
+        images, strokes = frames(n, h, w, seed=seed), np.full(n, stroke, np.float32)
+        got = graphed.run_network(images, weights[:n], strokes)
+        want = eager.run_network(images, weights[:n], strokes)
+        compare_uint8(got, want, f"graph vs eager, call {seed}", *TOLERANCE["fp32"])  # the same kernels
+    # (2, 64, 96) was used last but one, (1, 48, 64) dropped when (1, 32, 32) came.
+    assert graphed.graph_shapes == [(2, 64, 96, 3), (1, 32, 32, 3)]
+    out = graphed.stylize(frames(1, 61, 83)[0], weights[1], stroke=1.5)  # padded, resized: still right
+    compare_uint8(out, eager.stylize(frames(1, 61, 83)[0], weights[1], stroke=1.5), "stylize", *TOLERANCE["fp32"])
+    graphed.close()
+
+
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str) -> None:
