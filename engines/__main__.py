@@ -35,7 +35,7 @@ from pathlib import Path
 from common.cli import add_options, from_args
 from engines.runtime.base import EngineError, InputError
 from engines.runtime.manifest import EngineSpec, default_engine_dir
-from engines.runtime.precision import PRECISIONS, PSNR_FLOOR
+from engines.runtime.precision import INT8_MAX_FLOAT_CONVS, INT8_MAX_QUALITY_LOSS, PRECISIONS, PSNR_FLOOR
 from engines.runtime.registry import backend_choices
 
 
@@ -78,6 +78,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         max_loss=args.max_loss,
         paintings=tuple(args.paintings),
         threads=args.threads,
+        max_float_convs=args.max_float_convs,
     )
     print(format_gates(gates))
     if out is None:
@@ -200,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-loss",
         type=float,
-        default=0.05,
-        help="how much worse (relative) than float32 the style and content distance may be (default: 0.05)",
+        default=INT8_MAX_QUALITY_LOSS,
+        help="how much worse (relative) than float32 the style and content distance may be (default: %(default)s)",
     )
     p.add_argument(
         "--paintings",
@@ -209,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="folder holding the style paintings, for the style distance (default: the model's thumbnails)",
+    )
+    p.add_argument(
+        "--max-float-convs",
+        type=int,
+        default=INT8_MAX_FLOAT_CONVS,
+        help="where rounding every convolution misses the PSNR floor on calibration photos, keep up to this many "
+        "of the most sensitive ones in float (never more than a quarter; 0: none; default: %(default)s)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.set_defaults(func=cmd_quantize)

@@ -4,22 +4,34 @@
 
 The photos are split: most calibrate (the activation ranges of every quantized
 layer, each photo with one style or an even mix), a held-out part (every
-``len/holdout``-th photo) judges. Two quantizers are tried where installed and
-the better one is kept:
+``len/holdout``-th photo) judges. Photos of the project's held-out split
+(``common.split``), and copies of them, are never used: the benches judge on them.
+Two quantizers are tried where installed and the better one is kept:
 
-* ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8
+* ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, int8
   activations, MinMax ranges);
 * NNCF (``pip install nncf``), OpenVINO's own quantizer, on the ONNX graph.
 
 Only the convolutions are quantized: the uint8 input and output conversions, the
 style-affine MatMul and the instance norms stay in float, where rounding them
-would shift colours (the norms' statistics) or mix styles wrongly. Activations and
-weights are quantized to signed int8, symmetrically (zero points 0): the explicit
-Q/DQ form TensorRT builds an INT8 engine from (it takes no uint8 Q/DQ), so the same
-file serves OpenVINO and ONNX Runtime on the CPU and TensorRT on a GPU. A result that
-breaks one of TensorRT's graph rules (``engines.tensorrt_rules``) is not written.
+would shift colours (the norms' statistics) or mix styles wrongly. Where rounding
+every convolution misses the PSNR floor, the convolutions whose rounding costs
+the most are kept in float, fewest first (at most ``--max-float-convs``, and never
+more than a quarter of them; :func:`float_search`): measured on the runtime's
+precision probe and the eight calibration photos that rounding every convolution
+hurts most, each is ranked by the squared error the model makes with it alone in
+float, and the search stops at the floor plus ``FLOAT_SEARCH_MARGIN_DB`` (another
+CPU's int8 kernels round a little differently, and the runtime gate measures again
+on the serving machine). Activations and weights are quantized to signed int8,
+symmetrically (zero points 0): the explicit Q/DQ form TensorRT builds an INT8 engine
+from (it takes no uint8 Q/DQ), so the same file serves OpenVINO and ONNX Runtime on
+the CPU and TensorRT on a GPU (a convolution kept in float runs there in float32, as
+the strongly typed graph says). A result that breaks one of TensorRT's graph rules
+(``engines.tensorrt_rules``) is not written.
 
-The quality gate, on the held-out photos, every style and two mixes: PSNR against
+The quality gate, on the held-out photos, every style and two mixes, and on the
+runtime's own precision probe (``engines.runtime.precision``, so that a file written
+here is one ``load_backend``'s auto accepts on this machine): PSNR against
 the float32 output at least ``--psnr-floor`` dB on every image, and the quality bench's style
 and content distance (``trainer.metrics``) at most ``--max-loss`` (5 %) worse than
 float32's. A model that misses is not written, and the command says by how much.
@@ -47,16 +59,20 @@ from PIL import Image, ImageOps
 
 from common.cpu import cpu_bf16_flag
 from common.sizes import format_size, parse_size
+from common.split import held_out
 from engines.runtime.base import EngineError
 from engines.runtime.model import META_PREFIX, read_model_info
-from engines.runtime.precision import PSNR_FLOOR, psnr
+from engines.runtime.precision import INT8_MAX_FLOAT_CONVS, INT8_MAX_QUALITY_LOSS, PSNR_FLOOR, psnr, run_probe
 from engines.tensorrt_rules import check_file
-from trainer.data import find_images, find_painting, load_rgb
+from trainer.data import find_painting, load_rgb, training_files
 
 log = logging.getLogger(__name__)
 
 METHODS = ("onnxruntime", "nncf")
-MAX_QUALITY_LOSS = 0.05  # int8 style/content distance may be this much (relative) worse than fp32's
+MAX_QUALITY_LOSS = INT8_MAX_QUALITY_LOSS  # int8 style/content distance may be this much (relative) worse
+MAX_FLOAT_CONVS = INT8_MAX_FLOAT_CONVS  # convolutions the search may keep in float where all-int8 misses
+FLOAT_SEARCH_MARGIN_DB = 1.0  # the search aims this far above the floor: other CPUs round int8 differently
+RANKING_PHOTOS = 8  # calibration photos (with the probe) the search ranks convolutions on
 
 
 class QuantizeError(EngineError):
@@ -79,6 +95,7 @@ class Gate:
     float_precision: str = "fp32"
     misses: list[str] = field(default_factory=list)
     tensorrt: list[str] = field(default_factory=list)  # TensorRT graph rules the result breaks
+    float_convs: list[str] = field(default_factory=list)  # convolutions kept in float by the search
 
     @property
     def passed(self) -> bool:
@@ -111,10 +128,15 @@ def photo_frames(paths: list[Path], size: tuple[int, int]) -> list[np.ndarray]:
 
 
 def split_photos(folder: Path, calib: int, holdout: int) -> tuple[list[Path], list[Path]]:
-    """(calibration photos, held-out photos): every k-th photo held out, the rest calibrate."""
-    photos = find_images(folder)
+    """(calibration photos, held-out photos): every k-th photo held out, the rest calibrate.
+
+    Only photos that training may use (``trainer.data.training_files``): the project's
+    held-out split is for the benches, and calibrating on it would fit ranges to it."""
+    photos = training_files(folder, held_out)
     if len(photos) < 2:
-        raise QuantizeError(f"{folder} has {len(photos)} photos (jpg, png, webp); at least 2 are needed")
+        raise QuantizeError(
+            f"{folder} has {len(photos)} photos (jpg, png, webp) outside the held-out split; at least 2 are needed"
+        )
     holdout = max(1, min(holdout, len(photos) // 2))
     step = len(photos) / holdout
     held = {int(i * step + step / 2) for i in range(holdout)}
@@ -145,7 +167,7 @@ def calibration_feeds(
 # ----------------------------------------------------------------------------- quantizers
 
 
-def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_float: list[str]) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -167,6 +189,7 @@ def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray
         Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],  # not the style MatMul, the norms or the uint8 ends
+        nodes_to_exclude=keep_float,
         per_channel=True,
         activation_type=QuantType.QInt8,  # signed, symmetric: the Q/DQ TensorRT takes
         weight_type=QuantType.QInt8,
@@ -176,7 +199,7 @@ def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray
     )
 
 
-def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_float: list[str]) -> None:
     import nncf
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # a line per layer otherwise
@@ -190,7 +213,7 @@ def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> 
         nncf.Dataset(feeds),
         subset_size=len(feeds),
         preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: zero points 0
-        ignored_scope=nncf.IgnoredScope(types=others, validate=False),
+        ignored_scope=nncf.IgnoredScope(types=others, names=keep_float, validate=False),
     )
     # NNCF quantizes a non-negative activation (after a ReLU) to uint8 and cannot be told otherwise
     # (its hardware configs refuse forced signedness); TensorRT takes only signed int8 Q/DQ.
@@ -228,7 +251,7 @@ def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-QUANTIZERS: dict[str, Callable[[Path, Path, list[dict[str, np.ndarray]]], None]] = {
+QUANTIZERS: dict[str, Callable[[Path, Path, list[dict[str, np.ndarray]], list[str]], None]] = {
     "onnxruntime": _quantize_onnxruntime,
     "nncf": _quantize_nncf,
 }
@@ -284,6 +307,107 @@ def _time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 15) -> 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def _compared_outputs(backend: Any, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Every output the gate compares int8 with float32 on: the runtime's precision probe, then
+    each frame with every style, an even mix of all and a mix of the first and last, and (v2) each
+    stroke anchor at the network's own units (the frames are small)."""
+    outs = run_probe(backend)
+    n = len(backend.styles)
+    eye = np.eye(n, dtype=np.float32)
+    for frame in frames:
+        outs += [backend.stylize(frame, eye[s]) for s in range(n)]
+        # Mixes go through the same quantized layers with in-between affines: they must hold too.
+        outs += [backend.stylize(frame, mix) for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1])]
+        for anchor in backend.stroke_scale.anchors:
+            outs.append(backend.run_network(frame[None], eye[:1], np.array([anchor], np.float32))[0])
+    return outs
+
+
+def _psnrs(got: list[np.ndarray], want: list[np.ndarray]) -> list[float]:
+    return [psnr(g, w) for g, w in zip(got, want, strict=True)]
+
+
+def _mse(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """Mean squared error over every output: the search's ranking statistic (the lowest PSNR, the
+    gate's, hangs on one output and ranks convolutions by noise)."""
+    return float(
+        np.mean([np.mean((g.astype(np.float64) - w.astype(np.float64)) ** 2) for g, w in zip(got, want, strict=True)])
+    )
+
+
+def conv_names(model: Path) -> list[str]:
+    """The model's convolution nodes, in graph order: what the quantizers round."""
+    return [n.name for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Conv"]
+
+
+def float_search(
+    model: Path,
+    method: str,
+    feeds: list[dict[str, np.ndarray]],
+    frames: list[np.ndarray],
+    target_db: float,
+    max_float: int,
+    workdir: Path,
+    threads: int | None = None,
+) -> tuple[list[str], float]:
+    """The fewest convolutions to keep in float for ``method``'s int8 model to reach ``target_db``.
+
+    Measured against float32 (OpenVINO) on the precision probe and the ``RANKING_PHOTOS`` of
+    ``frames`` (the calibration photos, not the gate's) that every convolution in int8 rounds
+    worst: v2's brush marks in flat areas (a plain wall, fog) move with a small change, and a
+    search on easy photos stops short. Where the lowest PSNR misses the target, each convolution
+    is ranked by the mean squared error the model makes with it alone in float, and the top 1,
+    2, ... are kept in float until the lowest PSNR reaches the target or ``max_float`` (at most a
+    quarter of the convolutions) are. Returns (the names kept in float, the lowest dB reached).
+    """
+    from engines.runtime.openvino_backend import OpenVinoBackend
+
+    dst = workdir / f"{method}-search.onnx"
+
+    def int8(keep: list[str]) -> OpenVinoBackend:
+        QUANTIZERS[method](model, dst, feeds, keep)
+        return OpenVinoBackend(dst, num_threads=threads, precision="int8")
+
+    ref = OpenVinoBackend(model, num_threads=threads, precision="fp32")
+    q8 = int8([])
+    n = len(ref.styles)
+    looks = (np.eye(n, dtype=np.float32)[0], np.ones(n, np.float32))  # one style, every style
+
+    def worst(frame: np.ndarray) -> float:
+        return min(psnr(q8.stylize(frame, w), ref.stylize(frame, w)) for w in looks)
+
+    hard = [frames[i] for i in sorted(np.argsort([worst(f) for f in frames])[:RANKING_PHOTOS].tolist())]
+    q8.close()
+    want = _compared_outputs(ref, hard)
+    ref.close()
+
+    def reached(keep: list[str]) -> tuple[float, float]:
+        """(lowest PSNR, mean squared error) with ``keep`` in float."""
+        q8 = int8(keep)
+        try:
+            got = _compared_outputs(q8, hard)
+            return min(_psnrs(got, want)), _mse(got, want)
+        finally:
+            q8.close()
+
+    db, mse = reached([])
+    convs = conv_names(model)
+    cap = min(max_float, len(convs) // 4)
+    if db >= target_db or cap == 0:
+        return [], db
+    alone = {c: reached([c]) for c in convs}
+    ranked = sorted(convs, key=lambda c: alone[c][1])
+    log.info(
+        "%s: %.1f dB with every convolution in int8 (mean squared error %.2f), under %.1f; alone in float: %s",
+        method, db, mse, target_db, ", ".join(f"{c} {alone[c][0]:.1f} dB, {alone[c][1]:.2f}" for c in ranked[:cap]),
+    )  # fmt: skip
+    for k in range(1, cap + 1):
+        db = alone[ranked[0]][0] if k == 1 else reached(ranked[:k])[0]
+        if db >= target_db:
+            break
+    return ranked[:k], db
+
+
 def gate(
     model: Path,
     quantized: Path,
@@ -301,26 +425,17 @@ def gate(
     ref = OpenVinoBackend(model, num_threads=threads, precision="fp32")
     q8 = OpenVinoBackend(quantized, num_threads=threads, precision="int8")
     n = len(ref.styles)
-    dbs: list[float] = []
+    dbs = _psnrs(_compared_outputs(q8, frames), _compared_outputs(ref, frames))
     style: dict[str, list[float]] = {"fp32": [], "int8": []}
     content: dict[str, list[float]] = {"fp32": [], "int8": []}
     eye = np.eye(n, dtype=np.float32)
     for frame in frames:
         content_in = vgg.stats(frame).content
         for s in range(n):
-            outs = {"fp32": ref.stylize(frame, eye[s]), "int8": q8.stylize(frame, eye[s])}
-            dbs.append(psnr(outs["int8"], outs["fp32"]))
-            for k, out in outs.items():
-                st = vgg.stats(out)
+            for k, b in (("fp32", ref), ("int8", q8)):
+                st = vgg.stats(b.stylize(frame, eye[s]))
                 style[k].append(style_distance(st.grams, grams[s]))
                 content[k].append(content_distance(st.content, content_in))
-        # Mixes go through the same quantized layers with in-between affines: they must hold too.
-        for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1]):
-            dbs.append(psnr(q8.stylize(frame, mix), ref.stylize(frame, mix)))
-        # So must every stroke anchor of a v2 model (at the network's own units: the frame is small).
-        for anchor in ref.stroke_scale.anchors:
-            img, one, st = frame[None], eye[:1], np.array([anchor], np.float32)
-            dbs.append(psnr(q8.run_network(img, one, st)[0], ref.run_network(img, one, st)[0]))
     result = Gate(
         method=method,
         psnr_min_db=min(dbs),
@@ -359,8 +474,12 @@ def quantize(
     max_loss: float = MAX_QUALITY_LOSS,
     paintings: tuple[Path, ...] = (),
     threads: int | None = None,
+    max_float_convs: int = MAX_FLOAT_CONVS,
 ) -> tuple[Path | None, list[Gate]]:
     """Quantize ``model`` with each method, gate each, write the best passing one to ``out``.
+
+    Where rounding every convolution falls under the floor (plus a margin) on calibration photos,
+    up to ``max_float_convs`` of them are kept in float (:func:`float_search`; 0 turns it off).
 
     Returns (the path written or None, every method's gate). Raises
     :class:`QuantizeError` when no photos or no quantizer are available.
@@ -382,7 +501,8 @@ def quantize(
     wh = parse_size(size)
     calib_paths, held_paths = split_photos(Path(calib), calib_photos, holdout_photos)
     log.info("calibrating on %d photos, judging on %d held-out photos at %s", len(calib_paths), len(held_paths), size)
-    feeds = calibration_feeds(photo_frames(calib_paths, wh), len(info.styles), info.strokes)
+    calib_frames = photo_frames(calib_paths, wh)
+    feeds = calibration_feeds(calib_frames, len(info.styles), info.strokes)
     held = photo_frames(held_paths, wh)
     vgg = VggMetrics()
     grams = _reference_grams(model, info.sources, [Path(p) for p in paintings], vgg)
@@ -392,10 +512,25 @@ def quantize(
         for m in methods:
             dst = Path(tmp) / f"{m}.onnx"
             t0 = time.perf_counter()
-            QUANTIZERS[m](model, dst, feeds)
-            log.info("%s quantized %s in %.1f s", m, model.name, time.perf_counter() - t0)
+            keep: list[str] = []
+            if max_float_convs > 0:
+                keep, db = float_search(
+                    model,
+                    m,
+                    feeds,
+                    calib_frames,
+                    psnr_floor + FLOAT_SEARCH_MARGIN_DB,
+                    max_float_convs,
+                    Path(tmp),
+                    threads,
+                )
+                log.info("%s: %d convolutions kept in float, %.1f dB on the calibration photos", m, len(keep), db)
+            QUANTIZERS[m](model, dst, feeds, keep)
+            log.info("%s quantized %s in %.1f s (%d convolutions in float)", m, model.name, time.perf_counter() - t0,
+                     len(keep))  # fmt: skip
             _stamp(model, dst, {"method": m, "calibration_photos": len(calib_paths), "size": format_size(wh)})
             g = gate(model, dst, m, held, grams, vgg, parse_size(speed_size), threads)
+            g.float_convs = keep
             g.tensorrt = check_file(dst)
             g.judge(psnr_floor, max_loss)
             gates.append(g)
@@ -424,8 +559,10 @@ def format_gates(gates: list[Gate]) -> str:
     ]
     for g in gates:
         verdict = "passed" if g.passed else "missed: " + "; ".join(g.misses)
+        kept = f" ({len(g.float_convs)} convs in float: {', '.join(g.float_convs)})" if g.float_convs else ""
         lines.append(
-            f"| {g.method} | {g.psnr_min_db:.1f} / {g.psnr_mean_db:.1f} | {g.style_fp32:.4f} -> {g.style_int8:.4f} "
+            f"| {g.method}{kept} | {g.psnr_min_db:.1f} / {g.psnr_mean_db:.1f} "
+            f"| {g.style_fp32:.4f} -> {g.style_int8:.4f} "
             f"| {g.content_fp32:.4f} -> {g.content_int8:.4f} "
             f"| {g.ms_int8:.1f} vs {g.ms_float:.1f} ({g.float_precision}) | {verdict} |"
         )

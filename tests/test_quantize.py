@@ -95,6 +95,58 @@ def test_a_model_that_misses_the_gate_is_not_written_and_says_by_how_much(
     assert not (tmp_path / "m.int8.onnx").exists()
 
 
+def test_the_projects_held_out_photos_never_calibrate_or_judge(tmp_path: Path) -> None:
+    from common.split import held_out
+    from engines.quantize import split_photos
+
+    folder = photos(tmp_path / "photos", 8)
+    left = sorted(p.name for p in folder.iterdir() if held_out(p.name))
+    assert left == ["photo4.png"]  # the split is a hash of the name: this fixture holds one out
+    calib, judge = split_photos(folder, calib=32, holdout=2)
+    used = sorted(p.name for p in calib + judge)
+    assert used == sorted(f"photo{i}.png" for i in range(8) if i != 4) and not set(calib) & set(judge)
+
+
+@pytest.mark.parametrize("method", ["onnxruntime", "nncf"])
+def test_kept_float_convolutions_are_left_unrounded(tiny_onnx: Path, tmp_path: Path, method: str) -> None:
+    import onnx
+
+    from engines.quantize import QUANTIZERS, calibration_feeds, conv_names
+
+    if method not in available_methods():
+        pytest.skip(f"{method} is not installed (pip install -e '.[quantize]')")
+    convs = conv_names(tiny_onnx)
+    rng = np.random.default_rng(0)
+    feeds = calibration_feeds([rng.integers(0, 255, (48, 64, 3), np.uint8) for _ in range(4)], 3)
+    dst = tmp_path / "q.onnx"
+    QUANTIZERS[method](tiny_onnx, dst, feeds, [convs[1]])
+    graph = onnx.load(str(dst)).graph
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    weights = {n.name: made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
+    assert weights[convs[1]] == "initializer"  # float weights, straight from the file
+    assert all(weights[c] == "DequantizeLinear" for c in convs if c != convs[1])
+
+
+def test_a_floor_rounding_misses_keeps_the_most_sensitive_convolutions_in_float(
+    tiny_onnx: Path, data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from engines.quantize import conv_names
+
+    method = available_methods()[0]
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    common = dict(method=method, size="64x48", speed_size="64x48", holdout_photos=2, max_loss=1e9,
+                  paintings=(data[1],), threads=1)  # fmt: skip
+    # Every convolution in int8 passes a floor of 0 dB: nothing is kept in float.
+    out, (g,) = quantize(model, data[0], tmp_path / "a.onnx", psnr_floor=0.0, **common)
+    assert out is not None and g.passed and g.float_convs == []
+    # No int8 model reaches 200 dB: the search keeps as many in float as it may, and the gate says so.
+    out, (g,) = quantize(model, data[0], tmp_path / "b.onnx", psnr_floor=200.0, max_float_convs=2, **common)
+    convs = conv_names(model)
+    assert out is None and len(g.float_convs) == min(2, len(convs) // 4) > 0 and set(g.float_convs) <= set(convs)
+    assert "below the floor 200" in " ".join(g.misses)
+
+
 def test_bad_inputs_are_clear_errors(tiny_onnx: Path, tmp_path: Path) -> None:
     from engines.quantize import QuantizeError
 
@@ -104,9 +156,11 @@ def test_bad_inputs_are_clear_errors(tiny_onnx: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_shipped_int8_model_keeps_the_picture() -> None:
-    """INT8 parity: the shipped quantized model against its float32 model on the probe, above the floor."""
-    shipped = ROOT / "engines" / "models" / "default.int8.onnx"
+@pytest.mark.parametrize("folder", ["models", "models/v2"])
+def test_shipped_int8_model_keeps_the_picture(folder: str) -> None:
+    """INT8 parity: the shipped quantized model against its float32 model on the probe, above the floor,
+    on this machine's CPU (what ``load_backend``'s auto asks before serving it)."""
+    shipped = ROOT / "engines" / folder / "default.int8.onnx"
     if not shipped.is_file():
         pytest.skip("no INT8 model is shipped (none passed its gate when the model was shipped)")
     ref = load_backend(shipped.with_name("default.onnx"), "openvino-cpu", precision="fp32")

@@ -44,6 +44,12 @@ AUTO = "auto"
 # AMX Xeon (at most 5 levels off anywhere). INT8 also rounds the weights; below 30 dB
 # the difference shows as banding and colour shifts.
 PSNR_FLOOR = {"bf16": 40.0, "fp16": 40.0, "int8": 30.0}
+# What ``python -m engines quantize`` may trade for INT8 speed (here, beside the floors, so that its
+# command line shows them without importing the quantizers): the relative loss in style and content
+# distance it accepts, and how many of the convolutions most sensitive to rounding it may keep in
+# float where rounding all of them misses the floor.
+INT8_MAX_QUALITY_LOSS = 0.05
+INT8_MAX_FLOAT_CONVS = 4
 PROBE_HW = (240, 320)
 TIMING_RUNS = 7
 # Fidelity order: a faster candidate lower in it must win by this much (a noise-sized gain
