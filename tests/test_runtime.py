@@ -205,8 +205,8 @@ def test_gpu_backend_matches_torch(tiny_onnx: Path, tiny_checkpoint: Path, name:
 def test_torch_cuda_graphs_replay_what_eager_runs(
     tiny_v2_checkpoint: Path, precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each new input shape is captured once, later calls with new frames replay it with their own
-    inputs (not the captured ones), and the least recently used shape is dropped past the limit."""
+    """A shape seen twice is captured, later calls with new frames replay it with their own inputs (not
+    the captured ones), and the least recently used shape is dropped past the limit."""
     from engines.runtime import torch_backend
 
     need_gpu(torch_backend.cuda_unavailable_reason())
@@ -214,14 +214,15 @@ def test_torch_cuda_graphs_replay_what_eager_runs(
     graphed = torch_backend.TorchBackend(tiny_v2_checkpoint, device="cuda", precision=precision)
     eager = torch_backend.TorchBackend(tiny_v2_checkpoint, device="cuda", precision=precision, cuda_graphs=False)
     weights = np.array([[1, 0, 0], [0.2, 0.3, 0.5]], np.float32)
-    calls = [(2, 64, 96, 1.0), (1, 48, 64, 0.5), (2, 64, 96, 2.0), (2, 64, 96, 1.0), (1, 32, 32, 1.0)]
+    a, b, c = (2, 64, 96), (1, 48, 64), (1, 32, 32)
+    calls = [(*a, 1.0), (*b, 0.5), (*a, 2.0), (*a, 1.0), (*b, 1.0), (*c, 1.0), (*c, 0.7)]
+    shapes = [[], [], [a], [a], [a, b], [a, b], [b, c]]  # captured at the second sight; a dropped for c
     for seed, (n, h, w, stroke) in enumerate(calls):
         images, strokes = frames(n, h, w, seed=seed), np.full(n, stroke, np.float32)
         got = graphed.run_network(images, weights[:n], strokes)
         want = eager.run_network(images, weights[:n], strokes)
         compare_uint8(got, want, f"graph vs eager, call {seed}", *TOLERANCE["fp32"])  # the same kernels
-    # (2, 64, 96) was used last but one, (1, 48, 64) dropped when (1, 32, 32) came.
-    assert graphed.graph_shapes == [(2, 64, 96, 3), (1, 32, 32, 3)]
+        assert graphed.graph_shapes == [(*s, 3) for s in shapes[seed]], f"call {seed}"
     out = graphed.stylize(frames(1, 61, 83)[0], weights[1], stroke=1.5)  # padded, resized: still right
     compare_uint8(out, eager.stylize(frames(1, 61, 83)[0], weights[1], stroke=1.5), "stylize", *TOLERANCE["fp32"])
     graphed.close()

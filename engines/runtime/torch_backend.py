@@ -10,14 +10,16 @@ statistics are float16 too, and the fp16 PSNR gate (``engines.runtime.precision`
 is what checks the picture. Calls are serialised with a lock (one CUDA stream per
 backend).
 
-On CUDA the network runs as a CUDA graph, captured the first time an input shape
+On CUDA the network runs as a CUDA graph, captured the second time an input shape
 (batch, height, width, stroke input or not) is seen and replayed after that: the
 frame is copied into the graph's static input and the output out of its static
 output, under the lock. Eagerly, a small frame costs the time to launch a few
 hundred kernels one by one (about 3 ms on an H200 at 640x480, where the graph
-replays in 1 ms: ``bench/gpu_check.py``). At most ``MAX_GRAPHS`` shapes are kept
-(the least recently used is dropped; they share one memory pool), and
-``cuda_graphs=False`` runs eagerly.
+replays in 1 ms: ``bench/gpu_check.py``). A shape seen once runs eagerly: dragging
+the stroke slider past the boldest stroke resizes the frame to a new shape on every
+step, and a capture (a few forward passes) per step would cost more than it saves.
+At most ``MAX_GRAPHS`` shapes are kept (the least recently used is dropped; they
+share one memory pool), and ``cuda_graphs=False`` runs eagerly.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from engines.runtime.registry import Kind, Plan, Request, not_installed
 
 log = logging.getLogger(__name__)
 
-MAX_GRAPHS = 8  # captured input shapes kept per backend (the batcher's batch sizes x auto-resolution steps)
+MAX_GRAPHS = 16  # captured input shapes kept per backend (the batcher's batch sizes x auto-resolution steps)
+SEEN_SHAPES = 64  # input shapes remembered (least recently used dropped) to capture on the second sight
 GRAPH_WARMUP = 3  # eager runs on a side stream before a capture (cuDNN picks its kernels there)
 
 
@@ -119,6 +122,7 @@ class TorchBackend(FrameBackend):
         self.precision = precision
         self._lock = threading.Lock()
         self._graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # shapes run once, eagerly
         self._graph_pool = torch.cuda.graph_pool_handle() if device == "cuda" and cuda_graphs else None
         self.styles = ckpt.style_names
         self.stroke_scale = generator.config.stroke_scale
@@ -138,11 +142,11 @@ class TorchBackend(FrameBackend):
         torch = self._torch
         arrays = (images, weights, strokes)
         with self._lock, torch.inference_mode():
-            if self._graph_pool is None:
-                img, sty, stk = (None if a is None else torch.from_numpy(a).to(self._device) for a in arrays)
-                return self._forward(img, sty, stk).cpu().numpy()  # .cpu() synchronises with the device
             key = tuple(None if a is None else (a.shape, a.dtype.str) for a in arrays)
             g = self._graphs.get(key)
+            if g is None and not self._seen_before(key):
+                img, sty, stk = (None if a is None else torch.from_numpy(a).to(self._device) for a in arrays)
+                return self._forward(img, sty, stk).cpu().numpy()  # .cpu() synchronises with the device
             if g is None:
                 g = self._graphs[key] = self._capture(arrays)
                 while len(self._graphs) > MAX_GRAPHS:
@@ -154,6 +158,18 @@ class TorchBackend(FrameBackend):
                         static.copy_(torch.from_numpy(a))
             g.graph.replay()
             return g.output.cpu().numpy()  # a copy: the next replay overwrites the static output
+
+    def _seen_before(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` was run before and should now be captured (never, without CUDA graphs)."""
+        if self._graph_pool is None:
+            return False
+        if key in self._seen:
+            del self._seen[key]
+            return True
+        self._seen[key] = None
+        while len(self._seen) > SEEN_SHAPES:
+            self._seen.popitem(last=False)
+        return False
 
     def _capture(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> _Graph:
         """Capture the network on static copies of ``arrays`` (which it then holds), after a warm-up."""
