@@ -51,7 +51,7 @@ from common.cli import arg_type
 from common.cpu import cpu_bf16_flag, cpu_summary
 from common.paths import DEFAULT_MODEL
 from common.sizes import format_size, parse_sizes
-from engines.runtime import EngineError, load_backend
+from engines.runtime import EngineError, auto_precisions, load_backend
 from engines.runtime.precision import passes_gate, probe_psnr, run_probe
 
 log = logging.getLogger(__name__)
@@ -145,15 +145,14 @@ class PeerRunner:
 
 
 def _our_precisions(model: Path, backend: str) -> list[str]:
-    """The precisions ``backend`` runs ``model`` at here (what load_backend's auto chooses among)."""
-    if backend.startswith("torch"):
-        return ["fp32"]
-    precs = ["fp32"]
-    if backend.startswith("openvino") and cpu_bf16_flag():
-        precs.append("bf16")
-    if model.with_name(model.stem + ".int8.onnx").is_file() and backend != "openvino-cpu-dynamic":
-        precs.append("int8")
-    return precs
+    """The precisions ``backend`` runs ``model`` at here: what load_backend's auto chooses among (the
+    dynamic-shape OpenVINO variant: its float ones, the INT8 sibling being a static-shape build)."""
+    if backend == "openvino-cpu-dynamic":
+        return [p for p in auto_precisions(model, "openvino-cpu") if p != "int8"]
+    try:
+        return auto_precisions(model, backend)
+    except ValueError:  # not a backend name: loading it says so, into "skipped"
+        return []
 
 
 def _load_ours(model: Path, backend: str, precision: str, threads: int) -> Any:
@@ -232,7 +231,8 @@ def run_bench(
     ours: list[tuple[str, str, Any]] = []
     for label, path in (("ours", model), *compare):
         for b in backends:
-            for prec in _our_precisions(path, b):
+            # Where the backend cannot run here, one try at fp32 records why in "skipped".
+            for prec in _our_precisions(path, b) or ["fp32"]:
                 try:
                     ours.append((label, prec, _load_ours(path, b, prec, num_threads)))
                 except (EngineError, ValueError, ImportError) as e:  # a bench covers what is available

@@ -184,6 +184,22 @@ def test_a_precision_below_its_floor_or_unbuildable_is_skipped(tiny_onnx: Path, 
     assert "bf16: cannot be built here" in chosen.precision_reason
 
 
+def test_auto_precisions_are_the_candidates_auto_chooses_among(tiny_onnx: Path, tmp_path: Path) -> None:
+    from engines.runtime import auto_precisions
+    from engines.runtime.torch_backend import cuda_unavailable_reason
+
+    floats = ["bf16", "fp32"] if cpu_bf16_flag() else ["fp32"]
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    assert auto_precisions(model, "openvino-cpu") == floats
+    assert auto_precisions(model, "onnxruntime-cpu") == ["fp32"]
+    (tmp_path / "m.int8.onnx").write_bytes(tiny_onnx.read_bytes())  # a quantized sibling is a candidate
+    assert auto_precisions(model, "openvino-cpu") == ["int8", *floats]
+    assert auto_precisions(model, "torch-cuda") == ([] if cuda_unavailable_reason() else ["fp16", "fp32"])
+    with pytest.raises(ValueError, match="unknown backend"):
+        auto_precisions(model, "no-such")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "name,precision", [("torch-cuda", "fp32"), ("torch-cuda", "fp16"), ("onnxruntime-cuda", "fp32")]

@@ -65,6 +65,7 @@ __all__ = [
     "ModelFileError",
     "ModelInfo",
     "ShapeRange",
+    "auto_precisions",
     "check_frame",
     "backend_choices",
     "check_weights",
@@ -94,6 +95,18 @@ def _chooser(precision: str, plan: Plan) -> Callable[[], FrameBackend] | str:
     if not chosen:
         return f"{plan.what} cannot run at {precision} here{hint}"
     return partial(choose, chosen[:1], explicit=True)
+
+
+def auto_precisions(model: str | Path, backend: str, *, engine_dir: str | Path | None = None) -> list[str]:
+    """The precisions ``load_backend(model, backend)``'s auto chooses among on this machine (the
+    backend kind's candidates for this model here, before the gate), or [] where it cannot run."""
+    kind, _ = registry.resolve(backend, AUTO)
+    entry = registry.kinds().get(kind)
+    if entry is None or entry.device == "remote" or entry.unavailable_reason():
+        return []
+    folder = Path(engine_dir) if engine_dir is not None else None
+    plan = entry.plan(Request(ModelFiles.of(Path(model)), None, folder, AUTO))
+    return [c.precision for c in plan.candidates] if isinstance(plan, Plan) else []
 
 
 def load_backend(
