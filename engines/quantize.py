@@ -307,15 +307,24 @@ def _time_interleaved(calls: dict[str, Callable[[], Any]], rounds: int = 15) -> 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def _compared_outputs(backend: Any, frames: list[np.ndarray]) -> list[np.ndarray]:
+def _styled(backend: Any, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Each frame with every style on its own: ``[frame][style]``."""
+    eye = np.eye(len(backend.styles), dtype=np.float32)
+    return [[backend.stylize(frame, w) for w in eye] for frame in frames]
+
+
+def _compared_outputs(
+    backend: Any, frames: list[np.ndarray], styled: list[list[np.ndarray]] | None = None
+) -> list[np.ndarray]:
     """Every output the gate compares int8 with float32 on: the runtime's precision probe, then
-    each frame with every style, an even mix of all and a mix of the first and last, and (v2) each
-    stroke anchor at the network's own units (the frames are small)."""
+    each frame with every style (``styled``, where :func:`_styled` has made them already), an even
+    mix of all and a mix of the first and last, and (v2) each stroke anchor at the network's own
+    units (the frames are small)."""
     outs = run_probe(backend)
     n = len(backend.styles)
     eye = np.eye(n, dtype=np.float32)
-    for frame in frames:
-        outs += [backend.stylize(frame, eye[s]) for s in range(n)]
+    for frame, per_style in zip(frames, styled or _styled(backend, frames), strict=True):
+        outs += per_style
         # Mixes go through the same quantized layers with in-between affines: they must hold too.
         outs += [backend.stylize(frame, mix) for mix in (np.ones(n, np.float32), eye[0] + eye[n - 1])]
         for anchor in backend.stroke_scale.anchors:
@@ -425,15 +434,15 @@ def gate(
     ref = OpenVinoBackend(model, num_threads=threads, precision="fp32")
     q8 = OpenVinoBackend(quantized, num_threads=threads, precision="int8")
     n = len(ref.styles)
-    dbs = _psnrs(_compared_outputs(q8, frames), _compared_outputs(ref, frames))
+    styled = {"fp32": _styled(ref, frames), "int8": _styled(q8, frames)}
+    dbs = _psnrs(_compared_outputs(q8, frames, styled["int8"]), _compared_outputs(ref, frames, styled["fp32"]))
     style: dict[str, list[float]] = {"fp32": [], "int8": []}
     content: dict[str, list[float]] = {"fp32": [], "int8": []}
-    eye = np.eye(n, dtype=np.float32)
-    for frame in frames:
+    for i, frame in enumerate(frames):
         content_in = vgg.stats(frame).content
         for s in range(n):
-            for k, b in (("fp32", ref), ("int8", q8)):
-                st = vgg.stats(b.stylize(frame, eye[s]))
+            for k in ("fp32", "int8"):
+                st = vgg.stats(styled[k][i][s])
                 style[k].append(style_distance(st.grams, grams[s]))
                 content[k].append(content_distance(st.content, content_in))
     result = Gate(
