@@ -145,8 +145,7 @@ class TorchBackend(FrameBackend):
             key = tuple(None if a is None else (a.shape, a.dtype.str) for a in arrays)
             g = self._graphs.get(key)
             if g is None and not self._seen_before(key):
-                img, sty, stk = (None if a is None else torch.from_numpy(a).to(self._device) for a in arrays)
-                return self._forward(img, sty, stk).cpu().numpy()  # .cpu() synchronises with the device
+                return self._forward(*self._on_device(arrays)).cpu().numpy()  # .cpu() synchronises
             if g is None:
                 g = self._graphs[key] = self._capture(arrays)
                 while len(self._graphs) > MAX_GRAPHS:
@@ -158,6 +157,12 @@ class TorchBackend(FrameBackend):
                         static.copy_(torch.from_numpy(a))
             g.graph.replay()
             return g.output.cpu().numpy()  # a copy: the next replay overwrites the static output
+
+    def _on_device(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> tuple[Any, Any, Any]:
+        """(images, weights, strokes or None) as tensors on the model's device."""
+        torch = self._torch
+        img, sty, stk = (None if a is None else torch.from_numpy(a).to(self._device) for a in arrays)
+        return img, sty, stk
 
     def _seen_before(self, key: tuple[Any, ...]) -> bool:
         """Whether ``key`` was run before and should now be captured (never, without CUDA graphs)."""
@@ -174,7 +179,7 @@ class TorchBackend(FrameBackend):
     def _capture(self, arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> _Graph:
         """Capture the network on static copies of ``arrays`` (which it then holds), after a warm-up."""
         torch = self._torch
-        img, sty, stk = (None if a is None else torch.from_numpy(a).to(self._device) for a in arrays)
+        img, sty, stk = self._on_device(arrays)
         side = torch.cuda.Stream(self._device)
         side.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(side):
