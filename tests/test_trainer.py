@@ -671,6 +671,14 @@ def test_v2_generator_sizes_and_the_blur_folds_into_one_kernel() -> None:
     assert k.shape == (4, 3, 5, 5)
     # A constant image stays constant through the blurred kernel: its weights sum like the 3x3's.
     assert torch.allclose(k.sum((2, 3)), g.down1.weight.sum((2, 3)), atol=1e-6)
+    # The layer blurs and then convolves: the same output as one 5x5 conv with that kernel.
+    x = torch.rand(2, 4, 22, 30, dtype=torch.float64)
+    down = g.down2.double()
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+        want = torch.nn.functional.conv2d(padded, down.kernel(), stride=2)
+        got = down(x)
+    assert got.shape == want.shape == (2, 8, 11, 15) and torch.allclose(got, want, atol=1e-12)
 
 
 @pytest.mark.parametrize(

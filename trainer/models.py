@@ -335,10 +335,13 @@ class CondAffine(nn.Module):
 class BlurDown(nn.Module):
     """Anti-aliased stride-2 conv: a learned 3x3 kernel convolved with a fixed binomial blur.
 
-    The composed 5x5 kernel is computed from the weights (a constant in an exported graph),
-    so the blur costs nothing at run time, yet the layer can never alias: a one-pixel shift
-    of the input moves its output by half a pixel, smoothly (Zhang, "Making convolutional
-    networks shift-invariant again", 2019).
+    The layer can never alias: a one-pixel shift of the input moves its output by half a
+    pixel, smoothly (Zhang, "Making convolutional networks shift-invariant again", 2019).
+    It computes the binomial blur per channel and then the learned 3x3 conv at stride 2,
+    the same arithmetic as one 5x5 conv with the composed kernel (:meth:`kernel`), in
+    9 Cin Cout + 36 Cin multiply-adds per output pixel instead of 25 Cin Cout (for 16 -> 32
+    channels, 2.5x fewer). Measured at 640x480 on OpenVINO with an AVX2 EPYC: the whole of
+    v2 took 0.93x the time in fp32 (README, v2 speed).
     """
 
     def __init__(self, cin: int, cout: int) -> None:
@@ -349,13 +352,17 @@ class BlurDown(nn.Module):
         self.register_buffer("blur", _BLUR.clone()[None, None], persistent=False)
 
     def kernel(self) -> torch.Tensor:
-        """The effective [cout, cin, 5, 5] kernel."""
+        """The effective [cout, cin, 5, 5] kernel: what :meth:`forward` computes in two steps."""
         cout, cin = self.weight.shape[:2]
         w = F.conv2d(self.weight.reshape(cout * cin, 1, 3, 3), self.blur.to(self.weight.dtype), padding=2)
         return w.reshape(cout, cin, 5, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.kernel(), stride=2)
+        # Reflect-pad by the composed kernel's reach (2), blur (valid), then the 3x3 at stride 2
+        # (valid): window for window the 5x5 conv with kernel() on the same padded input.
+        c = x.shape[1]
+        x = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), self.blur.to(x.dtype).expand(c, 1, 3, 3), groups=c)
+        return F.conv2d(x, self.weight, stride=2)
 
 
 class DenseBlock(nn.Module):
