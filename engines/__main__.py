@@ -64,7 +64,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from engines.quantize import format_gates, quantize
+    from engines.quantize import chosen, format_gates, quantize
 
     out, gates = quantize(
         args.onnx,
@@ -84,7 +84,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if out is None:
         print("no quantized model passed the gate: nothing written", file=sys.stderr)
         return 3
-    print(f"wrote {out} ({next(g for g in gates if g.passed).method})")
+    best = chosen(gates)
+    print(f"wrote {out} ({best.method if best else '?'})")
     return 0
 
 

@@ -99,10 +99,11 @@ def _build_tensorrt(onnx_path: Path, spec: EngineSpec, num_styles: int) -> bytes
     ``<stem>.int8.onnx``. The graph is checked against TensorRT's rules first
     (:mod:`engines.tensorrt_rules`), so a file it would refuse fails here with the reason.
     """
+    import onnx
     import tensorrt as trt
 
     from engines.runtime.tensorrt_backend import version_unsupported
-    from engines.tensorrt_rules import check_file
+    from engines.tensorrt_rules import tensorrt_form, tensorrt_problems
 
     if reason := version_unsupported(trt.__version__):
         raise EngineError(reason)
@@ -113,7 +114,8 @@ def _build_tensorrt(onnx_path: Path, spec: EngineSpec, num_styles: int) -> bytes
             "int8": f"python -m engines quantize {onnx_path} --calib PHOTOS",
         }.get(spec.precision, "")
         raise EngineError(f"a {spec.precision} plan is built from {source}, which is missing (make it: {make})")
-    if problems := check_file(source):
+    graph = tensorrt_form(onnx.load(str(source)))  # an INT8 file's uint8 Q/DQ made signed int8
+    if problems := tensorrt_problems(graph):
         raise EngineError(f"TensorRT would refuse {source}: " + "; ".join(problems))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -122,7 +124,7 @@ def _build_tensorrt(onnx_path: Path, spec: EngineSpec, num_styles: int) -> bytes
     typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(1 << int(typed) if typed is not None else 0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(source)):
+    if not parser.parse(graph.SerializeToString(), str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT's ONNX parser rejected {source}: {errors}")
 

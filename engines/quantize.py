@@ -12,9 +12,10 @@ Two quantizers are tried where installed and the better one is kept:
   activations, MinMax ranges);
 * NNCF (``pip install nncf``), OpenVINO's own quantizer, on the ONNX graph.
 
-Only the convolutions are quantized: the uint8 input and output conversions, the
-style-affine MatMul and the instance norms stay in float, where rounding them
-would shift colours (the norms' statistics) or mix styles wrongly. Where rounding
+Only the convolutions that mix channels are quantized: the uint8 input and output
+conversions, the style-affine MatMul, the instance norms and v2's per-channel blur stay
+in float, where rounding them would shift colours (the norms' statistics), mix styles
+wrongly or add a rounding for no speed (:func:`conv_names`). Where rounding
 every convolution misses the PSNR floor, the convolutions whose rounding costs
 the most are kept in float, fewest first (at most ``--max-float-convs``, and never
 more than a quarter of them; :func:`float_search`): measured on the runtime's
@@ -22,12 +23,14 @@ precision probe and the eight calibration photos that rounding every convolution
 hurts most, each is ranked by the squared error the model makes with it alone in
 float, and the search stops at the floor plus ``FLOAT_SEARCH_MARGIN_DB`` (another
 CPU's int8 kernels round a little differently, and the runtime gate measures again
-on the serving machine). Activations and weights are quantized to signed int8,
-symmetrically (zero points 0): the explicit Q/DQ form TensorRT builds an INT8 engine
-from (it takes no uint8 Q/DQ), so the same file serves OpenVINO and ONNX Runtime on
-the CPU and TensorRT on a GPU (a convolution kept in float runs there in float32, as
-the strongly typed graph says). A result that breaks one of TensorRT's graph rules
-(``engines.tensorrt_rules``) is not written.
+on the serving machine). Weights are quantized to signed int8 per channel, activations
+per tensor, symmetrically (zero points 0): signed int8, except that an activation that can
+never be negative (a ReLU's output, through pads and the blur) is uint8, one bit finer
+(:func:`unsigned_where_nonnegative`). TensorRT takes only signed int8 Q/DQ; its build
+makes those signed over the same range (``engines.tensorrt_rules.tensorrt_form``), so the
+same file serves OpenVINO and ONNX Runtime on the CPU and TensorRT on a GPU (a convolution
+kept in float runs there in float32, as the strongly typed graph says). A result whose
+TensorRT form breaks one of TensorRT's graph rules (``engines.tensorrt_rules``) is not written.
 
 The quality gate, on the held-out photos, every style and two mixes, and on the
 runtime's own precision probe (``engines.runtime.precision``, so that a file written
@@ -63,7 +66,7 @@ from common.split import held_out
 from engines.runtime.base import EngineError
 from engines.runtime.model import META_PREFIX, read_model_info
 from engines.runtime.precision import INT8_MAX_FLOAT_CONVS, INT8_MAX_QUALITY_LOSS, PSNR_FLOOR, psnr, run_probe
-from engines.tensorrt_rules import check_file
+from engines.tensorrt_rules import check_file, tensorrt_form
 from trainer.data import find_painting, load_rgb, training_files
 
 log = logging.getLogger(__name__)
@@ -189,7 +192,7 @@ def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray
         Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],  # not the style MatMul, the norms or the uint8 ends
-        nodes_to_exclude=keep_float,
+        nodes_to_exclude=_left_float(src, keep_float),
         per_channel=True,
         activation_type=QuantType.QInt8,  # signed, symmetric: the Q/DQ TensorRT takes
         weight_type=QuantType.QInt8,
@@ -197,6 +200,7 @@ def _quantize_onnxruntime(src: Path, dst: Path, feeds: list[dict[str, np.ndarray
         # biases stay float: TensorRT takes no int32 Q/DQ
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
     )
+    onnx.save_model(unsigned_where_nonnegative(onnx.load(str(dst))), str(dst), save_as_external_data=False)
 
 
 def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], keep_float: list[str]) -> None:
@@ -213,41 +217,71 @@ def _quantize_nncf(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], kee
         nncf.Dataset(feeds),
         subset_size=len(feeds),
         preset=nncf.QuantizationPreset.PERFORMANCE,  # symmetric: zero points 0
-        ignored_scope=nncf.IgnoredScope(types=others, names=keep_float, validate=False),
+        ignored_scope=nncf.IgnoredScope(types=others, names=_left_float(src, keep_float), validate=False),
     )
-    # NNCF quantizes a non-negative activation (after a ReLU) to uint8 and cannot be told otherwise
-    # (its hardware configs refuse forced signedness); TensorRT takes only signed int8 Q/DQ.
-    onnx.save_model(signed_qdq(quantized), str(dst), save_as_external_data=False)
+    # NNCF makes a ReLU's output uint8 where it sees the ReLU, and signed int8 where a pad stands
+    # between: one form for both (signed), then uint8 wherever the tensor is never negative.
+    onnx.save_model(unsigned_where_nonnegative(tensorrt_form(quantized)), str(dst), save_as_external_data=False)
 
 
-def signed_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every uint8 Q/DQ pair with zero point 0 made signed int8 over the same range.
+def unsigned_where_nonnegative(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every activation Q/DQ pair (int8, zero point 0) whose tensor can never be negative made uint8
+    with zero point 0 over the same positive range: one bit finer, in the form the CPU's int8
+    kernels take natively.
 
-    uint8 with zero point 0 and scale s covers [0, 255 s]; int8 with zero point 0 and scale
-    255 s / 127 covers [-255 s, 255 s]: the same positive range, one bit less fine (what
-    TensorRT would compute anyway, as it quantizes only to signed int8).
+    Never negative: a ReLU's output, through reflect or edge pads and through convolutions with
+    non-negative weights and no bias (v2's down-sampling blur). Without this, NNCF leaves such
+    a tensor signed when a pad stands between it and the ReLU, and half of its 256 levels go
+    unused. TensorRT takes only signed int8: its build makes these signed again, over the same
+    range (:func:`engines.tensorrt_rules.tensorrt_form`).
     """
     from onnx import TensorProto, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
     declared = {v.name: v for v in model.graph.value_info}
-    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
 
-    def unsigned_zero(name: str) -> bool:
+    def nonnegative(name: str) -> bool:
+        n = producer.get(name)
+        while n is not None:
+            if n.op_type == "Relu":
+                return True
+            mode = next((a.s for a in n.attribute if a.name == "mode"), b"constant")
+            if n.op_type == "Pad" and mode in (b"reflect", b"edge"):
+                n = producer.get(n.input[0])
+            elif n.op_type == "Conv" and len(n.input) == 2 and n.input[1] in inits:
+                if (numpy_helper.to_array(inits[n.input[1]]) < 0).any():
+                    return False
+                n = producer.get(n.input[0])
+            else:
+                return False
+        return False
+
+    def signed_zero(name: str) -> bool:
         t = inits.get(name)
-        return t is not None and t.data_type == TensorProto.UINT8 and not numpy_helper.to_array(t).any()
+        return t is not None and t.data_type == TensorProto.INT8 and not numpy_helper.to_array(t).any()
 
-    # Decided before anything changes: a zero point or scale may be shared by several nodes.
-    zero_points = {n.input[2] for n in qdq if unsigned_zero(n.input[2])}
-    scales = {n.input[1] for n in qdq if n.input[2] in zero_points and n.input[1] in inits}
-    for name in zero_points:
-        inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.int8), name))
-    for name in scales:
-        wider = (numpy_helper.to_array(inits[name]) * (255.0 / 127.0)).astype(numpy_helper.to_array(inits[name]).dtype)
-        inits[name].CopyFrom(numpy_helper.from_array(wider, name))
-    for n in qdq:  # the quantized tensors are int8 now
-        if n.op_type == "QuantizeLinear" and n.input[2] in zero_points and n.output[0] in declared:
-            declared[n.output[0]].type.tensor_type.elem_type = TensorProto.INT8
+    dequantize: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear":
+            dequantize.setdefault(n.input[0], []).append(n)
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]:
+        pairs = dequantize.get(q.output[0], [])
+        if not (pairs and signed_zero(q.input[2]) and q.input[1] in inits and nonnegative(q.input[0])):
+            continue
+        scale = numpy_helper.to_array(inits[q.input[1]])
+        if scale.size != 1 or any(d.input[1:3] != q.input[1:3] for d in pairs):
+            continue  # per-channel, or a pair that does not share its parameters: left as it is
+        # int8 with scale s covers [0, 127 s] of a non-negative tensor; uint8 with 127 s / 255 the same.
+        s_name, z_name = q.output[0] + "_uint8_scale", q.output[0] + "_uint8_zero_point"
+        model.graph.initializer.extend([
+            numpy_helper.from_array((scale * (127.0 / 255.0)).astype(scale.dtype), s_name),
+            numpy_helper.from_array(np.zeros((), np.uint8), z_name),
+        ])  # fmt: skip
+        for n in (q, *pairs):
+            n.input[1], n.input[2] = s_name, z_name
+        if q.output[0] in declared:
+            declared[q.output[0]].type.tensor_type.elem_type = TensorProto.UINT8
     return model
 
 
@@ -345,8 +379,24 @@ def _mse(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 
 
 def conv_names(model: Path) -> list[str]:
-    """The model's convolution nodes, in graph order: what the quantizers round."""
-    return [n.name for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Conv"]
+    """The convolutions the quantizers round, in graph order: those that mix channels.
+
+    A grouped convolution (v2's down-sampling blur, one 3x3 per channel) stays in float: at 9
+    multiply-adds a pixel it is bound by memory, so INT8 saves next to nothing, and rounding it
+    adds a rounding before the next convolution's (on v2, with every other convolution in INT8:
+    a mean squared error of 68 against 48 with the blurs in float).
+    """
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return [
+        n.name for n in graph.node if n.op_type == "Conv" and all(a.i == 1 for a in n.attribute if a.name == "group")
+    ]
+
+
+def _left_float(model: Path, keep_float: list[str]) -> list[str]:
+    """``keep_float`` and every convolution :func:`conv_names` leaves out."""
+    graph = onnx.load(str(model), load_external_data=False).graph
+    rounded = set(conv_names(model))
+    return [*keep_float, *(n.name for n in graph.node if n.op_type == "Conv" and n.name not in rounded)]
 
 
 def float_search(
@@ -544,10 +594,9 @@ def quantize(
             g.judge(psnr_floor, max_loss)
             gates.append(g)
             candidates[m] = dst
-        passing = sorted((g for g in gates if g.passed), key=lambda g: (-g.psnr_mean_db, g.ms_int8))
-        if not passing:
+        best = chosen(gates)
+        if best is None:
             return None, gates
-        best = passing[0]
         _stamp(model, candidates[best.method], {
             "method": best.method, "calibration_photos": len(calib_paths), "size": format_size(wh),
             "gate": {k: v for k, v in asdict(best).items() if k != "misses"},
@@ -557,6 +606,13 @@ def quantize(
         tmp_out.write_bytes(candidates[best.method].read_bytes())
         tmp_out.replace(out)
     return out, gates
+
+
+def chosen(gates: list[Gate]) -> Gate | None:
+    """The gate whose file :func:`quantize` writes: of those passed, the highest mean PSNR, then the
+    fastest; None when none passed."""
+    passing = sorted((g for g in gates if g.passed), key=lambda g: (-g.psnr_mean_db, g.ms_int8))
+    return passing[0] if passing else None
 
 
 def format_gates(gates: list[Gate]) -> str:

@@ -13,7 +13,9 @@ it on the shipped models):
   ops like reshape / transpose");
 * Reduce* operators take their ``axes`` from a constant (the table's restriction);
 * INT8 is explicit quantization: QuantizeLinear/DequantizeLinear pairs with int8 zero points
-  of 0 (TensorRT quantizes symmetrically, signed; uint8 Q/DQ is refused) and constant scales;
+  of 0 (TensorRT quantizes symmetrically, signed; uint8 Q/DQ is refused) and constant scales.
+  A shipped INT8 file quantizes never-negative activations to uint8 for the CPU; the build
+  gives TensorRT :func:`tensorrt_form`, those pairs made signed, and the rules are checked on that;
 * a float16 graph keeps its uint8 ends and the float32 inputs it declares.
 
 Rules that need a GPU (kernel availability, workspace, timing) are the build's: ``bench/gpu_check.sh``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
@@ -157,6 +160,40 @@ def _qdq_problems(
     return problems
 
 
+def tensorrt_form(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as TensorRT is given it: every uint8 Q/DQ pair with zero point 0 made signed int8
+    over the same range (in place; the model is returned).
+
+    The shipped INT8 files quantize never-negative activations to uint8, one bit finer on the
+    CPU (``engines.quantize``); TensorRT refuses uint8 Q/DQ.
+
+    uint8 with zero point 0 and scale s covers [0, 255 s]; int8 with zero point 0 and scale
+    255 s / 127 covers [-255 s, 255 s]: the same positive range, one bit less fine (what
+    TensorRT would compute anyway, as it quantizes only to signed int8).
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    declared = {v.name: v for v in model.graph.value_info}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+
+    def unsigned_zero(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.UINT8 and not numpy_helper.to_array(t).any()
+
+    # Decided before anything changes: a zero point or scale may be shared by several nodes.
+    zero_points = {n.input[2] for n in qdq if unsigned_zero(n.input[2])}
+    scales = {n.input[1] for n in qdq if n.input[2] in zero_points and n.input[1] in inits}
+    for name in zero_points:
+        inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.int8), name))
+    for name in scales:
+        wider = (numpy_helper.to_array(inits[name]) * (255.0 / 127.0)).astype(numpy_helper.to_array(inits[name]).dtype)
+        inits[name].CopyFrom(numpy_helper.from_array(wider, name))
+    for n in qdq:  # the quantized tensors are int8 now
+        if n.op_type == "QuantizeLinear" and n.input[2] in zero_points and n.output[0] in declared:
+            declared[n.output[0]].type.tensor_type.elem_type = TensorProto.INT8
+    return model
+
+
 def check_file(path: str | Path) -> list[str]:
-    """:func:`tensorrt_problems` of an ONNX file (no external data needed: only the graph is read)."""
-    return tensorrt_problems(onnx.load(str(path), load_external_data=False))
+    """:func:`tensorrt_problems` of an ONNX file as a TensorRT build reads it (:func:`tensorrt_form`;
+    no external data needed: only the graph is read)."""
+    return tensorrt_problems(tensorrt_form(onnx.load(str(path), load_external_data=False)))

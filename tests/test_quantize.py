@@ -71,7 +71,7 @@ def test_a_passing_model_is_written_marked_and_serves(
     assert info.quantized == "int8" and info.styles == ["ember", "glacier", "moss"]
     from engines.tensorrt_rules import check_file
 
-    assert check_file(out) == [] and g.tensorrt == []  # signed symmetric Q/DQ: what TensorRT builds INT8 from
+    assert check_file(out) == [] and g.tensorrt == []  # its TensorRT form: signed symmetric Q/DQ
     # Beside the float model it is a candidate of "auto", gated and timed like the others.
     auto = load_backend(model, "openvino-cpu", num_threads=1)
     assert "int8" in auto.precision_reason and "no m.int8.onnx" not in auto.precision_reason
@@ -125,6 +125,91 @@ def test_kept_float_convolutions_are_left_unrounded(tiny_onnx: Path, tmp_path: P
     weights = {n.name: made_by.get(n.input[1], "initializer") for n in graph.node if n.op_type == "Conv"}
     assert weights[convs[1]] == "initializer"  # float weights, straight from the file
     assert all(weights[c] == "DequantizeLinear" for c in convs if c != convs[1])
+    # ReLU outputs are quantized to uint8 for the CPU, the rest signed; TensorRT gets every pair signed.
+    from engines.tensorrt_rules import tensorrt_form, tensorrt_problems
+
+    inits = {t.name: t.data_type for t in graph.initializer}
+    zero_points = {inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert zero_points == {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    assert tensorrt_problems(tensorrt_form(onnx.load(str(dst)))) == []
+
+
+def test_the_chosen_method_is_the_one_written_and_named() -> None:
+    """Of the methods that passed, the highest mean PSNR wins, whatever the order they ran in (the
+    command named the first one that passed while it wrote another)."""
+    from engines.quantize import Gate, chosen
+
+    def gate(method: str, mean: float, passed: bool = True) -> Gate:
+        g = Gate(method, 31.0, mean, 0.1, 0.1, 1.0, 1.0, ms_int8=10.0)
+        g.misses = [] if passed else ["PSNR under the floor"]
+        return g
+
+    ort, nncf = gate("onnxruntime", 40.0), gate("nncf", 46.9)
+    assert chosen([ort, nncf]) is nncf and chosen([nncf, ort]) is nncf
+    assert chosen([ort, gate("nncf", 50.0, passed=False)]) is ort
+    assert chosen([gate("nncf", 50.0, passed=False)]) is None
+
+
+def test_never_negative_activations_are_quantized_one_bit_finer() -> None:
+    """A ReLU's output, through a reflect pad or a non-negative bias-free conv (the blur), becomes uint8
+    over the same range; a signed tensor, or one behind a conv with a negative weight, stays int8.
+    Run in ONNX Runtime, the uint8 pairs round half as coarsely; TensorRT's form is the int8 again."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engines.quantize import unsigned_where_nonnegative
+    from engines.tensorrt_rules import tensorrt_form, tensorrt_problems
+
+    s = 4.0 / 127.0  # the int8 scale a calibration to [-4, 4] gives
+    inits = [
+        numpy_helper.from_array(np.array(s, np.float32), "s"),
+        numpy_helper.from_array(np.zeros((), np.int8), "z"),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.full((2, 1, 3, 3), 1 / 9, np.float32), "blur"),
+        numpy_helper.from_array(np.full((2, 1, 3, 3), -1 / 9, np.float32), "negative"),
+    ]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Pad", ["r", "pads"], ["p"], mode="reflect")]
+    nodes += [
+        helper.make_node("Conv", ["p", "blur"], ["b"], group=2),
+        helper.make_node("Conv", ["p", "negative"], ["n"], group=2),
+    ]
+    outs = []
+    for name in ("p", "b", "n", "x"):  # padded ReLU, blurred ReLU, negated ReLU, the signed input
+        nodes += [
+            helper.make_node("QuantizeLinear", [name, "s", "z"], [name + "_q"]),
+            helper.make_node("DequantizeLinear", [name + "_q", "s", "z"], [name + "_d"]),
+        ]
+        outs.append(helper.make_tensor_value_info(name + "_d", TensorProto.FLOAT, None))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs, inits), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    finer = unsigned_where_nonnegative(onnx.ModelProto.FromString(model.SerializeToString()))
+    kinds = {}
+    found = {t.name: t for t in finer.graph.initializer}
+    for n in finer.graph.node:
+        if n.op_type == "QuantizeLinear":
+            kinds[n.input[0]] = (found[n.input[2]].data_type, float(numpy_helper.to_array(found[n.input[1]])))
+    assert kinds["p"] == kinds["b"] == (TensorProto.UINT8, pytest.approx(s * 127 / 255))
+    assert kinds["n"] == kinds["x"] == (TensorProto.INT8, pytest.approx(s))
+
+    feed = {"x": np.random.default_rng(0).uniform(-4, 4, (1, 2, 8, 8)).astype(np.float32)}
+    no_fusing = ort.SessionOptions()
+    no_fusing.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = {
+        k: ort.InferenceSession(m.SerializeToString(), no_fusing, providers=["CPUExecutionProvider"]).run(None, feed)
+        for k, m in (("int8", model), ("finer", finer))
+    }
+    pad = np.pad(np.maximum(feed["x"], 0), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    err = {k: np.abs(v[0] - pad).max() for k, v in run.items()}
+    assert err["finer"] <= s * 127 / 255 / 2 + 1e-6 < s / 2 and err["int8"] > err["finer"]
+    assert np.array_equal(run["int8"][3], run["finer"][3])  # the signed input: untouched
+
+    back = tensorrt_form(finer)
+    assert tensorrt_problems(back) == []
+    scales = [numpy_helper.to_array(t).item() for t in back.graph.initializer if t.name.endswith("_scale")]
+    assert len(scales) == 2 and scales == pytest.approx([s, s])  # the int8 range again
 
 
 def test_a_floor_rounding_misses_keeps_the_most_sensitive_convolutions_in_float(

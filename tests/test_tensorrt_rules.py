@@ -111,9 +111,9 @@ def test_uint8_qdq_and_computed_axes_are_caught() -> None:
     problems = tensorrt_problems(model)
     assert any("QuantizeLinear" in p and "quantizes to uint8" in p for p in problems), problems
     assert any("ReduceSum" in p and "axes from a computed tensor" in p for p in problems), problems
-    from engines.quantize import signed_qdq
+    from engines.tensorrt_rules import tensorrt_form
 
-    fixed = [p for p in tensorrt_problems(signed_qdq(model)) if "uint8" in p]
+    fixed = [p for p in tensorrt_problems(tensorrt_form(model)) if "uint8" in p]
     assert fixed == []
 
 
