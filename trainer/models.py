@@ -341,7 +341,7 @@ class BlurDown(nn.Module):
     the same arithmetic as one 5x5 conv with the composed kernel (:meth:`kernel`), in
     9 Cin Cout + 36 Cin multiply-adds per output pixel instead of 25 Cin Cout (for 16 -> 32
     channels, 2.5x fewer). Measured at 640x480 on OpenVINO with an AVX2 EPYC: the whole of
-    v2 took 0.93x the time in fp32 (README, v2 speed).
+    v2 took 0.89-0.97x the time in fp32 (three runs; README, v2 speed).
     """
 
     def __init__(self, cin: int, cout: int) -> None:
