@@ -81,11 +81,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         max_float_convs=args.max_float_convs,
     )
     print(format_gates(gates))
-    if out is None:
+    best = chosen(gates)  # what quantize() wrote: None exactly when it wrote nothing
+    if out is None or best is None:
         print("no quantized model passed the gate: nothing written", file=sys.stderr)
         return 3
-    best = chosen(gates)
-    print(f"wrote {out} ({best.method if best else '?'})")
+    print(f"wrote {out} ({best.method})")
     return 0
 
 

@@ -13,9 +13,10 @@ Two quantizers are tried where installed and the better one is kept:
 * NNCF (``pip install nncf``), OpenVINO's own quantizer, on the ONNX graph.
 
 Only the convolutions that mix channels are quantized: the uint8 input and output
-conversions, the style-affine MatMul, the instance norms and v2's per-channel blur stay
-in float, where rounding them would shift colours (the norms' statistics), mix styles
-wrongly or add a rounding for no speed (:func:`conv_names`). Where rounding
+conversions, the style-affine MatMul, the instance norms and the per-channel (grouped)
+convolutions (v1's depthwise ones, v2's blur) stay in float, where rounding them would
+shift colours (the norms' statistics), mix styles wrongly or add a rounding for no speed
+(:func:`conv_names`). Where rounding
 every convolution misses the PSNR floor, the convolutions whose rounding costs
 the most are kept in float, fewest first (at most ``--max-float-convs``, and never
 more than a quarter of them; :func:`float_search`): measured on the runtime's
@@ -378,25 +379,26 @@ def _mse(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     )
 
 
+def _grouped(node: onnx.NodeProto) -> bool:
+    return any(a.name == "group" and a.i != 1 for a in node.attribute)
+
+
 def conv_names(model: Path) -> list[str]:
     """The convolutions the quantizers round, in graph order: those that mix channels.
 
-    A grouped convolution (v2's down-sampling blur, one 3x3 per channel) stays in float: at 9
-    multiply-adds a pixel it is bound by memory, so INT8 saves next to nothing, and rounding it
-    adds a rounding before the next convolution's (on v2, with every other convolution in INT8:
-    a mean squared error of 68 against 48 with the blurs in float).
+    A grouped convolution (v1's depthwise 3x3s, v2's down-sampling blur: one 3x3 per channel)
+    stays in float: at 9 multiply-adds a pixel it is bound by memory, so INT8 saves next to
+    nothing, and rounding it adds a rounding before the next convolution's (on v2, with every
+    other convolution in INT8: a mean squared error of 68 against 48 with the blurs in float).
     """
     graph = onnx.load(str(model), load_external_data=False).graph
-    return [
-        n.name for n in graph.node if n.op_type == "Conv" and all(a.i == 1 for a in n.attribute if a.name == "group")
-    ]
+    return [n.name for n in graph.node if n.op_type == "Conv" and not _grouped(n)]
 
 
 def _left_float(model: Path, keep_float: list[str]) -> list[str]:
     """``keep_float`` and every convolution :func:`conv_names` leaves out."""
     graph = onnx.load(str(model), load_external_data=False).graph
-    rounded = set(conv_names(model))
-    return [*keep_float, *(n.name for n in graph.node if n.op_type == "Conv" and n.name not in rounded)]
+    return [*keep_float, *(n.name for n in graph.node if n.op_type == "Conv" and _grouped(n))]
 
 
 def float_search(
