@@ -619,6 +619,14 @@ def test_training_strokes_cover_the_anchors_and_a_share_is_the_default(
     half = sample_strokes(g, 400, random.Random(0), default_share=0.5)
     assert half is not None and 150 < int((half == 1.0).sum()) < 250
     assert sample_strokes(Generator(GeneratorConfig(2)), 4, random.Random(0), 0.5) is None  # v1: no stroke
+    # 'runtime': down to the finest stroke the network paints (half a step below the 0.5 anchor), about
+    # a fifth of the crops in log2 below the anchor, none below the limit.
+    finer = sample_strokes(g, 400, random.Random(0), finest="runtime")
+    assert finer is not None and 2**-1.5 <= float(finer.min()) < 0.37 and float(finer.max()) <= 2.0
+    assert 50 < int((finer < 0.5).sum()) < 110
+    assert _config(data, tmp_path / "m.safetensors", finest_stroke="runtime").finest_stroke == "runtime"
+    with pytest.raises(ValueError, match="--finest-stroke must be anchor or runtime"):
+        _config(data, tmp_path / "m.safetensors", finest_stroke="tiny")
     with pytest.raises(ValueError, match="default-stroke-share"):
         _config(data, tmp_path / "m.safetensors", default_stroke_share=1.5)
 

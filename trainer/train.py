@@ -30,7 +30,7 @@ from common.cli import opt
 from common.mix import parse_mix
 from common.paths import CONTENT_DIR
 from common.split import held_out
-from common.stroke import DEFAULT_STROKE, REFERENCE_SHORT
+from common.stroke import DEFAULT_STROKE, REFERENCE_SHORT, stroke_limits
 from trainer.checkpoint import Checkpoint, Style, load_checkpoint, load_generator, save_checkpoint
 from trainer.data import ContentImages, StyleImage, parse_style_arg, random_crop, to_tensor
 from trainer.flow import VideoPairs
@@ -135,6 +135,12 @@ class TrainConfig:
         "auto resolution's step at that stroke",
         metavar="FRACTION",
     )
+    finest_stroke: str = opt(
+        "anchor",
+        "v2: the finest stroke drawn for a crop: 'anchor' (the finest anchor) or 'runtime' (the finest a "
+        "network paints, half an anchor step below it: what a runtime asks for on 384x288 and 320x240 frames)",
+        choices=("anchor", "runtime"),
+    )
     temporal_noise: float = opt(
         0.02,
         "the sensor noise (standard deviation, 0-1 scale) added to each view in the shift-stability "
@@ -209,6 +215,8 @@ class TrainConfig:
             raise ValueError(f"--default-stroke-share must be from 0 to 1, got {self.default_stroke_share}")
         if (self.up_blur or self.head_blur) and self.arch != 2:
             raise ValueError("--up-blur and --head-blur are v2 settings (--arch 2)")
+        if self.finest_stroke not in ("anchor", "runtime"):
+            raise ValueError(f"--finest-stroke must be anchor or runtime, got {self.finest_stroke!r}")
         if self.temporal_noise < 0:
             raise ValueError(f"--temporal-noise must be >= 0, got {self.temporal_noise}")
         if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
@@ -304,13 +312,16 @@ def joint_weights(generator: StyleGenerator, style_w: torch.Tensor, stroke: torc
 
 
 def sample_strokes(
-    generator: StyleGenerator, n: int, rng: random.Random, default_share: float = 0.0
+    generator: StyleGenerator, n: int, rng: random.Random, default_share: float = 0.0, finest: str = "anchor"
 ) -> torch.Tensor | None:
     """``n`` stroke sizes (None for v1): each is ``DEFAULT_STROKE`` with probability ``default_share``,
-    else drawn log-uniformly over the generator's anchor range."""
+    else drawn log-uniformly from the finest stroke (``finest``: "anchor", the finest anchor, or
+    "runtime", the finest the network paints, ``common.stroke.stroke_limits``) to the boldest anchor."""
     if not isinstance(generator, GeneratorV2):
         return None
-    lo, hi = math.log2(generator.config.strokes[0]), math.log2(generator.config.strokes[-1])
+    anchors = generator.config.strokes
+    lo = math.log2(anchors[0] if finest == "anchor" else stroke_limits(anchors)[0])
+    hi = math.log2(anchors[-1])
     return torch.tensor(
         [DEFAULT_STROKE if rng.random() < default_share else 2.0 ** rng.uniform(lo, hi) for _ in range(n)]
     )
@@ -533,7 +544,7 @@ class Trainer:
         b = cfg.batch
         idx = torch.tensor([(self.step * b + i) % len(self.styles) for i in range(b)])  # balanced styles
         style_w = one_hot(idx, len(self.styles)).to(self.device)
-        stroke = sample_strokes(self.G, b, self.rng, cfg.default_stroke_share)  # None for v1
+        stroke = sample_strokes(self.G, b, self.rng, cfg.default_stroke_share, cfg.finest_stroke)  # None for v1
         x = self.content.batch(b, self.rng).to(self.device)
         use_adv = w.adversarial > 0 and self.step >= cfg.adversarial_start
         idx = idx.to(self.device)
