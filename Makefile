@@ -79,9 +79,12 @@ train-default: setup-dev
 #      bench's style distance) at weight 10;
 #   5. steps 7100-8900: style weight 15, temporal and flow weights 25, and the learning rates
 #      following a cosine down to a hundredth at the last step;
-#   6. steps 8900-11300: stage 5 again, a second cosine from 1e-3.
-# Stages 2, 3, 4, 5 and 6 took 33, 31, 75, 65 and 83 min (4, 5 and 6 on one thread); the README's
-# v2 section has what each one measured.
+#   6. steps 8900-11300: stage 5 again, a second cosine from 1e-3;
+#   7. steps 11300-12000: strokes drawn down to the finest the network paints (--finest-stroke
+#      runtime), a cosine from 5e-4, the critic's term held back 300 steps (the shipped run started
+#      from the shipped stage-6 file, which has no critic, so its critic was fresh).
+# Stages 2, 3, 4, 5, 6 and 7 took 33, 31, 75, 65, 83 and 51 min (4, 5 and 6 on one thread, 7 on two
+# of an AVX2 EPYC in float32); the README's v2 section has what each one measured.
 D := $(DATA)/styles/gcompris-qt-data__details
 V2_STYLES := $(DEFAULT_STYLES) \
 	--style "$(P)/Katsushika_Hokusai_Kazusa_sea_Route_1830.png=Kazusa Sea Route" \
@@ -100,6 +103,8 @@ V2_STAGE5 := --steps 8900 --style-norm relative --style-weight 15 --tv-weight 0.
 	--lr-decay-from 7100 --temporal-weight 25 --flow-weight 25
 V2_STAGE6 := --steps 11300 --style-norm relative --style-weight 15 --tv-weight 0.1 --lr 1e-3 \
 	--lr-decay-from 8900 --temporal-weight 25 --flow-weight 25
+V2_STAGE7 := --steps 12000 --style-norm relative --style-weight 15 --tv-weight 0.1 --lr 5e-4 \
+	--lr-decay-from 11300 --temporal-weight 25 --flow-weight 25 --adversarial-start 11600 --finest-stroke runtime
 V2_TRAIN = nice -n 19 $(BIN)/python -m trainer train --content $(DATA)/content $(V2_STYLES) \
 	--out $(V2_OUT)/default.safetensors $(V2_ARGS)
 
@@ -111,6 +116,7 @@ train-v2: setup-dev
 	$(V2_TRAIN) $(V2_STAGE4) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE5) --resume $(ARGS)
 	$(V2_TRAIN) $(V2_STAGE6) --resume $(ARGS)
+	$(V2_TRAIN) $(V2_STAGE7) --resume $(ARGS)
 
 # After train-v2: what stroke 1 means against the paintings (the stroke unit) and how the marks
 # follow the frame size (the stroke floor), both on training photos, written into
