@@ -266,6 +266,7 @@ def unsigned_where_nonnegative(model: onnx.ModelProto) -> onnx.ModelProto:
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear":
             dequantize.setdefault(n.input[0], []).append(n)
+    replaced: set[str] = set()
     for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]:
         pairs = dequantize.get(q.output[0], [])
         if not (pairs and signed_zero(q.input[2]) and q.input[1] in inits and nonnegative(q.input[0])):
@@ -279,10 +280,16 @@ def unsigned_where_nonnegative(model: onnx.ModelProto) -> onnx.ModelProto:
             numpy_helper.from_array((scale * (127.0 / 255.0)).astype(scale.dtype), s_name),
             numpy_helper.from_array(np.zeros((), np.uint8), z_name),
         ])  # fmt: skip
+        replaced.update(q.input[1:3])
         for n in (q, *pairs):
             n.input[1], n.input[2] = s_name, z_name
         if q.output[0] in declared:
             declared[q.output[0]].type.tensor_type.elem_type = TensorProto.UINT8
+    # The int8 scales and zero points no pair reads any more (one may still be shared with another).
+    used = {i for n in model.graph.node for i in n.input}
+    unused = [t for t in model.graph.initializer if t.name in replaced and t.name not in used]
+    for t in unused:
+        model.graph.initializer.remove(t)
     return model
 
 

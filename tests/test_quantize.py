@@ -131,6 +131,8 @@ def test_kept_float_convolutions_are_left_unrounded(tiny_onnx: Path, tmp_path: P
     inits = {t.name: t.data_type for t in graph.initializer}
     zero_points = {inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
     assert zero_points == {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    read = {i for n in graph.node for i in n.input}
+    assert [t.name for t in graph.initializer if t.name not in read] == []  # no int8 scale left behind
     assert tensorrt_problems(tensorrt_form(onnx.load(str(dst)))) == []
 
 
@@ -193,6 +195,7 @@ def test_never_negative_activations_are_quantized_one_bit_finer() -> None:
             kinds[n.input[0]] = (found[n.input[2]].data_type, float(numpy_helper.to_array(found[n.input[1]])))
     assert kinds["p"] == kinds["b"] == (TensorProto.UINT8, pytest.approx(s * 127 / 255))
     assert kinds["n"] == kinds["x"] == (TensorProto.INT8, pytest.approx(s))
+    assert {t.name for t in finer.graph.initializer} >= {"s", "z"}  # still read by the two signed pairs
 
     feed = {"x": np.random.default_rng(0).uniform(-4, 4, (1, 2, 8, 8)).astype(np.float32)}
     no_fusing = ort.SessionOptions()
