@@ -514,6 +514,37 @@ def test_training_on_drops_a_fitted_stroke_floor_and_unit(data: tuple[Path, list
     assert after.step == 3 and after.generator_config.stroke_floor == 0.0 and after.generator_config.stroke_unit == 1.0
 
 
+def test_style_emphasis_weights_the_named_styles_and_bad_values_are_refused(
+    data: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from trainer.train import Trainer, parse_emphasis
+
+    assert parse_emphasis("The Great Wave=2") == ("The Great Wave", 2.0)
+    assert parse_emphasis("a=b=0.5") == ("a=b", 0.5)  # the factor follows the last '='
+    for bad in ("Spring", "=2", "Spring=x"):
+        with pytest.raises(ValueError):
+            parse_emphasis(bad)
+    for factor in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            _config(data, tmp_path / "m.safetensors", style_emphasis=(("style1", factor),))
+    trainer = Trainer(_config(data, tmp_path / "m.safetensors", style_emphasis=(("style1", 2.5),)))
+    assert trainer.emphasis.tolist() == [1.0, 2.5]  # style order, 1 where not named
+    with pytest.raises(ValueError, match=r"does not have: \['style9'\]"):
+        Trainer(_config(data, tmp_path / "m.safetensors", style_emphasis=(("style9", 2.0),)))
+    # From the command line, repeated, and recorded in the checkpoint's config.
+    content, styles = data
+    out = tmp_path / "cli.safetensors"
+    args = ["train", "--content", str(content), "--out", str(out), "--size", "32", "--steps", "1", "--batch", "2"]
+    args += ["--style", f"{styles[0]}=a", "--style", f"{styles[1]}=b", "--no-holdout", "--sample-every", "0"]
+    args += ["--width", "8", "--half-width", "4", "--blocks", "1", "--device", "cpu"]
+    assert trainer_main([*args, "--style-emphasis", "b=3", "--style-emphasis", "a=0.5"]) == 0
+    assert load_checkpoint(out).train["style_emphasis"] == [["b", 3.0], ["a", 0.5]]
+    with pytest.raises(SystemExit) as usage:
+        trainer_main([*args, "--style-emphasis", "b"])
+    assert usage.value.code == 2
+    assert "NAME=FACTOR" in capsys.readouterr().err
+
+
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     style = _painting(tmp_path / "s.png", 0)
@@ -925,8 +956,12 @@ def test_relative_style_loss_is_the_benchs_style_distance_and_absolute_is_ruled_
     with torch.no_grad():
         got = float(relative(batch, batch, style_w)[1])
         abs_loss = float(absolute(batch, batch, style_w)[1])
-    want = np.mean([style_distance(metrics.stats(o).grams, ref) for o in outputs])
-    assert got == pytest.approx(want, rel=1e-3)
+    per_item = [style_distance(metrics.stats(o).grams, ref) for o in outputs]
+    assert got == pytest.approx(np.mean(per_item), rel=1e-3)
+    # Item weights (--style-emphasis) scale each item's term, and nothing else.
+    with torch.no_grad():
+        weighted = float(relative(batch, batch, style_w, torch.tensor([3.0, 0.5]))[1])
+    assert weighted == pytest.approx((3.0 * per_item[0] + 0.5 * per_item[1]) / 2, rel=1e-3)
     # The absolute sum is almost all relu4_1: its share, from the metric's per-layer terms and energies.
     layers = [style_distance_layers(metrics.stats(o).grams, ref) for o in outputs]
     energy = {k: float(ref[k].pow(2).sum()) / PerceptualLoss.feature_scale**4 for k in STYLE_LAYERS}

@@ -68,23 +68,28 @@ class PerceptualLoss(torch.nn.Module):
         self.style_grams[level] = {k: torch.stack([t[k] for t in per_style]) for k in STYLE_LAYERS}
 
     def forward(
-        self, output: torch.Tensor, content: torch.Tensor, style_weights: torch.Tensor
+        self,
+        output: torch.Tensor,
+        content: torch.Tensor,
+        style_weights: torch.Tensor,
+        item_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (content loss, style loss, output features).
 
         ``style_weights`` [N,S] rows summing to 1: the target Gram of a mixed
-        sample is the same mix of the styles' Grams.
+        sample is the same mix of the styles' Grams. ``item_weights`` [N]: how much
+        each item's style error counts (None: 1 each), e.g. a per-style emphasis.
         """
         out_f = self.features(output)
         with torch.no_grad():
             content_f = self.features(content)[CONTENT_LAYER]
         with torch.autocast(output.device.type, enabled=False):  # Grams and losses in float32
             l_content = F.mse_loss(out_f[CONTENT_LAYER], content_f)
-            l_style = self._style_loss(out_f, style_weights, 0)
+            l_style = self._style_loss(out_f, style_weights, 0, item_weights)
         for level in range(1, self.levels):
             small = self.features(F.avg_pool2d(output, 2**level))
             with torch.autocast(output.device.type, enabled=False):
-                l_style = l_style + self._style_loss(small, style_weights, level)
+                l_style = l_style + self._style_loss(small, style_weights, level, item_weights)
         return l_content, l_style, out_f
 
     def texture_distance(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,15 +101,29 @@ class PerceptualLoss(torch.nn.Module):
         with torch.autocast(output.device.type, enabled=False):
             return self._gram_error(out_f, {k: gram(v) for k, v in target_f.items()})
 
-    def _style_loss(self, feats: dict[str, torch.Tensor], style_weights: torch.Tensor, level: int) -> torch.Tensor:
+    def _style_loss(
+        self,
+        feats: dict[str, torch.Tensor],
+        style_weights: torch.Tensor,
+        level: int,
+        item_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         w = style_weights.float()
         return self._gram_error(
-            feats, {k: torch.einsum("ns,scd->ncd", w, self.style_grams[level][k]) for k in STYLE_LAYERS}
+            feats,
+            {k: torch.einsum("ns,scd->ncd", w, self.style_grams[level][k]) for k in STYLE_LAYERS},
+            item_weights,
         )
 
-    def _gram_error(self, feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _gram_error(
+        self,
+        feats: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+        item_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Gram error of ``feats`` to per-item target Grams [N,C,C], summed over the layers
-        (absolute) or their mean relative error (relative), averaged over the items."""
+        (absolute) or their mean relative error (relative), averaged over the items (each
+        counted ``item_weights`` times, when given)."""
         loss = feats[STYLE_LAYERS[0]].new_zeros(())
         for layer in STYLE_LAYERS:
             g, target = gram(feats[layer]), targets[layer]
@@ -112,7 +131,7 @@ class PerceptualLoss(torch.nn.Module):
                 err = relative_gram_error(g, target) / len(STYLE_LAYERS)
             else:
                 err = (g - target).pow(2).sum((1, 2))
-            loss = loss + err.mean()
+            loss = loss + (err if item_weights is None else err * item_weights.float()).mean()
         return loss
 
 

@@ -93,6 +93,17 @@ def crop_multiple(stride: int, resolution_step: bool) -> int:
     return 2 * stride if resolution_step else stride
 
 
+def parse_emphasis(arg: str) -> tuple[str, float]:
+    """'The Great Wave=2' -> ('The Great Wave', 2.0): a style's display name and its style-term factor."""
+    name, sep, factor = arg.rpartition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"expected NAME=FACTOR, got {arg!r}")
+    try:
+        return name.strip(), float(factor)
+    except ValueError:
+        raise ValueError(f"the factor in {arg!r} is not a number") from None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; stored in the checkpoint it writes. Fields with help are CLI options."""
@@ -140,6 +151,17 @@ class TrainConfig:
         "v2: the finest stroke drawn for a crop: 'anchor' (the finest anchor) or 'runtime' (the finest a "
         "network paints, half an anchor step below it: what a runtime asks for on 384x288 and 320x240 frames)",
         choices=("anchor", "runtime"),
+    )
+    style_emphasis: tuple[tuple[str, float], ...] = opt(
+        (),
+        "a style whose style term counts FACTOR times as much (others: 1), repeat for each; a mixed "
+        "crop's factor is its styles' mixed by its weights. Moves a style along the trade between looking "
+        "like its painting and holding still: up where the picture is far from the painting and steady, "
+        "down where it is close and flickers",
+        flag="--style-emphasis",
+        action="append",
+        parse=parse_emphasis,
+        metavar="NAME=FACTOR",
     )
     temporal_noise: float = opt(
         0.02,
@@ -217,6 +239,9 @@ class TrainConfig:
             raise ValueError("--up-blur and --head-blur are v2 settings (--arch 2)")
         if self.finest_stroke not in ("anchor", "runtime"):
             raise ValueError(f"--finest-stroke must be anchor or runtime, got {self.finest_stroke!r}")
+        for name, factor in self.style_emphasis:
+            if not (math.isfinite(factor) and factor > 0):
+                raise ValueError(f"--style-emphasis {name}={factor}: the factor must be a positive number")
         if self.temporal_noise < 0:
             raise ValueError(f"--temporal-noise must be >= 0, got {self.temporal_noise}")
         if self.lr_decay_from is not None and not 0 <= self.lr_decay_from < self.steps:
@@ -231,6 +256,14 @@ class TrainConfig:
         if self.arch == 2:
             return GeneratorConfig.v2(num_styles, up_blur=self.up_blur, head_blur=self.head_blur, **given)
         return GeneratorConfig(num_styles, **given)
+
+
+def style_emphasis(given: tuple[tuple[str, float], ...], names: list[str]) -> torch.Tensor:
+    """Each style's style-term factor, [S] in style order: 1 unless ``given`` (--style-emphasis) names it."""
+    factors = dict(given)
+    if unknown := sorted(set(factors) - set(names)):
+        raise ValueError(f"--style-emphasis names styles this run does not have: {unknown}; it has {names}")
+    return torch.tensor([factors.get(n, 1.0) for n in names])
 
 
 LR_FLOOR = 0.01  # where --lr-decay-from's cosine ends, as a fraction of the set rates
@@ -409,6 +442,7 @@ class Trainer:
         )
         self.video = VideoPairs(config.video) if config.video and config.losses.flow > 0 else None
         n = len(self.styles)
+        self.emphasis = style_emphasis(config.style_emphasis, [s.name for s in self.styles]).to(self.device)
         self.G: StyleGenerator = build_generator(config.generator_config(n)).to(self.device)
         self.D = Discriminator(DiscriminatorConfig(n, width=config.disc_width)).to(self.device)
         rows = {id(p) for p in self.G.style_parameters()}
@@ -550,7 +584,7 @@ class Trainer:
         idx = idx.to(self.device)
         with self.autocast():  # forward passes; the losses inside are float32 (trainer.losses)
             y = self.G(x, style_w, stroke)
-            l_content, l_style, _ = self.loss(y, x, joint_weights(self.G, style_w, stroke))
+            l_content, l_style, _ = self.loss(y, x, joint_weights(self.G, style_w, stroke), style_w @ self.emphasis)
             l_tv = total_variation(y.float())
             g_loss = w.content * l_content + w.style * l_style + w.tv * l_tv
             stats = {"content": l_content.item(), "style": l_style.item(), "tv": l_tv.item()}
