@@ -152,7 +152,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("learning %s (stream at %.1f fps before)", painting.name, base_fps)
             job = await learn_one(http, srv.url, painting, name)
             during = fps_between(peer.arrivals, job["t0"], job["t1"])
-            q = quality(vgg, srv.server.model.backend, painting, job["style_index"], photos, photo_stats)
+            # Off the event loop (backends are called from worker threads): the server and the peer share
+            # this loop, and scoring takes seconds on 2 cores, long enough for the server to close a
+            # session that sends no video.
+            q = await asyncio.to_thread(
+                quality, vgg, srv.server.model.backend, painting, job["style_index"], photos, photo_stats
+            )
             row = {
                 "painting": painting.name,
                 "name": name,
