@@ -93,6 +93,9 @@ def crop_multiple(stride: int, resolution_step: bool) -> int:
     return 2 * stride if resolution_step else stride
 
 
+FINEST_STROKES = ("anchor", "runtime")  # --finest-stroke: the finest anchor, or the finest a network paints
+
+
 def parse_emphasis(arg: str) -> tuple[str, float]:
     """'The Great Wave=2' -> ('The Great Wave', 2.0): a style's display name and its style-term factor."""
     name, sep, factor = arg.rpartition("=")
@@ -150,7 +153,7 @@ class TrainConfig:
         "anchor",
         "v2: the finest stroke drawn for a crop: 'anchor' (the finest anchor) or 'runtime' (the finest a "
         "network paints, half an anchor step below it: what a runtime asks for on 384x288 and 320x240 frames)",
-        choices=("anchor", "runtime"),
+        choices=FINEST_STROKES,
     )
     style_emphasis: tuple[tuple[str, float], ...] = opt(
         (),
@@ -237,7 +240,7 @@ class TrainConfig:
             raise ValueError(f"--default-stroke-share must be from 0 to 1, got {self.default_stroke_share}")
         if (self.up_blur or self.head_blur) and self.arch != 2:
             raise ValueError("--up-blur and --head-blur are v2 settings (--arch 2)")
-        if self.finest_stroke not in ("anchor", "runtime"):
+        if self.finest_stroke not in FINEST_STROKES:
             raise ValueError(f"--finest-stroke must be anchor or runtime, got {self.finest_stroke!r}")
         for name, factor in self.style_emphasis:
             if not (math.isfinite(factor) and factor > 0):
