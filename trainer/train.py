@@ -241,7 +241,7 @@ class TrainConfig:
         if (self.up_blur or self.head_blur) and self.arch != 2:
             raise ValueError("--up-blur and --head-blur are v2 settings (--arch 2)")
         if self.finest_stroke not in FINEST_STROKES:
-            raise ValueError(f"--finest-stroke must be anchor or runtime, got {self.finest_stroke!r}")
+            raise ValueError(f"--finest-stroke must be {' or '.join(FINEST_STROKES)}, got {self.finest_stroke!r}")
         for name, factor in self.style_emphasis:
             if not (math.isfinite(factor) and factor > 0):
                 raise ValueError(f"--style-emphasis {name}={factor}: the factor must be a positive number")
