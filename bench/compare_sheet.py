@@ -32,9 +32,10 @@ from bench.data import PHOTOS
 from bench.figures import grid, save_png, thumb
 from bench.peer import peer_model_path
 from bench.quality.cli import size_arg
-from bench.quality.inputs import cover_crop, open_rgb, parse_indices, select_photos
+from bench.quality.inputs import open_rgb, parse_indices, select_photos
 from bench.quality.models import Model, load_model, load_peer, model_spec
 from common.sizes import format_size
+from trainer.data import cover_crop
 
 log = logging.getLogger("bench.compare_sheet")
 DOCS = Path(__file__).resolve().parents[1] / "docs"

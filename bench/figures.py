@@ -33,9 +33,10 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from bench.data import PHOTOS, VIDEO
-from bench.quality.inputs import cover_crop, open_rgb, parse_indices
+from bench.quality.inputs import open_rgb, parse_indices
 from bench.quality.models import Model, load_model
 from common.paths import DEFAULT_CHECKPOINT
+from trainer.data import cover_crop
 
 log = logging.getLogger(__name__)
 

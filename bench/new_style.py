@@ -107,7 +107,7 @@ def quality(
 ) -> dict[str, float]:
     """Mean style/content distance of ours (style ``index`` on the served ``backend``) and the one-shot peer."""
     from bench.peer import OneShotPeer
-    from bench.quality.inputs import painting_crops
+    from trainer.data import painting_crops
     from trainer.metrics import content_distance, style_distance
 
     grams = vgg.mean_grams(painting_crops(painting, EVAL_SIZE, EVAL_SIZE))

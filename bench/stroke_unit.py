@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from bench.quality.inputs import painting_crops, painting_path, select_photos
+from bench.quality.inputs import painting_path, select_photos
 from bench.quality.models import add_model_options, load_exact
 from bench.stroke_step import LARGE, write_fitted
 from common.stroke import DEFAULT_STROKE, STROKE_UNIT_RANGE
+from trainer.data import painting_crops
 
 if TYPE_CHECKING:
     import torch

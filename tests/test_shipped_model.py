@@ -139,10 +139,10 @@ def test_a_step_of_auto_resolution_keeps_the_strokes_size_relative_to_the_frame(
     planned without it is measured too, and misses: the floor is what holds the step."""
     from PIL import Image
 
-    from bench.quality.inputs import cover_crop
     from bench.stroke_step import LARGE, step_ratios
     from common.paths import CONTENT_DIR
     from engines.runtime import load_backend
+    from trainer.data import cover_crop
 
     backend = load_backend(V2 / ONNX, "onnxruntime-cpu", num_threads=2, precision="fp32")
     photos = []

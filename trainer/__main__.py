@@ -24,6 +24,10 @@ Copy-paste commands:
     # ... and after the last, full-resolution one too; train on with --up-blur --head-blur
     python -m trainer grow runs/model.safetensors --up-blur --head-blur --out runs/blur2/model.safetensors
 
+    # fit each style's colour map (v2), the network frozen: style distance to the painting against
+    # content and steadiness, on photos of the training split (--paintings: where the paintings are)
+    python -m trainer fit-palette runs/model.safetensors --paintings paintings/ --out runs/model_palette.safetensors
+
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
 
@@ -43,6 +47,7 @@ from collections.abc import Sequence
 
 from common.cli import add_options, arg_type, from_args
 from trainer.data import DataError, parse_style_arg
+from trainer.palette import PaletteConfig
 from trainer.train import ADD_STYLE_LOSSES, AddStyleConfig, LossWeights, TrainConfig, command_line
 
 LOSS = "loss_"  # LossWeights' values on the namespace (its "style" would meet add-style's --style)
@@ -94,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="checkpoint to write (resume from it with the same --blocks/--up-blur/--head-blur)"
     )
 
+    f = sub.add_parser(
+        "fit-palette", help="v2: fit each style's colour map on the picture, the network frozen (trainer/palette.py)"
+    )
+    add_options(f, PaletteConfig)
+
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")
     s.add_argument("--content", action="append", required=True, help="a photo; repeat for more rows")
@@ -123,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             losses = from_args(LossWeights, args, LOSS, adversarial=0.0)
             print(add_style(from_args(AddStyleConfig, args, style=path, name=name, losses=losses,
                                       command=command_line())))  # fmt: skip
+        elif args.subcommand == "fit-palette":
+            from trainer.palette import fit_palette
+
+            print(fit_palette(from_args(PaletteConfig, args, command=command_line())))
         elif args.subcommand == "grow":
             print(grow(args.model, args.out, args.blocks, args.up_blur, args.head_blur))
         elif args.subcommand == "sample":

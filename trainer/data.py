@@ -28,6 +28,33 @@ class DataError(ValueError):
     """The training data cannot be used (missing folder, no images, unreadable style)."""
 
 
+def resize_short(im: Image.Image, short: int) -> Image.Image:
+    """Resize so the short side is ``short`` px (Lanczos, up or down)."""
+    s = short / min(im.size)
+    return im.resize((max(short, round(im.width * s)), max(short, round(im.height * s))), Image.Resampling.LANCZOS)
+
+
+def cover_crop(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """``im`` resized to cover ``size`` (width, height), aspect kept, and centre-cropped to it."""
+    w, h = size
+    s = max(w / im.width, h / im.height)
+    im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.Resampling.LANCZOS)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8).copy()
+
+
+def painting_crops(path: Path, short: int, crop: int) -> list[np.ndarray]:
+    """Three ``crop``-sized squares (start, centre, end of the long axis) of the painting at short side ``short``:
+    what a style distance is measured against (``bench.quality``, ``trainer.palette``)."""
+    im = resize_short(load_rgb(path), short)
+    crop = min(crop, short)
+    out = []
+    for t in (0.0, 0.5, 1.0):
+        left, top = round((im.width - crop) * t), round((im.height - crop) * t)
+        out.append(np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8).copy())
+    return out
+
+
 def find_images(folder: str | Path) -> list[Path]:
     """All jpg/png/webp files under ``folder``, recursively, sorted."""
     root = Path(folder)

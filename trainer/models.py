@@ -32,7 +32,7 @@ W multiples of 8::
       -> conv1x1 -> 4*width, pixel-shuffle, (blur), affine, + skip, ReLU  [N,c,H/4,W/4]
       -> fine residual block
       -> conv1x1 -> 4*half_width, pixel-shuffle, (blur), affine, ReLU    [N,h,H/2,W/2]
-      -> conv3x3 -> 12, pixel-shuffle x2, sigmoid                   [N,3,H,W]
+      -> conv3x3 -> 12, (palette), pixel-shuffle x2, sigmoid        [N,3,H,W]
 
 The blurs after the two coarse up-samplings (``up_blur``; off in the shipped v2) are fixed
 [1,2,1] depthwise filters: without them the picture depends on where the scene falls on the 8-px
@@ -107,6 +107,7 @@ class GeneratorConfig:
     head_blur: bool = False  # v2: the same blur after the last, full-resolution one (on the picture's logits)
     stroke_floor: float = 0.0  # v2: the part of its marks that does not follow the stroke (common.stroke), measured
     stroke_unit: float = 1.0  # v2: the network stroke that a user's stroke 1 asks for (common.stroke), measured
+    palette: bool = False  # v2: a per-style colour map on the picture's logits (trainer fit-palette fits it)
 
     @classmethod
     def v2(cls, num_styles: int, **overrides: Any) -> GeneratorConfig:
@@ -124,10 +125,10 @@ class GeneratorConfig:
             if self.stride != 4:
                 raise ValueError("the v1 generator downsamples by exactly 4 (stride=4)")
             v2_only = (self.strokes, self.deep_width, self.fine_blocks, self.instance_norm != "none", self.up_blur)
-            if any(v2_only) or self.head_blur or self.stroke_floor or self.stroke_unit != 1.0:
+            if any(v2_only) or self.head_blur or self.stroke_floor or self.stroke_unit != 1.0 or self.palette:
                 raise ValueError(
-                    "strokes, deep_width, fine_blocks, instance_norm, up_blur, head_blur, stroke_floor and "
-                    "stroke_unit are v2 settings"
+                    "strokes, deep_width, fine_blocks, instance_norm, up_blur, head_blur, stroke_floor, "
+                    "stroke_unit and palette are v2 settings"
                 )
         elif self.version == 2:
             if self.stride != 8:
@@ -332,6 +333,29 @@ class CondAffine(nn.Module):
         return x * gamma[:, :, None, None] + beta[:, :, None, None]
 
 
+class Palette(nn.Module):
+    """A per-style colour map on the picture's logits: ``z -> A z + b`` (``A`` 3x3, ``b`` 3), before the sigmoid.
+
+    ``rows`` is [num_styles, 3, 4] (``[A | b]``), identity at the start; a mix averages the rows
+    with the style weights, like every other per-style row. It works on the head's 12 channels
+    (3 colours x 4 sub-pixels, before the pixel shuffle), which is the same map on the same numbers:
+    the shuffle and the blur after it only move and average values within one colour. Training's
+    losses leave a model's colours short of its paintings' (the low VGG layers' Gram distance was
+    5-9x the one-shot network's on The Great Wave); ``python -m trainer fit-palette`` fits the rows
+    with the network frozen, weighing style distance against content and steadiness.
+    """
+
+    def __init__(self, num_styles: int) -> None:
+        super().__init__()
+        self.rows = nn.Parameter(torch.cat([torch.eye(3), torch.zeros(3, 1)], 1).repeat(num_styles, 1, 1))
+
+    def forward(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        n, c, h, width = z.shape  # c = 12: colour-major (pixel_shuffle takes channels c*4 .. c*4+3)
+        m = (w @ self.rows.flatten(1)).view(n, 3, 4)  # [N,3,4], the mixed map
+        out = torch.bmm(m[:, :, :3], z.reshape(n, 3, (c // 3) * h * width)) + m[:, :, 3:]
+        return out.view(n, c, h, width)
+
+
 class BlurDown(nn.Module):
     """Anti-aliased stride-2 conv: a learned 3x3 kernel convolved with a fixed binomial blur.
 
@@ -436,6 +460,7 @@ class GeneratorV2(nn.Module):
         self.head = nn.Conv2d(h, 12, 3, padding=1, padding_mode="reflect")
         for conv in (self.up3, self.up2, self.head):
             icnr_(conv)
+        self.palette = Palette(s) if config.palette else None
         blocks = [*self.fine_in, *self.blocks, *self.fine_out]
         # Every affine in the order forward() uses them.
         self.norms: list[CondAffine] = [
@@ -543,12 +568,20 @@ class GeneratorV2(nn.Module):
             # The picture itself in float32: bf16 would round it to about one uint8 level, as much as
             # the frame-to-frame flicker the temporal losses measure. The layer is tiny.
             with torch.autocast(x.device.type, enabled=False):
-                return torch.sigmoid(self.upsample(self.head(x.float()), self.config.head_blur))
-        return torch.sigmoid(self.upsample(self.head(x), self.config.head_blur))  # [N,3,H,W]
+                return self.picture(x.float(), w.float())
+        return self.picture(x, w)
+
+    def picture(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The head: features [N,h,H/2,W/2] and style weights [N,S] -> the picture [N,3,H,W] in (0,1)."""
+        z = self.head(x)  # [N,12,H/2,W/2]: logits, colour-major
+        if self.palette is not None:
+            z = self.palette(z, w)
+        return torch.sigmoid(self.upsample(z, self.config.head_blur))
 
     def style_parameters(self) -> list[nn.Parameter]:
-        """The per-style rows (every affine's gamma and beta)."""
-        return [p for n in self.norms for p in (n.gamma, n.beta)]
+        """The per-style rows (every affine's gamma and beta, and the palette's)."""
+        rows = [p for n in self.norms for p in (n.gamma, n.beta)]
+        return rows if self.palette is None else [*rows, self.palette.rows]
 
 
 StyleGenerator = Generator | GeneratorV2

@@ -758,7 +758,8 @@ ADD_STYLE_PLAN: dict[int, tuple[int, int]] = {1: (180, 160), 2: (160, 192)}
 
 
 def extend_generator(base: StyleGenerator, extra: int = 1) -> StyleGenerator:
-    """A copy of ``base`` with ``extra`` more styles; new rows start at the mean of the old ones."""
+    """A copy of ``base`` with ``extra`` more styles; new rows start at the mean of the old ones (a
+    palette's at the identity: the mean of other paintings' colour maps is no painting's)."""
     cfg = base.config
     new = build_generator(dataclasses.replace(cfg, num_styles=cfg.num_styles + extra))
     state = base.state_dict()
@@ -766,6 +767,8 @@ def extend_generator(base: StyleGenerator, extra: int = 1) -> StyleGenerator:
     for k, v in state.items():
         if new_state[k].shape == v.shape:
             new_state[k] = v.clone()
+        elif k == "palette.rows":  # [S,3,4] -> [S+extra,3,4]; the new model's rows start at the identity
+            new_state[k] = torch.cat([v, new_state[k][cfg.num_styles :]], 0)
         else:  # a style table [S,C] (v1) or [S,K,C] (v2) -> [S+extra,...]
             new_state[k] = torch.cat([v, v.mean(0, keepdim=True).expand(extra, *v.shape[1:])], 0)
     new.load_state_dict(new_state)

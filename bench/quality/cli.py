@@ -87,7 +87,6 @@ from bench.data import PAINTINGS, PHOTOS, VIDEO
 from bench.metrics import FlowEstimator, FlowPair
 from bench.peer import PEER_STYLES, peer_model_path
 from bench.quality.inputs import (
-    painting_crops,
     painting_path,
     pan_frames,
     parse_indices,
@@ -110,6 +109,7 @@ from bench.quality.scoring import (
 from bench.results import write_json
 from common.paths import DEFAULT_CHECKPOINT
 from common.sizes import parse_size
+from trainer.data import painting_crops
 from trainer.metrics import VggMetrics, style_distance
 
 log = logging.getLogger("bench.quality")

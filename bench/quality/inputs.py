@@ -11,30 +11,15 @@ from PIL import Image
 
 from bench.metrics import edge_map
 from common.split import held_out, video_held_out_frames, video_train_frames
-from trainer.data import find_images, find_painting, load_rgb, training_files
+from trainer.data import cover_crop, find_images, find_painting, load_rgb, training_files
 
 log = logging.getLogger(__name__)
 
 MIN_EDGE_DENSITY = 0.005  # photos with fewer Canny edge pixels (defocused, flat) are skipped
 
 
-def resize_short(im: Image.Image, short: int) -> Image.Image:
-    """Resize so the short side is ``short`` px (Lanczos, up or down)."""
-    s = short / min(im.size)
-    return im.resize((max(short, round(im.width * s)), max(short, round(im.height * s))), Image.Resampling.LANCZOS)
-
-
 def open_rgb(path: Path) -> Image.Image:
     return load_rgb(path)  # EXIF-rotated, alpha on white, RGB
-
-
-def cover_crop(im: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """``im`` resized to cover ``size`` (width, height), aspect kept, and centre-cropped to it."""
-    w, h = size
-    s = max(w / im.width, h / im.height)
-    im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.Resampling.LANCZOS)
-    left, top = (im.width - w) // 2, (im.height - h) // 2
-    return np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8).copy()
 
 
 def select_photos(
@@ -93,17 +78,6 @@ def painting_path(styles_dir: Path, source: str) -> Path:
     if found is None:
         raise SystemExit(f"painting {source!r} not found under {styles_dir} (use --styles-dir)")
     return found
-
-
-def painting_crops(path: Path, short: int, crop: int) -> list[np.ndarray]:
-    """Three ``crop``-sized squares (start, centre, end of the long axis) of the painting at short side ``short``."""
-    im = resize_short(open_rgb(path), short)
-    crop = min(crop, short)
-    out = []
-    for t in (0.0, 0.5, 1.0):
-        left, top = round((im.width - crop) * t), round((im.height - crop) * t)
-        out.append(np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.uint8).copy())
-    return out
 
 
 def read_video(

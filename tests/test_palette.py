@@ -1,0 +1,153 @@
+"""The v2 palette: a per-style colour map on the picture's logits, and ``python -m trainer fit-palette``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from trainer.__main__ import main as trainer_main  # noqa: E402
+from trainer.checkpoint import load_checkpoint, load_generator, save_checkpoint  # noqa: E402
+from trainer.models import GeneratorConfig, GeneratorV2, build_generator, one_hot  # noqa: E402
+from trainer.train import extend_generator  # noqa: E402
+
+
+def _v2(palette: bool, num_styles: int = 2) -> GeneratorV2:
+    torch.manual_seed(0)
+    g = build_generator(
+        GeneratorConfig.v2(num_styles, width=8, half_width=4, deep_width=8, num_blocks=1, palette=palette)
+    )
+    assert isinstance(g, GeneratorV2)
+    with torch.no_grad():  # rows that differ per style and anchor, as after training (not the palette's)
+        for p in g.style_parameters()[: len(g.norms) * 2]:
+            p.add_(0.5 * torch.randn_like(p))
+    return g.eval()
+
+
+def test_an_identity_palette_is_the_network_and_a_mix_mixes_the_maps() -> None:
+    plain, coloured = _v2(False), _v2(True)
+    coloured.load_state_dict({**plain.state_dict(), "palette.rows": coloured.palette.rows.detach()})  # type: ignore[union-attr]
+    x = torch.rand(2, 3, 32, 40)
+    w = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    with torch.no_grad():
+        assert torch.allclose(plain(x, w), coloured(x, w), atol=1e-6)
+        rows = coloured.palette.rows  # type: ignore[union-attr]
+        rows[0, 0, 3] = 2.0  # style 0: red logit + 2
+        rows[0, 2] = torch.tensor([0.0, 1.0, 0.0, 0.0])  # style 0: blue takes green's logit
+        y0 = torch.logit(plain(x, w).double())
+        y1 = torch.logit(coloured(x, w).double())
+    assert torch.allclose(y1[:, 0] - y0[:, 0], torch.tensor([2.0, 0.6]).double()[:, None, None], atol=1e-3)
+    assert torch.allclose(y1[:, 1], y0[:, 1], atol=1e-4)  # green untouched
+    assert torch.allclose(y1[0, 2], y0[0, 1], atol=1e-3)  # style 0 alone: blue is green
+    assert torch.allclose(y1[1, 2], 0.3 * y0[1, 1] + 0.7 * y0[1, 2], atol=1e-3)  # the mix averages the maps
+
+
+def test_a_new_style_starts_from_the_identity_map_and_old_maps_are_kept() -> None:
+    g = _v2(True)
+    with torch.no_grad():
+        g.palette.rows.add_(0.3 * torch.randn_like(g.palette.rows))  # type: ignore[union-attr]
+    grown = extend_generator(g)
+    assert isinstance(grown, GeneratorV2) and grown.palette is not None and g.palette is not None
+    assert torch.equal(grown.palette.rows[:2], g.palette.rows)
+    assert torch.equal(grown.palette.rows[2], torch.cat([torch.eye(3), torch.zeros(3, 1)], 1))
+    assert any(p is grown.palette.rows for p in grown.style_parameters())  # add-style learns it with the rest
+
+
+def test_the_palette_is_a_v2_setting() -> None:
+    with pytest.raises(ValueError, match="v2 settings"):
+        GeneratorConfig(4, palette=True)
+
+
+def _pictures(folder: Path, names: list[str], seed: int, stripes: bool) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(names):
+        yy, xx = np.mgrid[0:96, 0:120] / 120
+        if stripes:  # a 'painting': two strong colours in stripes
+            c = rng.uniform(0, 1, (2, 3))
+            img = np.where(((xx * 120) // (5 + i)) % 2 == 0, 1.0, 0.0)[..., None] * (c[0] - c[1]) + c[1]
+        else:  # a 'photo': gradients and a blob
+            img = np.stack([xx, yy, 1 - xx * yy], -1) * rng.uniform(0.5, 1.0, 3)
+            img[((yy - 0.4) ** 2 + (xx - 0.5) ** 2) < 0.04] = rng.uniform(0, 1, 3)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(folder / name)
+
+
+@pytest.fixture
+def fit_setup(tiny_v2_checkpoint: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    paintings, photos = tmp_path / "paintings" / "deep", tmp_path / "photos"
+    _pictures(paintings, [s.source for s in load_checkpoint(tiny_v2_checkpoint).styles], 1, stripes=True)
+    _pictures(photos, [f"p{i}.png" for i in range(6)], 2, stripes=False)
+    return tiny_v2_checkpoint, paintings.parent, photos
+
+
+def test_fit_palette_moves_one_styles_colours_towards_its_painting(
+    fit_setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    base, paintings, photos = fit_setup
+    out = tmp_path / "fitted.safetensors"
+    args = [str(base), "--paintings", str(paintings), "--content", str(photos), "--out", str(out)]
+    assert trainer_main(["fit-palette", *args, "--photos", "2", "--size", "64", "--content-rise", "0.3",
+                         "--pan-rise", "0.3", "--iterations", "8", "--style", "glacier"]) == 0  # fmt: skip
+    g, ckpt = load_generator(out)
+    assert isinstance(g, GeneratorV2) and g.config.palette and g.palette is not None
+    identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)
+    assert torch.equal(g.palette.rows[0], identity) and torch.equal(g.palette.rows[2], identity)  # not asked for
+    assert not torch.allclose(g.palette.rows[1], identity, atol=1e-3)
+    (record,) = ckpt.train["fit_palette"]
+    fit = record["fits"]["glacier"]
+    assert set(record["fits"]) == {"glacier"}
+    before, after = fit["before"], fit["after"]
+    assert after["style"] < 0.95 * before["style"]
+    # content and steadiness rose no further than allowed (the penalty lets them past by a hair)
+    assert after["content"] <= 1.31 * before["content"] and after["pan"] <= 1.31 * before["pan"]
+    # the network itself is the base's, tensor for tensor
+    base_state = load_checkpoint(base).generator_state
+    assert all(torch.equal(v, ckpt.generator_state[k]) for k, v in base_state.items())
+    # ... and the model serves: other styles' pictures are the base's
+    g0, _ = load_generator(base)
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        assert torch.allclose(g(x, one_hot([0], 3)), g0(x, one_hot([0], 3)), atol=1e-6)
+        assert not torch.allclose(g(x, one_hot([1], 3)), g0(x, one_hot([1], 3)), atol=1e-3)
+
+
+def test_fit_palette_says_what_is_wrong(
+    fit_setup: tuple[Path, Path, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, paintings, photos = fit_setup
+    common = ["--paintings", str(paintings), "--content", str(photos), "--out", str(tmp_path / "x.safetensors")]
+    assert trainer_main(["fit-palette", str(tiny_checkpoint), *common]) == 2
+    assert "needs a v2 model" in capsys.readouterr().err
+    assert trainer_main(["fit-palette", str(base), *common, "--style", "lava"]) == 2
+    assert "no style named 'lava'" in capsys.readouterr().err
+    assert trainer_main(["fit-palette", str(base), *common[2:], "--paintings", str(photos)]) == 2
+    assert "no painting named ember.png" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_palette_model_exports_and_matches_torch(tiny_v2_checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from engines.export import export_onnx, verify_onnx
+    from engines.tensorrt_rules import tensorrt_problems
+
+    ckpt = load_checkpoint(tiny_v2_checkpoint)
+    g = build_generator(dataclasses.replace(ckpt.generator_config, palette=True))
+    assert isinstance(g, GeneratorV2) and g.palette is not None
+    with torch.no_grad():
+        rows = g.palette.rows + 0.3 * torch.randn_like(g.palette.rows)
+    path = save_checkpoint(
+        tmp_path / "pal.safetensors",
+        dataclasses.replace(ckpt, generator_config=g.config, generator_state={**ckpt.generator_state,
+                                                                                "palette.rows": rows}),
+    )  # fmt: skip
+    onnx_path = export_onnx(path, tmp_path / "pal.onnx")
+    g, _ = load_generator(path)
+    verify_onnx(onnx_path, g, sizes=((64, 96), (120, 160)))
+    assert tensorrt_problems(onnx.load(str(onnx_path))) == []
