@@ -26,6 +26,8 @@ import torch
 from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_gram_error
 from trainer.vgg import VGG19Features, gram
 
+PAN_STEP = 3  # px a frame of the known camera motion (the pan error): not a multiple of any network's stride
+
 
 @dataclass
 class VggStats:

@@ -347,7 +347,12 @@ class Palette(nn.Module):
 
     def __init__(self, num_styles: int) -> None:
         super().__init__()
-        self.rows = nn.Parameter(torch.cat([torch.eye(3), torch.zeros(3, 1)], 1).repeat(num_styles, 1, 1))
+        self.rows = nn.Parameter(self.identity().repeat(num_styles, 1, 1))
+
+    @staticmethod
+    def identity() -> torch.Tensor:
+        """One style's row [3,4] that leaves the picture as it is."""
+        return torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)
 
     def forward(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         n, c, h, width = z.shape  # c = 12: colour-major (pixel_shuffle takes channels c*4 .. c*4+3)

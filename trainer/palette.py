@@ -34,13 +34,13 @@ from common.split import held_out
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import DataError, cover_crop, find_painting, load_rgb, painting_crops, training_files
 from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_gram_error
-from trainer.models import GeneratorV2, build_generator
+from trainer.metrics import PAN_STEP
+from trainer.models import GeneratorV2, Palette, build_generator
 from trainer.vgg import VGG19Features, gram
 
 log = logging.getLogger(__name__)
 
 PENALTY = 1000.0  # weight of a squared relative overshoot of content or pan past its allowed rise
-PAN_STEP = 3  # px a frame: the known camera motion the steadiness term measures (as bench.quality's pan)
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,16 @@ class StyleFit:
 
 
 class PaletteFitter:
-    """Fits palette rows of one generator on fixed photos. The network's logits are computed once
-    per style (without any palette), so each L-BFGS step costs one VGG pass over the photos."""
+    """Fits palette rows for a network without a palette, on fixed photos. Its logits are computed
+    once per style, so each L-BFGS step costs one VGG pass over the photos."""
 
     def __init__(
         self, generator: GeneratorV2, photos: list[np.ndarray], rises: tuple[float, float], iterations: int
     ) -> None:
         if any(p.shape[0] % 8 or p.shape[1] % 8 for p in photos):
             raise ValueError("photos must be multiples of 8 px on each side")
+        if generator.palette is not None:
+            raise ValueError("the fitter takes the network without its palette")
         self.g = generator.eval()
         self.vgg = VGG19Features()
         self.vgg.requires_grad_(False)
@@ -103,16 +105,12 @@ class PaletteFitter:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, style: int) -> torch.Tensor:
-        """The head's logits [N,3,H,W] for one-hot ``style``, with no palette, at user stroke 1."""
+        """The picture's logits [N,3,H,W] for one-hot ``style`` at user stroke 1."""
         g = self.g
         _, stroke = g.config.stroke_scale.plan(x.shape[2], x.shape[3], 1.0)
         w = torch.zeros(x.shape[0], g.config.num_styles)
         w[:, style] = 1.0
-        palette, g.palette = g.palette, None
-        try:
-            y = g(x, w, None if stroke is None else torch.tensor(stroke))
-        finally:
-            g.palette = palette
+        y = g(x, w, None if stroke is None else torch.tensor(stroke))
         return torch.logit(y.clamp(1e-5, 1 - 1e-5))
 
     def terms(self, row: torch.Tensor, z: dict[str, torch.Tensor], grams: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -136,7 +134,7 @@ class PaletteFitter:
             grams = {k: gram(v).mean(0) for k, v in self.vgg(_tensor(painting), STYLE_LAYERS).items()}
         z = {"photo": self.logits(self.x, style), "pan0": self.logits(self.pan[0], style),
              "pan1": self.logits(self.pan[1], style)}  # fmt: skip
-        identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)
+        identity = Palette.identity()
         with torch.no_grad():
             before = {k: float(v) for k, v in self.terms(identity, z, grams).items()}
         row = identity.clone().requires_grad_(True)
@@ -182,25 +180,23 @@ def fit_palette(config: PaletteConfig, progress: bool = True) -> Path:
     if unknown:
         raise ValueError(f"no style named {', '.join(map(repr, unknown))}; the model has {', '.join(names)}")
     chosen = [i for i, n in enumerate(names) if not config.styles or n in config.styles]
-    paintings = {i: find_painting(ckpt.styles[i].source, [Path(config.paintings)]) for i in chosen}
-    missing = [ckpt.styles[i].source for i, path in paintings.items() if path is None]
+    found = {i: find_painting(ckpt.styles[i].source, [Path(config.paintings)]) for i in chosen}
+    paintings = {i: path for i, path in found.items() if path is not None}
+    missing = [ckpt.styles[i].source for i in chosen if i not in paintings]
     if missing:
         raise DataError(f"no painting named {', '.join(missing)} under {config.paintings}")
-    g = build_generator(dataclasses.replace(ckpt.generator_config, palette=True))
-    state = dict(ckpt.generator_state)
-    state.setdefault("palette.rows", g.state_dict()["palette.rows"])
-    g.load_state_dict(state)
-    assert isinstance(g, GeneratorV2) and g.palette is not None
-    fitter = PaletteFitter(g, training_photos(config.content_dir, config.photos, config.size),
+    cfg = ckpt.generator_config
+    plain = build_generator(dataclasses.replace(cfg, palette=False))  # the network the rows are fitted to
+    plain.load_state_dict({k: v for k, v in ckpt.generator_state.items() if k != "palette.rows"})
+    assert isinstance(plain, GeneratorV2)
+    rows = ckpt.generator_state.get("palette.rows", Palette.identity().repeat(cfg.num_styles, 1, 1)).clone()
+    fitter = PaletteFitter(plain, training_photos(config.content_dir, config.photos, config.size),
                            (config.content_rise, config.pan_rise),
                            config.iterations)  # fmt: skip
     record: dict[str, Any] = {**dataclasses.asdict(config), "fits": {}}
     for i in tqdm(chosen, disable=not progress, unit="style"):
-        path = paintings[i]
-        assert path is not None
-        fit = fitter.fit(i, painting_crops(path, config.size, config.size))
-        with torch.no_grad():
-            g.palette.rows[i] = fit.row
+        fit = fitter.fit(i, painting_crops(paintings[i], config.size, config.size))
+        rows[i] = fit.row
         record["fits"][names[i]] = {"row": fit.row.tolist(), "before": fit.before, "after": fit.after}
         b, a = fit.before, fit.after
         log.info("%s: style %.4f -> %.4f, content %.3f -> %.3f, pan %.2f -> %.2f", names[i], b["style"], a["style"],
@@ -209,8 +205,8 @@ def fit_palette(config: PaletteConfig, progress: bool = True) -> Path:
         config.out,
         dataclasses.replace(
             ckpt,
-            generator_config=g.config,
-            generator_state=g.state_dict(),
+            generator_config=dataclasses.replace(cfg, palette=True),
+            generator_state={**ckpt.generator_state, "palette.rows": rows},
             train={**ckpt.train, "fit_palette": [*ckpt.train.get("fit_palette", []), record]},
         ),
     )

@@ -110,10 +110,9 @@ from bench.results import write_json
 from common.paths import DEFAULT_CHECKPOINT
 from common.sizes import parse_size
 from trainer.data import painting_crops
-from trainer.metrics import VggMetrics, style_distance
+from trainer.metrics import PAN_STEP, VggMetrics, style_distance
 
 log = logging.getLogger("bench.quality")
-PAN_STEP = 3  # px a frame of the known camera motion: not a multiple of any network's stride
 
 
 def size_arg(text: str) -> tuple[int, int]:
