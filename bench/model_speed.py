@@ -21,7 +21,17 @@ What is timed (median and p90 over ``--repeats`` calls, after ``--warmup``):
 At each size every configuration is compiled and warmed first; then, runtime by
 runtime, ours and the peer at each precision are timed in turns of 5 calls (the
 first of each turn untimed, so no model pays for the caches the other emptied), so
-drift on a noisy machine hits all alike. The
+drift on a noisy machine hits all alike. Each ``--compare`` model's ratio to ours is
+also given *paired by turn*: the median, over turns, of its turn's median over ours in
+the same round of turns, with a 90 % bootstrap interval. Load from elsewhere on a
+2-vCPU host comes in bursts of a few seconds, so the two overall medians can still
+disagree by 5-10 % between runs (v2 over v1 read 0.94x to 1.08x in four runs of the
+same command on an AMD EPYC), where pairing cancels what both saw in the same second.
+The interval covers the noise within one run only: between runs the paired ratio itself
+moved (v2 over v1: 0.967, 90 % 0.952-0.982, then 1.035, 1.015-1.050, with ``--repeats
+200`` on the same host), as a memory-bound model (v1) and a compute-bound one (v2) feel a
+neighbour's load differently. A verdict within a few percent of 1 needs several runs.
+The
 headline row per size is each model at its own fastest precision among those that
 pass the runtime's precision gate here (PSNR against fp32 on the probe, as
 ``load_backend``'s auto applies it): an int8 model whose integer kernels round too
@@ -39,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +85,23 @@ class Timing:
     # load_backend's auto applies: PSNR vs fp32 on the probe (None for fp32 itself and the peer).
     psnr_db: float | None = None
     passes_gate: bool = True  # False: auto would refuse this precision here, so it is never "fastest"
+    turn_ms: list[float] = field(default_factory=list)  # the median of each turn, in order (paired_ratio)
+
+
+def paired_ratio(a: Timing, b: Timing, resamples: int = 2000) -> dict[str, Any] | None:
+    """``a`` over ``b`` paired by turn: the median of the per-turn ratios and its 90 % bootstrap interval.
+
+    Only rows timed in the same rounds of turns pair (same backend and size, as many turns);
+    otherwise None. A turn's ratio compares two models over the same second or so, so a burst
+    of load from elsewhere that slows both cancels, which the two overall medians do not."""
+    if (a.backend, a.size) != (b.backend, b.size) or not a.turn_ms or len(a.turn_ms) != len(b.turn_ms):
+        return None
+    ratios = np.asarray(a.turn_ms) / np.asarray(b.turn_ms)
+    rng = np.random.default_rng(0)  # the interval is reproducible from the JSON
+    boot = np.median(rng.choice(ratios, (resamples, len(ratios))), axis=1)
+    lo, hi = np.percentile(boot, [5, 95])
+    return {"median": round(float(np.median(ratios)), 3), "ci90": [round(float(lo), 3), round(float(hi), 3)],
+            "turns": len(ratios)}  # fmt: skip
 
 
 def untrained_default_model(folder: Path, num_styles: int = PEER_STYLES) -> Path:
@@ -167,8 +194,9 @@ def _load_ours(model: Path, backend: str, precision: str, threads: int) -> Any:
 
 def _interleaved(
     calls: list[Callable[[], Any]], warmup: int, repeats: int, block: int = 5
-) -> list[tuple[float, float]]:
-    """(median, p90) ms of each call: ``repeats`` timed calls each, in turns of ``block`` calls (A A A B B B A ...).
+) -> list[tuple[float, float, list[float]]]:
+    """(median, p90, each turn's median) ms of each call: ``repeats`` timed calls each, in turns of
+    ``block`` calls (A A A B B B A ...).
 
     Turns keep drift fair to all; a turn's first call is not timed, so no call is charged
     for refilling the caches the previous model emptied (serving runs one model over and over).
@@ -177,17 +205,21 @@ def _interleaved(
         for c in calls:
             c()
     samples: list[list[float]] = [[] for _ in calls]
+    turns: list[list[float]] = [[] for _ in calls]
     while len(samples[0]) < repeats:
-        for c, out in zip(calls, samples, strict=True):
+        for c, out, turn in zip(calls, samples, turns, strict=True):
             c()
+            t = []
             for _ in range(block - 1):
                 t0 = time.perf_counter()
                 c()
-                out.append((time.perf_counter() - t0) * 1000.0)
+                t.append((time.perf_counter() - t0) * 1000.0)
+            out.extend(t)
+            turn.append(round(statistics.median(t), 3))
     result = []
-    for s in samples:
+    for s, turn in zip(samples, turns, strict=True):
         s = sorted(s[:repeats])
-        result.append((statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))]))
+        result.append((statistics.median(s), s[min(len(s) - 1, int(0.9 * len(s)))], turn))
     return result
 
 
@@ -276,11 +308,11 @@ def run_bench(
             # Ours and the peer on the same runtime are timed together, in turns.
             for runtime in dict.fromkeys(lab[1] for lab, _ in ok):
                 group = [(lab, c) for lab, c in ok if lab[1] == runtime]
-                for (m, b, prec), (med, p90) in zip(
+                for (m, b, prec), (med, p90, turn) in zip(
                     [lab for lab, _ in group], _interleaved([c for _, c in group], warmup, repeats), strict=True
                 ):
                     db, passes = gate.get((m, b, prec), (None, True))
-                    rows.append(Timing(m, b, prec, size, round(med, 2), round(p90, 2), repeats, db, passes))
+                    rows.append(Timing(m, b, prec, size, round(med, 2), round(p90, 2), repeats, db, passes, turn))
             bar.update()
     finally:
         bar.close()
@@ -302,7 +334,7 @@ def run_bench(
             "ours": "backend.stylize(uint8 HxWx3 frame, weights): checks, uint8 NHWC in/out, conversions in-graph",
             "peer": "network call only, float32 [1,3,H,W] in [0,1] in, float32 out (no uint8 conversions)",
             "order": "per size and runtime, ours and the peer at each precision in turns of 5 calls (the first "
-            "of each turn untimed)",
+            "of each turn untimed); turn_ms: each turn's median, for the ratios paired by turn",
         },
         "notes": notes,
         "skipped": skipped,
@@ -352,6 +384,7 @@ def best_per_size(rows: list[Timing]) -> list[dict[str, Any]]:
                             "config": f"{c.backend} {c.precision}",
                             "ms": c.median_ms,
                             "over_ours": round(c.median_ms / o.median_ms, 2),
+                            "paired_over_ours": paired_ratio(c, o),
                             "peer_over_it": round(p.median_ms / c.median_ms, 2) if p else None,
                         }
                         for m, c in best.items()
@@ -380,8 +413,15 @@ def format_table(result: dict[str, Any]) -> str:
     for b in result["best"]:
         for label, c in b.get("compare", {}).items():
             vs_peer = f", the peer {c['peer_over_it']:.2f}x its time" if c["peer_over_it"] else ""
+            pair = c.get("paired_over_ours")
+            paired = (
+                f" (paired by turn: {pair['median']:.3f}x, 90 % interval {pair['ci90'][0]:.3f}-{pair['ci90'][1]:.3f}, "
+                f"{pair['turns']} turns)"
+                if pair
+                else ""
+            )
             lines.append(
-                f"- {b['size']}: {label} ({c['config']}) {c['ms']:.1f} ms, {c['over_ours']:.2f}x ours{vs_peer}"
+                f"- {b['size']}: {label} ({c['config']}) {c['ms']:.1f} ms, {c['over_ours']:.2f}x ours{paired}{vs_peer}"
             )
     lines += [
         "",

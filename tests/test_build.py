@@ -215,11 +215,44 @@ def test_bench_runs_interleaved_and_writes_json(tiny_onnx: Path, tiny_v2_onnx: P
     fastest = min(v2, key=lambda r: r["median_ms"])
     assert best["compare"]["v2"]["ms"] == fastest["median_ms"]
     assert best["compare"]["v2"]["over_ours"] == round(fastest["median_ms"] / best["ours_ms"], 2)
+    # each turn's median is kept, so the two models pair turn by turn (repeats 2: one turn of 4 timed calls)
+    assert all(len(r["turn_ms"]) == 1 and r["turn_ms"][0] > 0 for r in result["rows"])
+    pair = best["compare"]["v2"]["paired_over_ours"]
+    assert pair["turns"] == 1 and pair["ci90"][0] <= pair["median"] <= pair["ci90"][1]
     table = format_table(result)
     assert "| ours | openvino-cpu | fp32 | 64x48 |" in table and "CPU: " in table
     assert "| v2 | openvino-cpu | fp32 | 64x48 |" in table and "- 64x48: v2 (openvino-cpu" in table
     path = write_json(result, tmp_path / "speed.json")
     assert json.loads(path.read_text())["rows"] == result["rows"]
+
+
+def test_the_paired_ratio_cancels_load_that_both_models_saw_in_the_same_turn() -> None:
+    """On a 2-vCPU host load comes in bursts: here the second half of the run is 1.6x slower for both.
+    The overall medians then say little (b is 10 % slower than a in every turn, but its overall median
+    is 60 % above a's, since a burst covered more of b's turns); pairing by turn gives 1.10."""
+    from bench.model_speed import Timing, best_per_size, format_table, paired_ratio
+
+    load = [1.0] * 5 + [1.6] * 6  # the burst starts in the middle of the run
+    a = Timing("ours", "openvino-cpu", "int8", "640x480", 10.0, 16.0, 44, turn_ms=[10.0 * x for x in load])
+    b = Timing("v2", "openvino-cpu", "int8", "640x480", 17.6, 17.6, 44, turn_ms=[11.0 * x for x in load])
+    pair = paired_ratio(b, a)
+    assert pair == {"median": 1.1, "ci90": [1.1, 1.1], "turns": 11}
+    assert b.median_ms / a.median_ms > 1.7  # what the overall medians of this run would have said
+    # noisy turns: the interval widens around the median and contains it
+    noisy = Timing("v2", "openvino-cpu", "int8", "640x480", 11.0, 12.0, 44, turn_ms=[11, 10, 12, 11.5, 10.5] * 2 + [11])
+    flat = Timing("ours", "openvino-cpu", "int8", "640x480", 10.0, 10.0, 44, turn_ms=[10.0] * 11)
+    wide = paired_ratio(noisy, flat)
+    assert wide is not None and wide["ci90"][0] < wide["median"] == 1.1 < wide["ci90"][1]
+    # rows not timed in the same turns do not pair
+    assert paired_ratio(b, Timing("ours", "onnxruntime-cpu", "int8", "640x480", 1, 1, 44, turn_ms=a.turn_ms)) is None
+    assert paired_ratio(b, Timing("ours", "openvino-cpu", "int8", "640x480", 1, 1, 44, turn_ms=[1.0])) is None
+    best = best_per_size([a, b])[0]
+    assert best["compare"]["v2"]["paired_over_ours"] == pair
+    result = {
+        "cpu": {"model": "x", "flags": [], "cores": 2}, "threads": 2, "repeats": 44, "warmup": 1,
+        "best": [best], "rows": [], "timed": {"ours": "o", "peer": "p"}, "notes": [], "skipped": {},
+    }  # fmt: skip
+    assert "1.76x ours (paired by turn: 1.100x, 90 % interval 1.100-1.100, 11 turns)" in format_table(result)
 
 
 def test_bench_counts_as_a_models_speed_only_precisions_the_gate_lets_through(
