@@ -27,6 +27,8 @@ Copy-paste commands:
     # fit each style's colour map (v2), the network frozen: style distance to the painting against
     # content and steadiness, on photos of the training split (--paintings: where the paintings are)
     python -m trainer fit-palette runs/model.safetensors --paintings paintings/ --out runs/model_palette.safetensors
+    # ... then move the maps into the per-style rows, so the served graph pays nothing for them
+    python -m trainer bake-palette runs/model_palette.safetensors --out runs/model_baked.safetensors
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
@@ -47,7 +49,7 @@ from collections.abc import Sequence
 
 from common.cli import add_options, arg_type, from_args
 from trainer.data import DataError, parse_style_arg
-from trainer.palette import PaletteConfig
+from trainer.palette import BakeConfig, PaletteConfig
 from trainer.train import ADD_STYLE_LOSSES, AddStyleConfig, LossWeights, TrainConfig, command_line
 
 LOSS = "loss_"  # LossWeights' values on the namespace (its "style" would meet add-style's --style)
@@ -104,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(f, PaletteConfig)
 
+    b = sub.add_parser(
+        "bake-palette",
+        help="v2: move a fitted palette into the per-style rows, so the served graph has none (trainer/palette.py)",
+    )
+    add_options(b, BakeConfig)
+
     s = sub.add_parser("sample", help="render every style (and a mix) on photos into one PNG grid")
     s.add_argument("model", help="a model (.safetensors)")
     s.add_argument("--content", action="append", required=True, help="a photo; repeat for more rows")
@@ -137,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trainer.palette import fit_palette
 
             print(fit_palette(from_args(PaletteConfig, args, command=command_line())))
+        elif args.subcommand == "bake-palette":
+            from trainer.palette import bake_palette
+
+            print(bake_palette(from_args(BakeConfig, args, command=command_line())))
         elif args.subcommand == "grow":
             print(grow(args.model, args.out, args.blocks, args.up_blur, args.head_blur))
         elif args.subcommand == "sample":
