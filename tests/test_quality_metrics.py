@@ -491,6 +491,38 @@ def test_fit_floor_measures_on_training_photos_and_the_fitted_model_carries_it(
         stroke_step.main([*args, "--model", f"b={tiny_v2_checkpoint}", "--fit-floor", str(out)])
 
 
+def test_the_stroke_step_per_style_puts_every_style_on_every_photo(
+    tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``bench.stroke_step --per-style``: one kept ratio per style, each the median over every photo;
+    a style's ratio on one photo is the main table's ratio for the photo that table gives it."""
+    from PIL import Image
+
+    from bench import stroke_step
+    from engines.export import export_onnx
+    from engines.runtime import load_backend
+    from trainer.checkpoint import load_checkpoint
+
+    folder, names = block_photos(tmp_path / "photos", 12)
+    out = tmp_path / "step.json"
+    args = ["--model", f"tiny={tiny_v2_checkpoint}", "--photos", str(folder), "--num-photos", "3", "--threads", "1"]
+    assert stroke_step.main([*args, "--per-style", "--json", str(out)]) == 0
+    styles = load_checkpoint(tiny_v2_checkpoint).style_names
+    printed = capsys.readouterr().out
+    assert "per style" in printed and all(f"| {n} | " in printed for n in styles)
+    per_style = json.loads(out.read_text())["models"]["tiny"]["per_style"]
+    assert list(per_style) == styles and all(r > 0 for r in per_style.values())
+
+    backend = load_backend(export_onnx(tiny_v2_checkpoint, tmp_path / "tiny.onnx"), "onnxruntime-cpu", num_threads=1)
+    try:
+        with Image.open(folder / names[0]) as im:
+            photo = np.asarray(im.convert("RGB"))
+        table = stroke_step.kept_ratios(backend, stroke_step.step_photos(backend, [photo], [1.0]), 1.0)
+        assert stroke_step.style_ratios(backend, [photo])[styles[0]] == pytest.approx(table[0])  # photo 0: style 0
+    finally:
+        backend.close()
+
+
 def test_stroke_unit_fit_measures_against_the_paintings_on_training_photos_and_the_model_carries_it(
     tiny_v2_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
