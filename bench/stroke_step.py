@@ -17,8 +17,8 @@ ratio's median within 0.9-1.1.
 
 ``--per-style`` adds a table of the kept ratio at stroke 1 per style, every style on every photo
 (the main table gives photo ``i`` one style, ``3i``). It differs much more between styles than
-between models: the shipped v2's ran from 0.62 (Kazusa Sea Route) to 1.16 (The Librarian) on 12
-training photos, around a median of 0.92.
+between models: on 24 held-out photos the shipped v2's ran from 0.65 (Kazusa Sea Route) to 1.16
+(The Librarian), most styles between 0.91 and 1.04 (``bench/results/stroke_step_per_style.json``).
 
 ``--fit-floor OUT.safetensors`` measures a checkpoint's *stroke floor* (``common.stroke``: the part
 of its marks that keeps its size in pixels whatever stroke it is asked for) on photos training
