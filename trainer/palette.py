@@ -42,7 +42,7 @@ import torch
 from common.cli import opt
 from common.paths import CONTENT_DIR
 from common.split import held_out
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import Checkpoint, load_checkpoint, load_generator, save_checkpoint
 from trainer.data import (
     ContentImages,
     DataError,
@@ -193,6 +193,14 @@ class PaletteFitter:
         return StyleFit(row.detach().clone(), before, after)
 
 
+def without_palette(ckpt: Checkpoint) -> GeneratorV2:
+    """The network of a v2 checkpoint without its palette (what the rows are fitted to, or baked into)."""
+    g = build_generator(dataclasses.replace(ckpt.generator_config, palette=False))
+    g.load_state_dict({k: v for k, v in ckpt.generator_state.items() if k != "palette.rows"})
+    assert isinstance(g, GeneratorV2)
+    return g
+
+
 def training_photos(folder: str | Path, count: int, side: int) -> list[np.ndarray]:
     """``count`` photos spread evenly over the training split of ``folder``, as ``side``-px squares."""
     files = training_files(folder, held_out)
@@ -224,9 +232,7 @@ def fit_palette(config: PaletteConfig, progress: bool = True) -> Path:
     if missing:
         raise DataError(f"no painting named {', '.join(missing)} under {config.paintings}")
     cfg = ckpt.generator_config
-    plain = build_generator(dataclasses.replace(cfg, palette=False))  # the network the rows are fitted to
-    plain.load_state_dict({k: v for k, v in ckpt.generator_state.items() if k != "palette.rows"})
-    assert isinstance(plain, GeneratorV2)
+    plain = without_palette(ckpt)
     rows = ckpt.generator_state.get("palette.rows", Palette.identity().repeat(cfg.num_styles, 1, 1)).clone()
     fitter = PaletteFitter(plain, training_photos(config.content_dir, config.photos, config.size),
                            (config.content_rise, config.pan_rise),
@@ -259,17 +265,12 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
         raise ValueError(f"--crop must be a multiple of 8 and at least 64, got {config.crop}")
     if config.steps < 1 or config.batch < 1 or config.lr <= 0 or config.finest_stroke <= 0:
         raise ValueError("--steps and --batch must be >= 1, --lr and --finest-stroke > 0")
-    ckpt = load_checkpoint(config.base)
+    teacher, ckpt = load_generator(config.base)
     cfg = ckpt.generator_config
     if cfg.version != 2 or not cfg.palette:
         raise ValueError("bake-palette needs a v2 model with a palette (python -m trainer fit-palette makes one)")
-    teacher = build_generator(cfg)
-    teacher.load_state_dict(ckpt.generator_state)
-    plain_cfg = dataclasses.replace(cfg, palette=False)
-    student = build_generator(plain_cfg)
-    student.load_state_dict({k: v for k, v in ckpt.generator_state.items() if k != "palette.rows"})
-    assert isinstance(student, GeneratorV2) and isinstance(teacher, GeneratorV2)
-    teacher.eval().requires_grad_(False)
+    student = without_palette(ckpt)
+    teacher.requires_grad_(False)
     student.eval().requires_grad_(False)  # eval: no layer of v2 behaves differently in training
     rows = student.style_parameters()
     for p in rows:
@@ -303,7 +304,7 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
         config.out,
         dataclasses.replace(
             ckpt,
-            generator_config=plain_cfg,
+            generator_config=student.config,
             generator_state={k: v.detach().clone() for k, v in student.state_dict().items()},
             train={**ckpt.train, "bake_palette": [*ckpt.train.get("bake_palette", []), record]},
         ),
