@@ -84,11 +84,16 @@ def edge_f1(out: np.ndarray, ref: np.ndarray, tolerance: int = EDGE_TOLERANCE) -
 # -------------------------------------------------------------------------- strokes
 
 
+def _analysis_grey(image: np.ndarray) -> np.ndarray:
+    """A uint8 RGB image as float grey levels at ``STROKE_ANALYSIS``, whatever its size."""
+    grey = cv2.cvtColor(cv2.resize(image, STROKE_ANALYSIS, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return grey.astype(np.float64)
+
+
 def stroke_frequency(image: np.ndarray) -> float:
     """Power-weighted mean spatial frequency of a uint8 RGB image, in cycles per frame width."""
     w, h = STROKE_ANALYSIS
-    grey = cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-    g = grey.astype(np.float64)
+    g = _analysis_grey(image)
     g -= g.mean()
     power = np.abs(np.fft.rfft2(g * np.outer(np.hanning(h), np.hanning(w)))) ** 2
     fy = np.fft.fftfreq(h)[:, None] * w  # cycles per frame *width*, so a cycle is the same length both ways
@@ -101,6 +106,13 @@ def stroke_frequency(image: np.ndarray) -> float:
     return float((power[keep] * r[keep]).sum() / total)
 
 
+def grey_contrast(image: np.ndarray) -> float:
+    """RMS contrast of a uint8 RGB image: the standard deviation of its grey levels at the size
+    :func:`stroke_frequency` reads (so pictures of different sizes compare). The frequency alone
+    does not see a picture go hazy: finer marks at lower contrast read as the same step."""
+    return float(_analysis_grey(image).std())
+
+
 # -------------------------------------------------------------------------- video
 
 __all__ = [
@@ -109,6 +121,7 @@ __all__ = [
     "edge_f1",
     "edge_map",
     "flow_pair_from_flows",
+    "grey_contrast",
     "stroke_frequency",
     "warp",
     "warp_error",

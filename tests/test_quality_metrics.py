@@ -169,6 +169,18 @@ def test_stroke_frequency_reads_a_grating_in_cycles_per_frame_width_at_any_size(
     assert np.isnan(metrics.stroke_frequency(np.full((48, 64, 3), 90, np.uint8)))
 
 
+def test_grey_contrast_falls_with_haze_and_not_with_the_frame_size() -> None:
+    big = grating(480, 640, 20.0)
+    # a sine of amplitude 100 grey levels: RMS 100 / sqrt(2), read at the analysis size from either frame
+    assert metrics.grey_contrast(big) == pytest.approx(100 / np.sqrt(2), rel=0.02)
+    assert metrics.grey_contrast(grating(240, 320, 20.0)) == pytest.approx(metrics.grey_contrast(big), rel=0.02)
+    # the same stripes at finer pitch keep their contrast; half-way to flat grey halves it
+    assert metrics.grey_contrast(grating(480, 640, 40.0)) == pytest.approx(metrics.grey_contrast(big), rel=0.05)
+    hazy = (0.5 * big.astype(np.float64) + 0.5 * 127.5).round().astype(np.uint8)
+    assert metrics.grey_contrast(hazy) == pytest.approx(metrics.grey_contrast(big) / 2, rel=0.02)
+    assert metrics.grey_contrast(np.full((48, 64, 3), 90, np.uint8)) == 0.0
+
+
 # ------------------------------------------------------------------ the bench end to end
 
 
@@ -510,15 +522,26 @@ def test_the_stroke_step_per_style_puts_every_style_on_every_photo(
     styles = load_checkpoint(tiny_v2_checkpoint).style_names
     printed = capsys.readouterr().out
     assert "per style" in printed and all(f"| {n} | " in printed for n in styles)
-    per_style = json.loads(out.read_text())["models"]["tiny"]["per_style"]
+    row = json.loads(out.read_text())["models"]["tiny"]
+    per_style = row["per_style"]
     assert list(per_style) == styles and all(r > 0 for r in per_style.values())
+    # the main table keeps the contrast at stroke 1 beside the frequency, one ratio per photo
+    assert len(row["contrast"]) == len(row["jumped"])
+    assert row["medians"]["contrast@1"] == pytest.approx(np.median(row["contrast"]))
+    assert "contrast@1" in printed
 
     backend = load_backend(export_onnx(tiny_v2_checkpoint, tmp_path / "tiny.onnx"), "onnxruntime-cpu", num_threads=1)
     try:
         with Image.open(folder / names[0]) as im:
             photo = np.asarray(im.convert("RGB"))
-        table = stroke_step.kept_ratios(backend, stroke_step.step_photos(backend, [photo], [1.0]), 1.0)
+        prepared = stroke_step.step_photos(backend, [photo], [1.0])
+        table = stroke_step.kept_ratios(backend, prepared, 1.0)
         assert stroke_step.style_ratios(backend, [photo])[styles[0]] == pytest.approx(table[0])  # photo 0: style 0
+        # the contrast ratio is the two pictures' grey contrast, each read at the analysis size
+        w = np.eye(len(styles), dtype=np.float32)[0]
+        small = backend.stylize(stroke_step.reduced(photo), w, 1.0)
+        (marks,) = stroke_step.small_over_big(backend, prepared, 1.0)
+        assert marks.contrast == pytest.approx(metrics.grey_contrast(small) / prepared[0][2][1.0].contrast)
     finally:
         backend.close()
 
