@@ -216,10 +216,12 @@ def without_palette(ckpt: Checkpoint) -> GeneratorV2:
 
 class RoundingNoise:
     """Uniform noise of one int8 step (of each tensor's own range in the batch, uint8 where it is never
-    negative) times ``scale`` at the input of every convolution that INT8 builds quantize."""
+    negative) times ``scale`` at the input of every convolution that INT8 builds quantize, drawn from
+    its own generator (``seed``), so that a bake with it is as reproducible as one without."""
 
-    def __init__(self, g: torch.nn.Module, scale: float) -> None:
+    def __init__(self, g: torch.nn.Module, scale: float, seed: int = 0) -> None:
         self.scale = scale
+        self.generator = torch.Generator().manual_seed(seed)
         self.handles = [
             m.register_forward_pre_hook(self.hook)
             for m in g.modules()
@@ -231,7 +233,8 @@ class RoundingNoise:
         with torch.no_grad():
             levels = 255.0 if bool((x >= 0).all()) else 127.0
             step = x.abs().amax() / levels
-        return (x + (torch.rand_like(x) - 0.5) * step * self.scale, *inputs[1:])
+            u = torch.rand(x.shape, generator=self.generator).to(x)
+        return (x + (u - 0.5) * step * self.scale, *inputs[1:])
 
     def remove(self) -> None:
         for h in self.handles:
@@ -317,7 +320,7 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
     schedule = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: 0.5 * (1 + math.cos(math.pi * s / config.steps)))
     rng = random.Random(config.seed)
     lo, hi = math.log2(config.finest_stroke), math.log2(cfg.strokes[-1])
-    noise = RoundingNoise(student, config.noise) if config.noise > 0 else None
+    noise = RoundingNoise(student, config.noise, config.seed) if config.noise > 0 else None
     losses: list[float] = []
     bar = tqdm(range(config.steps), disable=not progress, unit="step", desc="bake-palette")
     for _ in bar:
