@@ -31,7 +31,8 @@ noise should give an INT8 model that moves the picture less. The bake above with
 passed the INT8 gate (31.0 dB at worst with ONNX Runtime's quantizer, 31.6 with NNCF's) where the
 bake without it had missed (29.2 and 28.9), at an L1 to the palette model of 0.0075 against 0.0057;
 the same bake of the palette on the shipped weights stayed where that palette model was (29.5 and
-29.7 against 29.7 and 29.5). Two bakes do not separate the noise's part from the gate's spread.
+29.7 against 29.7 and 29.5), and with twice the gate's photos held out the first fell behind the
+shipped file (32.2 against 34.5 dB). Its effect is not established (README, Generator v2).
 """
 
 from __future__ import annotations
