@@ -63,7 +63,7 @@ from trainer.data import (
 )
 from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_gram_error
 from trainer.metrics import PAN_STEP
-from trainer.models import GeneratorV2, Palette, build_generator
+from trainer.models import GeneratorV2, Palette, build_generator, one_hot
 from trainer.vgg import VGG19Features, gram
 
 log = logging.getLogger(__name__)
@@ -326,8 +326,7 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
     bar = tqdm(range(config.steps), disable=not progress, unit="step", desc="bake-palette")
     for _ in bar:
         x = data.batch(config.batch, rng)
-        style = torch.zeros(config.batch, cfg.num_styles)
-        style[torch.arange(config.batch), torch.tensor([rng.randrange(cfg.num_styles) for _ in x])] = 1.0
+        style = one_hot([rng.randrange(cfg.num_styles) for _ in x], cfg.num_styles)
         stroke = torch.tensor([2 ** rng.uniform(lo, hi) for _ in x])
         with torch.no_grad():
             want = teacher(x, style, stroke)
