@@ -108,8 +108,8 @@ def test_fit_palette_moves_one_styles_colours_towards_its_painting(
     base, paintings, photos = fit_setup
     out = tmp_path / "fitted.safetensors"
     args = [str(base), "--paintings", str(paintings), "--content", str(photos), "--out", str(out)]
-    assert trainer_main(["fit-palette", *args, "--photos", "2", "--size", "64", "--content-rise", "0.3",
-                         "--pan-rise", "0.3", "--iterations", "8", "--style", "glacier"]) == 0  # fmt: skip
+    assert trainer_main(["fit-palette", *args, "--photos", "2", "--size", "64", "--content-rise", "0.3", "--pan-rise",
+                         "0.3", "--pan-at", "96x64:0.2", "--iterations", "8", "--style", "glacier"]) == 0  # fmt: skip
     g, ckpt = load_generator(out)
     assert isinstance(g, GeneratorV2) and g.config.palette and g.palette is not None
     identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)
@@ -120,8 +120,10 @@ def test_fit_palette_moves_one_styles_colours_towards_its_painting(
     assert set(record["fits"]) == {"glacier"}
     before, after = fit["before"], fit["after"]
     assert after["style"] < 0.95 * before["style"]
-    # content and steadiness rose no further than allowed (the penalty lets them past by a hair)
+    # content and steadiness rose no further than allowed (the penalty lets them past by a hair), at both sizes
     assert after["content"] <= 1.31 * before["content"] and after["pan"] <= 1.31 * before["pan"]
+    assert after["pan@96x64"] <= 1.21 * before["pan@96x64"]
+    assert record["pan_at"] == [{"size": [96, 64], "rise": 0.2}]
     # the network itself is the base's, tensor for tensor
     base_state = load_checkpoint(base).generator_state
     assert all(torch.equal(v, ckpt.generator_state[k]) for k, v in base_state.items())
@@ -144,6 +146,10 @@ def test_fit_palette_says_what_is_wrong(
     assert "no style named 'lava'" in capsys.readouterr().err
     assert trainer_main(["fit-palette", str(base), *common[2:], "--paintings", str(photos)]) == 2
     assert "no painting named ember.png" in capsys.readouterr().err
+    for bad in ("640x480", "630x480:0.01", "640x480:-1", "640x480:x"):
+        with pytest.raises(SystemExit):
+            trainer_main(["fit-palette", str(base), *common, "--pan-at", bad])
+        assert "expected WIDTHxHEIGHT:RISE" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
 

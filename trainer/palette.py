@@ -11,7 +11,10 @@ past them), on training photos (the held-out split is never read): the style dis
 painting (``trainer.metrics``: the mean relative Gram distance over relu1_1..relu4_1, against
 three square crops of the painting at the photos' size), the content distance to the photo, and
 the pan error, the mean change between two frames of the photo panning 3 px (``bench.quality``'s),
-each against the network without a map. Content and steadiness are what the map trades: a map fitted
+each against the network without a map. ``--pan-at 640x480:0.01`` bounds the pan error at another
+frame size too (the photos cover-cropped to it, the network at that size's stroke plan): a map's pan
+rise is not the same at every size, and the shipped v2 had less pan margin at 640x480 than at 384.
+Content and steadiness are what the map trades: a map fitted
 for style alone halved The Great Wave's style distance on training photos, at +26 % content distance and
 +22 % pan error.
 Twelve numbers per style: L-BFGS converges in a few dozen VGG passes.
@@ -50,6 +53,7 @@ import torch
 
 from common.cli import opt
 from common.paths import CONTENT_DIR
+from common.sizes import format_size, parse_size
 from common.split import held_out
 from trainer.checkpoint import Checkpoint, load_checkpoint, load_generator, save_checkpoint
 from trainer.data import (
@@ -72,6 +76,32 @@ PENALTY = 1000.0  # weight of a squared relative overshoot of content or pan pas
 
 
 @dataclass(frozen=True)
+class PanBound:
+    """The pan error at frames of ``size`` (width, height) may rise by at most ``rise`` (relative)."""
+
+    size: tuple[int, int]
+    rise: float
+
+    @classmethod
+    def parse(cls, text: str) -> PanBound:
+        """``WxH:RISE``, e.g. ``640x480:0.01``."""
+        size, sep, rise = text.partition(":")
+        try:
+            bound = cls(parse_size(size), float(rise))
+        except ValueError:
+            bound = None
+        if not sep or bound is None or not 0 <= bound.rise < 10 or any(v < 64 or v % 8 for v in bound.size):
+            raise ValueError(
+                f"expected WIDTHxHEIGHT:RISE (sides multiples of 8, at least 64; a rise >= 0), got {text!r}"
+            )
+        return bound
+
+    @property
+    def key(self) -> str:
+        return f"pan@{format_size(self.size)}"
+
+
+@dataclass(frozen=True)
 class PaletteConfig:
     """Fit the palette rows of a v2 model. Fields with help are CLI options."""
 
@@ -89,6 +119,10 @@ class PaletteConfig:
     size: int = opt(384, "side of the square photo and painting crops, px (a multiple of 8)")
     content_rise: float = opt(0.03, "how far the content distance may rise, relative (0.03: 3 %%)")
     pan_rise: float = opt(0.03, "how far the pan error (flicker under a known camera motion) may rise, relative")
+    pan_at: tuple[PanBound, ...] = opt(
+        (), "also bound the pan error at another frame size: WIDTHxHEIGHT:RISE (repeat), e.g. 640x480:0.01",
+        action="append", parse=PanBound.parse, metavar="WxH:RISE",
+    )  # fmt: skip
     styles: tuple[str, ...] = opt((), "fit only these styles (names; repeat), the others keep their rows",
                                   action="append", flag="--style", metavar="NAME")  # fmt: skip
     iterations: int = opt(16, "L-BFGS iterations per style")
@@ -137,23 +171,38 @@ class PaletteFitter:
     once per style, so each L-BFGS step costs one VGG pass over the photos."""
 
     def __init__(
-        self, generator: GeneratorV2, photos: list[np.ndarray], rises: tuple[float, float], iterations: int
+        self,
+        generator: GeneratorV2,
+        photos: list[np.ndarray],
+        rises: dict[str, float],
+        iterations: int,
+        pan_photos: dict[str, list[np.ndarray]] | None = None,
     ) -> None:
+        """``rises``: how far "content", "pan" (at the photos' size) and each key of ``pan_photos``
+        (the same photos at another size, where the pan error is bounded too) may rise."""
+        pans = {"pan": photos, **(pan_photos or {})}
         if any(p.shape[0] % 8 or p.shape[1] % 8 for p in photos):
             raise ValueError("photos must be multiples of 8 px on each side")
         if generator.palette is not None:
             raise ValueError("the fitter takes the network without its palette")
+        if set(rises) != {"content", *pans}:
+            raise ValueError(f"a rise for each of content, {', '.join(pans)} is needed, got {', '.join(rises)}")
         self.g = generator.eval()
         self.vgg = VGG19Features()
         self.vgg.requires_grad_(False)
         self.rises, self.iterations = rises, iterations
         self.x = _tensor(photos)
-        width = photos[0].shape[1] - PAN_STEP
-        width -= width % 8
-        # two frames of each photo panning PAN_STEP px (bench.quality.inputs.pan_frames)
-        self.pan = [_tensor([p[:, t * PAN_STEP : t * PAN_STEP + width] for p in photos]) for t in (0, 1)]
+        # two frames of each photo panning PAN_STEP px (bench.quality.inputs.pan_frames), at each size
+        self.pans = {key: self._pan(frames) for key, frames in pans.items()}
         with torch.no_grad():
             self.content = self.vgg(self.x, [CONTENT_LAYER])[CONTENT_LAYER]
+
+    @staticmethod
+    def _pan(photos: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = photos[0].shape[1] - PAN_STEP
+        width -= width % 8
+        first, second = (_tensor([p[:, t * PAN_STEP : t * PAN_STEP + width] for p in photos]) for t in (0, 1))
+        return first, second
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, style: int) -> torch.Tensor:
@@ -165,8 +214,8 @@ class PaletteFitter:
         y = g(x, w, None if stroke is None else torch.tensor(stroke))
         return torch.logit(y.clamp(1e-5, 1 - 1e-5))
 
-    def terms(self, row: torch.Tensor, z: dict[str, torch.Tensor], grams: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """(style, content, pan) of the pictures that ``row`` [3,4] makes of the logits ``z``."""
+    def terms(self, row: torch.Tensor, z: dict[str, Any], grams: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """style, content and each pan error of the pictures that ``row`` [3,4] makes of the logits ``z``."""
 
         def picture(logits: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(torch.einsum("ij,njhw->nihw", row[:, :3], logits) + row[:, 3, None, None])
@@ -176,16 +225,18 @@ class PaletteFitter:
         style = torch.stack([relative_gram_error(gram(feats[k]), grams[k]) for k in STYLE_LAYERS]).mean()
         f = feats[CONTENT_LAYER]
         content = ((f - self.content).pow(2).sum((1, 2, 3)) / self.content.pow(2).sum((1, 2, 3))).mean()
-        first, second = picture(z["pan0"]), picture(z["pan1"])
-        pan = (second[..., :-PAN_STEP] - first[..., PAN_STEP:]).abs().mean() * 255.0
-        return {"style": style, "content": content, "pan": pan}
+        out = {"style": style, "content": content}
+        for key in self.pans:
+            first, second = (picture(t) for t in z[key])
+            out[key] = (second[..., :-PAN_STEP] - first[..., PAN_STEP:]).abs().mean() * 255.0
+        return out
 
     def fit(self, style: int, painting: list[np.ndarray]) -> StyleFit:
         """The row for ``style`` whose pictures best trade style for content and steadiness (module docstring)."""
         with torch.no_grad():
             grams = {k: gram(v).mean(0) for k, v in self.vgg(_tensor(painting), STYLE_LAYERS).items()}
-        z = {"photo": self.logits(self.x, style), "pan0": self.logits(self.pan[0], style),
-             "pan1": self.logits(self.pan[1], style)}  # fmt: skip
+        z: dict[str, Any] = {"photo": self.logits(self.x, style)}
+        z.update({key: tuple(self.logits(t, style) for t in frames) for key, frames in self.pans.items()})
         identity = Palette.identity()
         with torch.no_grad():
             before = {k: float(v) for k, v in self.terms(identity, z, grams).items()}
@@ -196,7 +247,7 @@ class PaletteFitter:
         def closure() -> torch.Tensor:
             opt.zero_grad()
             t = self.terms(row, z, grams)
-            over = [t[k] / before[k] - (1.0 + r) for k, r in zip(("content", "pan"), self.rises, strict=True)]
+            over = [t[k] / before[k] - (1.0 + r) for k, r in self.rises.items()]
             loss = t["style"] / before["style"] + PENALTY * sum(torch.relu(o) ** 2 for o in over)
             loss.backward()
             return loss
@@ -242,13 +293,14 @@ class RoundingNoise:
             h.remove()
 
 
-def training_photos(folder: str | Path, count: int, side: int) -> list[np.ndarray]:
-    """``count`` photos spread evenly over the training split of ``folder``, as ``side``-px squares."""
+def training_photos(folder: str | Path, count: int, sizes: list[tuple[int, int]]) -> list[list[np.ndarray]]:
+    """``count`` photos spread evenly over the training split of ``folder``, cover-cropped to each of
+    ``sizes`` (width, height): one list per size, the same photos in each."""
     files = training_files(folder, held_out)
     if not files:
         raise DataError(f"no training photos (jpg, png, webp) under {folder}")
-    picks = [files[round(i * (len(files) - 1) / max(1, count - 1))] for i in range(min(count, len(files)))]
-    return [cover_crop(load_rgb(p), (side, side)) for p in picks]
+    picks = [load_rgb(files[round(i * (len(files) - 1) / max(1, count - 1))]) for i in range(min(count, len(files)))]
+    return [[cover_crop(im, size) for im in picks] for size in sizes]
 
 
 def fit_palette(config: PaletteConfig, progress: bool = True) -> Path:
@@ -275,17 +327,21 @@ def fit_palette(config: PaletteConfig, progress: bool = True) -> Path:
     cfg = ckpt.generator_config
     plain = without_palette(ckpt)
     rows = ckpt.generator_state.get("palette.rows", Palette.identity().repeat(cfg.num_styles, 1, 1)).clone()
-    fitter = PaletteFitter(plain, training_photos(config.content_dir, config.photos, config.size),
-                           (config.content_rise, config.pan_rise),
-                           config.iterations)  # fmt: skip
+    square, *others = training_photos(
+        config.content_dir, config.photos, [(config.size, config.size), *(b.size for b in config.pan_at)]
+    )
+    rises = {"content": config.content_rise, "pan": config.pan_rise, **{b.key: b.rise for b in config.pan_at}}
+    fitter = PaletteFitter(plain, square, rises, config.iterations,
+                           {b.key: photos for b, photos in zip(config.pan_at, others, strict=True)})  # fmt: skip
     record: dict[str, Any] = {**dataclasses.asdict(config), "fits": {}}
     for i in tqdm(chosen, disable=not progress, unit="style"):
         fit = fitter.fit(i, painting_crops(paintings[i], config.size, config.size))
         rows[i] = fit.row
         record["fits"][names[i]] = {"row": fit.row.tolist(), "before": fit.before, "after": fit.after}
         b, a = fit.before, fit.after
-        log.info("%s: style %.4f -> %.4f, content %.3f -> %.3f, pan %.2f -> %.2f", names[i], b["style"], a["style"],
-                 b["content"], a["content"], b["pan"], a["pan"])  # fmt: skip
+        pans = ", ".join(f"{k} {b[k]:.2f} -> {a[k]:.2f}" for k in fitter.pans)
+        log.info("%s: style %.4f -> %.4f, content %.3f -> %.3f, %s", names[i], b["style"], a["style"], b["content"],
+                 a["content"], pans)  # fmt: skip
     return save_checkpoint(
         config.out,
         dataclasses.replace(
