@@ -235,6 +235,35 @@ def test_a_floor_rounding_misses_keeps_the_most_sensitive_convolutions_in_float(
     assert "below the floor 200" in " ".join(g.misses)
 
 
+def test_the_float_search_measures_each_choice_beside_those_already_made() -> None:
+    """One convolution dominates the error; the next is the one that helps most once it is in float,
+    not the one that looked best alone (then, every one alone looked the same)."""
+    from engines.quantize import greedy_float
+
+    def reached(keep: list[str]) -> tuple[float, float]:
+        # "first" costs 600 while in int8; with it in float, "c" costs 30, "b" 10 and "d" 5; but alone,
+        # while "first" drowns the rest, "b" looks a hair better than "c" (615.5 against 616)
+        k = set(keep)
+        mse = 1.0 + 600.0 * ("first" not in k) + 30.0 * ("c" not in k) + 10.0 * ("b" not in k) + 5.0 * ("d" not in k)
+        if "first" not in k and "b" in k:
+            mse -= 20.5
+        return 10 * np.log10(255**2 / mse), mse
+
+    calls: list[list[str]] = []
+
+    def counted(keep: list[str]) -> tuple[float, float]:
+        calls.append(keep)
+        return reached(keep)
+
+    keep, db = greedy_float(["b", "c", "d", "first"], counted, target_db=35.0, cap=2)
+    assert keep == ["first", "c"] and db == pytest.approx(reached(["first", "c"])[0])
+    assert len(calls) == 4 + 3  # every remaining convolution tried beside the kept ones, once per choice
+    # it stops as soon as the target is reached, and never keeps more than the cap
+    keep, db = greedy_float(["b", "c", "d", "first"], reached, target_db=10 * np.log10(255**2 / 16.0), cap=3)
+    assert keep == ["first", "c"] and db >= 10 * np.log10(255**2 / 16.0)
+    assert greedy_float(["b", "c", "d", "first"], reached, target_db=99.0, cap=3)[0] == ["first", "c", "b"]
+
+
 def test_bad_inputs_are_clear_errors(tiny_onnx: Path, tmp_path: Path) -> None:
     from engines.quantize import QuantizeError
 
