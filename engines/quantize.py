@@ -481,7 +481,7 @@ def greedy_float(
     Each choice is measured with the earlier ones in float: ranked once, each alone, the first convolution
     of v2 (3 to 16 channels) decided everything, and the rest sat within 0.1 dB of each other, so which of
     them came next was rounding noise: run again on one thread, the shipped v2's search picked another set
-    than its build had, and its INT8 model missed the gate by 3 dB)."""
+    than its build had, and its INT8 model missed the gate by 3 dB."""
     keep: list[str] = []
     db = -math.inf
     while len(keep) < cap and db < target_db:

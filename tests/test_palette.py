@@ -150,6 +150,8 @@ def test_fit_palette_says_what_is_wrong(
         with pytest.raises(SystemExit):
             trainer_main(["fit-palette", str(base), *common, "--pan-at", bad])
         assert "expected WIDTHxHEIGHT:RISE" in capsys.readouterr().err
+    assert trainer_main(["fit-palette", str(base), *common, "--pan-at", "96x64:0.1", "--pan-at", "96x64:0.2"]) == 2
+    assert "names a frame size twice" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
 
