@@ -199,6 +199,47 @@ def test_bake_palette_moves_the_maps_into_the_rows_and_serves_without_one(
     assert record["steps"] == 150 and record["noise"] == 0.5 and record["l1_last"] < record["l1_first"]
 
 
+def _gram_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    from trainer.losses import STYLE_LAYERS, relative_gram_error
+    from trainer.vgg import VGG19Features, gram
+
+    vgg = VGG19Features()
+    fa, fb = vgg(a, STYLE_LAYERS), vgg(b, STYLE_LAYERS)
+    return float(torch.stack([relative_gram_error(gram(fa[k]), gram(fb[k])).mean() for k in STYLE_LAYERS]).mean())
+
+
+def test_a_second_bake_goes_on_from_the_first_and_the_gram_term_matches_the_palette_models_statistics(
+    fit_setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    base, _, photos = fit_setup
+    teacher_path = _with_palette(base, tmp_path / "pal.safetensors")
+    first, still, plain_, gram_ = (tmp_path / f"{n}.safetensors" for n in ("first", "still", "plain", "gram"))
+    args = [str(teacher_path), "--content", str(photos), "--batch", "2", "--crop", "64"]
+    assert trainer_main(["bake-palette", *args, "--out", str(first), "--steps", "60", "--lr", "1e-2"]) == 0
+    # --start loads the first bake's rows: at a learning rate of nothing they come out as they went in
+    assert trainer_main(["bake-palette", *args, "--out", str(still), "--steps", "1", "--lr", "1e-12",
+                         "--start", str(first)]) == 0  # fmt: skip
+    a, b = load_checkpoint(first).generator_state, load_checkpoint(still).generator_state
+    assert all(torch.allclose(v, b[k], atol=1e-6) for k, v in a.items())
+    assert not all(torch.allclose(v, load_checkpoint(base).generator_state[k], atol=1e-3) for k, v in a.items())
+    # from there the Gram term moves the picture's statistics towards the palette model's, more than the
+    # same steps without it
+    more = [*args, "--steps", "40", "--lr", "1e-2", "--start", str(first)]
+    assert trainer_main(["bake-palette", *more, "--out", str(plain_)]) == 0
+    assert trainer_main(["bake-palette", *more, "--out", str(gram_), "--gram", "20"]) == 0
+    teacher, _ = load_generator(teacher_path)
+    (baked, _), (grammed, ckpt) = load_generator(plain_), load_generator(gram_)
+    x = torch.stack([torch.from_numpy(np.array(Image.open(photos / f"p{i}.png"))).permute(2, 0, 1) for i in (1, 4)])
+    x, w = x[..., :88, :112].float() / 255.0, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    with torch.no_grad():
+        want = teacher(x, w)
+        d_l1, d_gram = _gram_distance(baked(x, w), want), _gram_distance(grammed(x, w), want)
+    assert d_gram < 0.8 * d_l1, (d_gram, d_l1)
+    first_pass, record = ckpt.train["bake_palette"]  # the pass it started from is recorded before its own
+    assert first_pass["steps"] == 60 and first_pass["gram"] == 0 and not first_pass["start"]
+    assert record["gram"] == 20 and record["start"] == str(first) and record["gram_last"] < record["gram_first"]
+
+
 def test_bake_palette_says_what_is_wrong(
     fit_setup: tuple[Path, Path, Path], tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,7 +252,17 @@ def test_bake_palette_says_what_is_wrong(
     assert trainer_main(["bake-palette", str(teacher), *common, "--crop", "60"]) == 2
     assert "--crop must be a multiple of 8" in capsys.readouterr().err
     assert trainer_main(["bake-palette", str(teacher), *common, "--noise", "-1"]) == 2
-    assert "--noise >= 0" in capsys.readouterr().err
+    assert "--noise and --gram must be >= 0" in capsys.readouterr().err
+    assert trainer_main(["bake-palette", str(teacher), *common, "--gram", "-1"]) == 2
+    assert "--noise and --gram must be >= 0" in capsys.readouterr().err
+    # --start: a model whose shared weights are not the palette model's, or another network
+    other = load_checkpoint(base)
+    state = {k: v + 0.01 if k == "head.weight" else v for k, v in other.generator_state.items()}
+    moved = save_checkpoint(tmp_path / "moved.safetensors", dataclasses.replace(other, generator_state=state))
+    assert trainer_main(["bake-palette", str(teacher), *common, "--start", str(moved)]) == 2
+    assert "its shared weights are not the palette model's" in capsys.readouterr().err
+    assert trainer_main(["bake-palette", str(teacher), *common, "--start", str(tiny_checkpoint)]) == 2
+    assert "not a bake of this palette model" in capsys.readouterr().err
     assert trainer_main(["bake-palette", str(teacher), "--content", str(tmp_path / "none"), *common[2:]]) == 2
     assert not (tmp_path / "x.safetensors").exists()
 

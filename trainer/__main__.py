@@ -29,6 +29,9 @@ Copy-paste commands:
     python -m trainer fit-palette runs/model.safetensors --paintings paintings/ --out runs/model_palette.safetensors
     # ... then move the maps into the per-style rows, so the served graph pays nothing for them
     python -m trainer bake-palette runs/model_palette.safetensors --out runs/model_baked.safetensors
+    # ... and a second pass from there that also matches the palette model's Gram matrices (slower)
+    python -m trainer bake-palette runs/model_palette.safetensors --start runs/model_baked.safetensors \
+        --gram 10 --crop 192 --steps 700 --lr 1e-3 --out runs/model_baked2.safetensors
 
     # a grid of every style, plus a 50/50 mix of styles 0 and 1
     python -m trainer sample runs/model.safetensors --content photo.jpg --out sheet.png --mix "0:0.5,1:0.5"
