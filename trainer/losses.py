@@ -141,6 +141,13 @@ def relative_gram_error(grams: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return (grams - target).pow(2).sum((-2, -1)) / target.pow(2).sum((-2, -1)).clamp_min(1e-12)
 
 
+def relative_style_error(feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The style distance (``trainer.metrics``) of feature maps ``feats`` {layer: [N,C,H,W]} to target
+    Grams ``targets`` {layer: [C,C] or [N,C,C]}, item by item and differentiable: the mean over
+    ``STYLE_LAYERS`` of :func:`relative_gram_error`. -> [N]."""
+    return torch.stack([relative_gram_error(gram(feats[k]), targets[k]) for k in STYLE_LAYERS]).mean(0)
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between neighbouring pixels."""
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()

@@ -73,7 +73,7 @@ from trainer.data import (
     painting_crops,
     training_files,
 )
-from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_gram_error
+from trainer.losses import CONTENT_LAYER, STYLE_LAYERS, relative_style_error
 from trainer.metrics import PAN_STEP
 from trainer.models import GeneratorV2, Palette, build_generator, one_hot
 from trainer.vgg import VGG19Features, gram
@@ -239,7 +239,7 @@ class PaletteFitter:
 
         y = picture(z["photo"])
         feats = self.vgg(y, STYLE_LAYERS)
-        style = torch.stack([relative_gram_error(gram(feats[k]), grams[k]) for k in STYLE_LAYERS]).mean()
+        style = relative_style_error(feats, grams).mean()
         f = feats[CONTENT_LAYER]
         content = ((f - self.content).pow(2).sum((1, 2, 3)) / self.content.pow(2).sum((1, 2, 3))).mean()
         out = {"style": style, "content": content}
@@ -432,7 +432,7 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
             with torch.no_grad():
                 target = {k: gram(v) for k, v in vgg(want, STYLE_LAYERS).items()}
             feats = vgg(got, STYLE_LAYERS)
-            term = torch.stack([relative_gram_error(gram(feats[k]), target[k]).mean() for k in STYLE_LAYERS]).mean()
+            term = relative_style_error(feats, target).mean()
             style_terms.append(float(term.detach()))
             loss = l1 + config.gram * term
         opt_.zero_grad()
@@ -453,8 +453,8 @@ def bake_palette(config: BakeConfig, progress: bool = True) -> Path:
         record.update(gram_first=float(np.mean(style_terms[:k])), gram_last=float(np.mean(style_terms[-k:])))
         log.info("bake-palette: Gram distance to the palette model %.4f -> %.4f", record["gram_first"],
                  record["gram_last"])  # fmt: skip
-    log.info("bake-palette: L1 to the palette model %.4f -> %.4f (mean of the first and last 50 steps)",
-             record["l1_first"], record["l1_last"])  # fmt: skip
+    log.info("bake-palette: L1 to the palette model %.4f -> %.4f (means over the first and last %d steps)",
+             record["l1_first"], record["l1_last"], k)  # fmt: skip
     return save_checkpoint(
         config.out,
         dataclasses.replace(
